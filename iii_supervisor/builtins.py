@@ -1,0 +1,57 @@
+"""The engine's own functions (``engine::*``), callable like any other function.
+
+The CLI uses them too: ``iii-supervisor status`` is ``engine::workers::list`` over the control
+socket, ``iii-supervisor restart NAME`` is ``engine::workers::restart``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvocationError
+from .process.pool import WorkerPool
+from .registry import Registry
+
+
+def install_builtins(registry: Registry, pool: WorkerPool) -> None:
+    async def functions_list(data: Any) -> dict[str, Any]:
+        include_internal = isinstance(data, dict) and bool(data.get("include_internal"))
+        return {"functions": [
+            {"function_id": f.id, "worker_name": f.owner_name, "description": f.description, "metadata": f.metadata}
+            for f in sorted(registry.functions.values(), key=lambda f: f.id)
+            if include_internal or f.owner is not None
+        ]}
+
+    async def workers_list(_data: Any) -> dict[str, Any]:
+        return {"workers": pool.status()}
+
+    async def triggers_list(_data: Any) -> dict[str, Any]:
+        return {
+            "triggers": [
+                {"id": t.id, "trigger_type": t.trigger_type, "function_id": t.function_id, "config": t.config,
+                 "worker_name": t.owner.name if t.owner else "engine", "active": t.active}
+                for t in sorted(registry.triggers.values(), key=lambda t: t.id)
+            ],
+            "trigger_types": [
+                {"id": tt.id, "description": tt.description,
+                 "provider": (tt.owner.name if tt.owner else "engine") if tt.provider else None}
+                for tt in sorted(registry.trigger_types.values(), key=lambda tt: tt.id)
+            ],
+        }
+
+    async def workers_restart(data: Any) -> dict[str, Any]:
+        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, str):
+            raise InvocationError('engine::workers::restart needs {"name": "<worker name>"}', code="invalid_argument")
+        try:
+            pool.restart(name)
+        except KeyError:
+            known = ", ".join(sorted(pool.slots)) or "none"
+            raise InvocationError(f"no worker named {name!r} (workers: {known})", code="worker_not_found") from None
+        return {"restarting": name}
+
+    registry.add_builtin("engine::functions::list", functions_list,
+                         "List registered functions ({include_internal?: bool})")
+    registry.add_builtin("engine::workers::list", workers_list, "List worker processes with pid, state, RSS")
+    registry.add_builtin("engine::triggers::list", triggers_list, "List registered triggers and trigger types")
+    registry.add_builtin("engine::workers::restart", workers_restart, "Restart a worker: {name}")

@@ -1,0 +1,93 @@
+"""The configuration file (TOML), structured and validated with cattrs.
+
+Every key has a default, so no file is needed. Unknown keys and ill-typed values are errors that
+name the key path and the value (``supervisor.grace_period: expected a number, got 'ten'``).
+Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from .errors import ConfigError
+from .process.policy import BackoffPolicy
+from .protocol import DEFAULT_MAX_FRAME_SIZE
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorConfig:
+    #: Directory for the sockets and the lock (default: see ``server.unix.default_runtime_dir``).
+    runtime_dir: str | None = None
+    #: Seconds a worker gets between SIGTERM and SIGKILL.
+    grace_period: float = attrs.field(default=10.0, validator=_positive)
+    #: Largest frame accepted on the worker and control sockets, in bytes.
+    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)
+    #: Default deadline of a call, in milliseconds (per call: ``timeout_ms``).
+    invocation_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
+    #: Seconds a new worker connection has to present its token.
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Log level of the supervisor's own messages.
+    log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    supervisor: SupervisorConfig = SupervisorConfig()
+    restart: BackoffPolicy = BackoffPolicy()
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def strict_number(value: Any, kind: type) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+            raise TypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return kind(value)
+
+    def strict_str(value: Any, _kind: type) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+
+    conv.register_structure_hook(int, strict_number)
+    conv.register_structure_hook(float, strict_number)
+    conv.register_structure_hook(str, strict_str)
+    return conv
+
+
+_CONVERTER = _converter()
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
+    try:
+        return _CONVERTER.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$"))
+        raise ConfigError(f"invalid {source}: {problems}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {source}: {exc}") from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path``; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return parse_config(data, source=f"config file {str(path)!r}")

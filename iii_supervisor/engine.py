@@ -1,0 +1,105 @@
+"""The composition root: the one place where the parts are built and wired together.
+
+``Engine.run`` takes the runtime directory lock, starts each long-lived part with
+``nursery.start`` (so each is ready before the next one starts), tells systemd it is ready, then
+waits for SIGINT/SIGTERM (or :meth:`Engine.stop`). Shutdown is ordered: workers are stopped
+gracefully first (SIGTERM, grace, SIGKILL), then the sockets close and the lock is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import trio
+
+from .builtins import install_builtins
+from .config import Config
+from .invocation import Invoker
+from .process.pool import WorkerPool
+from .process.runner import OutputSink, discover_workers
+from .registry import Registry
+from .server.sockets import SessionServer, SocketLimits, serve_unix
+from .server.unix import RuntimeLock, default_runtime_dir, prepare_runtime_dir
+from .systemd import run_watchdog, sd_notify
+
+log = logging.getLogger(__name__)
+
+WORKER_SOCKET = "iii.sock"
+CONTROL_SOCKET = "control.sock"
+
+
+def resolve_runtime_dir(config: Config, override: Path | None = None) -> Path:
+    if override is not None:
+        return override
+    if config.supervisor.runtime_dir:
+        return Path(config.supervisor.runtime_dir)
+    return default_runtime_dir()
+
+
+class Engine:
+    def __init__(self, config: Config, workers_dir: Path, *, runtime_dir: Path | None = None,
+                 sink: OutputSink | None = None) -> None:
+        self.config = config
+        self.workers_dir = workers_dir
+        self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config, runtime_dir))
+        self.worker_socket = self.runtime_dir / WORKER_SOCKET
+        self.control_socket = self.runtime_dir / CONTROL_SOCKET
+        sup = config.supervisor
+        self.registry = Registry()
+        self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000)
+        specs = discover_workers(workers_dir)
+        self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
+                               grace=sup.grace_period, sink=sink or OutputSink())
+        install_builtins(self.registry, self.pool)
+        self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)
+        self.server = SessionServer(self.registry, self.invoker, self.pool, self.limits)
+        self._stop = trio.Event()
+        self._lock = RuntimeLock(self.runtime_dir)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down gracefully (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True,
+                  task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
+        self._lock.acquire()
+        try:
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    await nursery.start(self._watch_signals)
+                await nursery.start(self.invoker.run)
+                await nursery.start(serve_unix, self.worker_socket, self.server.handle_worker, self.limits)
+                await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
+                pool_done = trio.Event()
+                await nursery.start(self._run_pool, pool_done)
+                await nursery.start(run_watchdog)
+                names = ", ".join(self.pool.slots) or "none"
+                log.info("iii-supervisor ready: %d worker(s) [%s]; worker socket %s; control socket %s",
+                         len(self.pool.slots), names, self.worker_socket, self.control_socket)
+                sd_notify("READY=1", f"STATUS={len(self.pool.slots)} worker(s) started")
+                task_status.started(self)
+                await self._stop.wait()
+                log.info("stopping: sending SIGTERM to every worker (grace %.1fs)", self.config.supervisor.grace_period)
+                sd_notify("STOPPING=1")
+                self.pool.stop_all()
+                with trio.move_on_after(self.config.supervisor.grace_period + 5):
+                    await pool_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._lock.release()
+        log.info("iii-supervisor stopped")
+
+    async def _run_pool(self, done: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await self.pool.run(task_status=task_status)
+        finally:
+            done.set()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.stop()

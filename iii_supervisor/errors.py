@@ -1,0 +1,155 @@
+"""One exception hierarchy for the whole engine.
+
+Every error carries a machine-readable ``code`` (sent on the wire as ``{code, message}``) and a
+human ``message`` that names the offending value. The worker SDK raises the same classes, so a
+caller sees the same ``code`` whether the failure happened in the engine or in another worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EngineError(Exception):
+    """Root of every error raised by iii_supervisor."""
+
+    code: ClassVar[str] = "engine_error"
+
+    def __init__(self, message: str, *, code: str | None = None, stacktrace: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # per-instance override of the class default
+        self.stacktrace = stacktrace
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.stacktrace:
+            body["stacktrace"] = self.stacktrace
+        return body
+
+
+# --- protocol -------------------------------------------------------------------------------
+
+
+class ProtocolError(EngineError):
+    """The bytes or messages exchanged on a socket break the wire protocol."""
+
+    code = "protocol_error"
+
+
+class FrameTooLarge(ProtocolError):
+    code = "frame_too_large"
+
+
+class MalformedMessage(ProtocolError):
+    code = "malformed_message"
+
+
+class UnknownMessageType(ProtocolError):
+    code = "unknown_message_type"
+
+
+class AuthError(ProtocolError):
+    """A connection presented no token, a wrong one, or came from another user."""
+
+    code = "auth_failed"
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+class ConfigError(EngineError):
+    code = "config_error"
+
+
+class RuntimeDirError(EngineError):
+    """The runtime directory is unusable or another supervisor already owns it."""
+
+    code = "runtime_dir_error"
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+class RegistrationError(EngineError):
+    code = "registration_failed"
+
+
+class FunctionConflict(RegistrationError):
+    code = "function_conflict"
+
+
+class TriggerRegistrationError(RegistrationError):
+    code = "trigger_registration_failed"
+
+
+# --- invocation -----------------------------------------------------------------------------
+
+
+class InvocationError(EngineError):
+    """A call did not produce a result. ``code`` tells why."""
+
+    code = "invocation_error"
+
+
+class FunctionNotFound(InvocationError):
+    code = "function_not_found"
+
+
+class InvocationFailed(InvocationError):
+    """The handler raised; ``message`` and ``stacktrace`` are the handler's."""
+
+    code = "invocation_failed"
+
+
+class InvocationStopped(InvocationError):
+    """The worker executing (or requesting) the call went away."""
+
+    code = "invocation_stopped"
+
+
+class InvocationTimeout(InvocationError):
+    code = "invocation_timeout"
+
+
+class EnqueueError(InvocationError):
+    code = "enqueue_error"
+
+
+class ConnectionLost(EngineError):
+    """The peer of a framed connection went away."""
+
+    code = "connection_lost"
+
+
+_BY_CODE: dict[str, type[EngineError]] = {
+    cls.code: cls
+    for cls in (
+        ProtocolError,
+        FrameTooLarge,
+        MalformedMessage,
+        UnknownMessageType,
+        AuthError,
+        ConfigError,
+        RegistrationError,
+        FunctionConflict,
+        TriggerRegistrationError,
+        InvocationError,
+        FunctionNotFound,
+        InvocationFailed,
+        InvocationStopped,
+        InvocationTimeout,
+        EnqueueError,
+        ConnectionLost,
+    )
+}
+
+
+def error_from_wire(code: str, message: str, stacktrace: str | None = None) -> EngineError:
+    """Rebuild the matching exception class from an ``{code, message}`` error body."""
+    cls = _BY_CODE.get(code, InvocationError)
+    return cls(message, code=code, stacktrace=stacktrace)

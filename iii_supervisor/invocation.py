@@ -1,0 +1,268 @@
+"""Routing of calls: pending invocations, deadlines, results, and failure on worker exit.
+
+Theory of operation
+-------------------
+A call to a worker-owned function gets a fresh engine invocation id and a :class:`Pending`
+entry, and is forwarded to the owner's session. The entry remembers where the answer goes:
+
+- *relay*: the caller is another worker; its ``invocationresult`` is sent back on the caller's
+  session under the caller's own invocation id. No task is spawned per call: the relay is
+  two dictionary operations and two queued frames, which is what keeps routed calls cheap.
+- *local*: the caller is in-process (control socket, HTTP front, cron …) and awaits
+  :meth:`Invoker.call`; the entry holds a ``trio.Event``.
+
+Deadlines live in one heap served by one timer task, so a call that nobody answers fails with
+``invocation_timeout`` (default 30 s, per call ``timeout_ms``). When a session closes,
+:meth:`Invoker.session_closed` fails every call it was executing with ``invocation_stopped`` at
+once and forgets the calls it had started (their late results are dropped).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import traceback
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from .errors import (
+    EngineError,
+    EnqueueError,
+    FunctionNotFound,
+    InvocationError,
+    InvocationStopped,
+    InvocationTimeout,
+    error_from_wire,
+)
+from .protocol import ErrorBody, InvocationResult, InvokeFunction, Message
+from .registry import FunctionEntry, Registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class Peer(Protocol):
+    """A connected session, as the invoker sees it."""
+
+    name: str
+    #: engine invocation ids this peer is executing
+    executing: set[str]
+    #: engine invocation ids this peer started (relay calls)
+    started: set[str]
+
+    def send_nowait(self, msg: Message) -> None: ...
+
+
+@attrs.define(eq=False, slots=True)
+class Pending:
+    id: str
+    function_id: str
+    target: Peer
+    deadline: float
+    caller: Peer | None = None
+    caller_invocation_id: str | None = None
+    done: trio.Event | None = None
+    outcome: InvocationResult | None = None
+
+
+def _error(exc: EngineError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message, stacktrace=exc.stacktrace)
+
+
+class Invoker:
+    def __init__(self, registry: Registry, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.registry = registry
+        self.default_timeout = default_timeout
+        self.pending: dict[str, Pending] = {}
+        self._ids = itertools.count(1)
+        self._deadlines: list[tuple[float, str]] = []
+        self._timer_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve deadlines and own the tasks of built-in calls. Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
+                with trio.CancelScope(deadline=next_deadline) as scope:
+                    self._timer_scope = scope
+                    await trio.sleep_forever()
+                self._timer_scope = None
+                self._expire(trio.current_time())
+
+    def _push_deadline(self, deadline: float, inv_id: str) -> None:
+        heapq.heappush(self._deadlines, (deadline, inv_id))
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, inv_id = heapq.heappop(heap)
+            pending = self.pending.get(inv_id)
+            if pending is not None:
+                timeout = InvocationTimeout(f"function {pending.function_id!r} did not answer in time")
+                self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
+                                                       error=_error(timeout)))
+
+    def _timeout_of(self, msg: InvokeFunction) -> float:
+        if msg.timeout_ms is not None and msg.timeout_ms > 0:
+            return msg.timeout_ms / 1000
+        return self.default_timeout
+
+    # --- calls from workers (relay) -----------------------------------------------------------
+
+    def route(self, caller: Peer, msg: InvokeFunction) -> None:
+        """Handle an ``invokefunction`` sent by a worker. Never blocks."""
+        entry = self.registry.lookup(msg.function_id)
+        if msg.action is not None and msg.action.type == "enqueue":
+            self._answer(caller, msg, error=EnqueueError(
+                f"cannot enqueue into queue {msg.action.queue!r}: no queue module is running"))
+            return
+        if entry is None:
+            self._answer(caller, msg, error=FunctionNotFound(f"function {msg.function_id!r} not found"))
+            return
+        if entry.builtin is not None:
+            assert self._nursery is not None, "Invoker.run is not running"
+            self._nursery.start_soon(self._relay_builtin, caller, msg, entry)
+            return
+        target: Peer = entry.owner  # type: ignore[assignment]
+        if msg.invocation_id is None:  # void: fire and forget, no pending entry
+            target.send_nowait(InvokeFunction(function_id=msg.function_id, data=msg.data, metadata=msg.metadata,
+                                              traceparent=msg.traceparent, baggage=msg.baggage))
+            return
+        inv_id = str(next(self._ids))
+        pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
+                          caller=caller, caller_invocation_id=msg.invocation_id)
+        self._start(pending, msg)
+
+    def _answer(self, caller: Peer, msg: InvokeFunction, *, result: Any = None, error: EngineError | None = None) -> None:
+        if msg.invocation_id is None:
+            if error is not None:
+                log.warning("void call from %s to %r failed: %s", caller.name, msg.function_id, error)
+            return
+        caller.send_nowait(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
+                                            result=result, error=_error(error) if error else None))
+
+    async def _relay_builtin(self, caller: Peer, msg: InvokeFunction, entry: FunctionEntry) -> None:
+        try:
+            result = await self._run_builtin(entry, msg.data, self._timeout_of(msg))
+        except EngineError as exc:
+            self._answer(caller, msg, error=exc)
+        else:
+            self._answer(caller, msg, result=result)
+
+    async def _run_builtin(self, entry: FunctionEntry, data: Any, timeout: float) -> Any:
+        assert entry.builtin is not None
+        try:
+            with trio.fail_after(timeout):
+                return await entry.builtin(data)
+        except EngineError:
+            raise
+        except trio.TooSlowError:
+            raise InvocationTimeout(f"function {entry.id!r} did not answer in time") from None
+        except Exception as exc:  # a built-in's bug must not take the engine down
+            log.exception("built-in function %s failed", entry.id)
+            raise InvocationError(f"{entry.id}: {type(exc).__name__}: {exc}", code="invocation_failed",
+                                  stacktrace=traceback.format_exc()) from exc
+
+    def _start(self, pending: Pending, msg: InvokeFunction) -> None:
+        self.pending[pending.id] = pending
+        pending.target.executing.add(pending.id)
+        if pending.caller is not None:
+            pending.caller.started.add(pending.id)
+        self._push_deadline(pending.deadline, pending.id)
+        pending.target.send_nowait(InvokeFunction(
+            function_id=msg.function_id, data=msg.data, invocation_id=pending.id, metadata=msg.metadata,
+            traceparent=msg.traceparent, baggage=msg.baggage))
+
+    # --- results ------------------------------------------------------------------------------
+
+    def on_result(self, sender: Peer, msg: InvocationResult) -> None:
+        """Handle an ``invocationresult`` sent by the worker that executed the call."""
+        pending = self.pending.get(msg.invocation_id or "")
+        if pending is None or pending.target is not sender:
+            return  # late (timed out / caller gone) or forged: drop
+        self._finish(pending, msg)
+
+    def _finish(self, pending: Pending, result: InvocationResult) -> None:
+        del self.pending[pending.id]
+        pending.target.executing.discard(pending.id)
+        if pending.caller is not None:
+            pending.caller.started.discard(pending.id)
+            pending.caller.send_nowait(InvocationResult(
+                invocation_id=pending.caller_invocation_id, function_id=pending.function_id,
+                result=result.result, error=result.error))
+        elif pending.done is not None:
+            pending.outcome = result
+            pending.done.set()
+
+    def session_closed(self, peer: Peer) -> None:
+        """``peer`` is gone: fail what it was executing, forget what it had started."""
+        for inv_id in list(peer.executing):
+            pending = self.pending.get(inv_id)
+            if pending is not None:
+                stopped = InvocationStopped(
+                    f"worker {peer.name!r} stopped while executing {pending.function_id!r}")
+                self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
+                                                       error=_error(stopped)))
+        peer.executing.clear()
+        for inv_id in list(peer.started):
+            pending = self.pending.pop(inv_id, None)
+            if pending is not None:
+                pending.target.executing.discard(inv_id)
+        peer.started.clear()
+
+    # --- calls from inside the engine ---------------------------------------------------------
+
+    async def call(self, function_id: str, data: Any = None, *, timeout: float | None = None,
+                   metadata: dict[str, Any] | None = None) -> Any:
+        """Call a function and return its result, raising an :class:`InvocationError` subclass."""
+        timeout = self.default_timeout if timeout is None else timeout
+        entry = self.registry.lookup(function_id)
+        if entry is None:
+            raise FunctionNotFound(f"function {function_id!r} not found")
+        if entry.builtin is not None:
+            return await self._run_builtin(entry, data, timeout)
+        inv_id = str(next(self._ids))
+        pending = Pending(inv_id, function_id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
+                          done=trio.Event())
+        self._start(pending, InvokeFunction(function_id=function_id, data=data, metadata=metadata))
+        try:
+            await pending.done.wait()  # type: ignore[union-attr]
+        finally:
+            if pending.outcome is None:  # cancelled: forget the call
+                self.pending.pop(inv_id, None)
+                pending.target.executing.discard(inv_id)
+        outcome = pending.outcome
+        if outcome.error is not None:
+            err = outcome.error
+            raise error_from_wire(err.code, err.message, err.stacktrace)
+        return outcome.result
+
+    def call_void(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
+        """Fire and forget; a missing function is logged, not raised."""
+        entry = self.registry.lookup(function_id)
+        if entry is None:
+            log.warning("void call to unknown function %r dropped", function_id)
+        elif entry.builtin is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._void_builtin, entry, data)
+        else:
+            entry.owner.send_nowait(InvokeFunction(function_id=function_id, data=data, metadata=metadata))  # type: ignore[union-attr]
+
+    async def _void_builtin(self, entry: FunctionEntry, data: Any) -> None:
+        try:
+            await self._run_builtin(entry, data, self.default_timeout)
+        except EngineError as exc:
+            log.warning("void call to %r failed: %s", entry.id, exc)

@@ -1,0 +1,242 @@
+"""The worker pool: one supervising task per worker program, restarts with backoff, status.
+
+Each worker gets, per spawn, a fresh secret token in ``III_WORKER_TOKEN``; the worker socket
+accepts a connection only if its first frame presents the token of a worker that is running
+now, so a lingering old instance cannot impersonate its replacement. When the process exits,
+its session is closed at once (functions and triggers removed, calls in flight failed) and the
+restart is scheduled by :class:`~.policy.RestartTracker`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import psutil
+import trio
+
+from .policy import BackoffPolicy, RestartTracker
+from .runner import OutputSink, WorkerSpec, run_worker_process
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+log = logging.getLogger(__name__)
+
+#: Variables of the supervisor's own environment that must not leak into workers.
+_PRIVATE_ENV_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_", "III_")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # spawned, not yet connected
+    RUNNING = "running"  # connected and registered
+    BACKOFF = "backoff"  # exited; waiting to restart
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@attrs.define(eq=False)
+class WorkerSlot:
+    spec: WorkerSpec
+    tracker: RestartTracker
+    state: WorkerState = WorkerState.STOPPED
+    pid: int | None = None
+    token: str | None = None
+    session: Session | None = None
+    started_at: float | None = None
+    last_exit: int | None = None
+    restart_requested: bool = False
+    run_scope: trio.CancelScope | None = None
+    wake: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        *,
+        socket_path: Path,
+        policy: BackoffPolicy,
+        grace: float,
+        sink: OutputSink,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
+        self.socket_path = socket_path
+        self.grace = grace
+        self.sink = sink
+        env = dict(os.environ if base_env is None else base_env)
+        self._base_env = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        self._stopping = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn every worker, then supervise them until cancelled (which stops them all)."""
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots.values():
+                await nursery.start(self._supervise, slot)
+            task_status.started()
+
+    def stop_all(self) -> None:
+        """Begin a graceful stop: no more restarts; each running worker gets SIGTERM."""
+        self._stopping = True
+        for slot in self.slots.values():
+            slot.wake.set()
+            if slot.run_scope is not None:
+                slot.state = WorkerState.STOPPING
+                slot.run_scope.cancel()
+
+    def restart(self, name: str) -> WorkerSlot:
+        """Stop the worker (gracefully) and start it again at once, without backoff."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise KeyError(name)
+        slot.restart_requested = True
+        slot.wake.set()
+        if slot.run_scope is not None:
+            slot.run_scope.cancel()
+        return slot
+
+    # --- one worker ---------------------------------------------------------------------------
+
+    def _env(self, slot: WorkerSlot) -> dict[str, str]:
+        assert slot.token is not None
+        return {
+            **self._base_env,
+            "III_SOCKET": str(self.socket_path),
+            "III_WORKER_NAME": slot.name,
+            "III_WORKER_TOKEN": slot.token,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    async def _supervise(self, slot: WorkerSlot, *, task_status: trio.TaskStatus[None]) -> None:
+        reported = False
+
+        def report_started() -> None:  # the pool is "started" once every worker was spawned once
+            nonlocal reported
+            if not reported:
+                reported = True
+                task_status.started()
+
+        while not self._stopping:
+            slot.token = secrets.token_urlsafe(32)
+            slot.state = WorkerState.STARTING
+            slot.wake = trio.Event()
+            slot.restart_requested = False
+            returncode: int | None = None
+            spawned_at = trio.current_time()
+            with trio.CancelScope() as scope:
+                slot.run_scope = scope
+                try:
+                    returncode = await self._run_once(slot, report_started)
+                except OSError as exc:
+                    log.error("worker %s could not be started (%s): %s", slot.name, " ".join(slot.spec.command), exc)
+            slot.run_scope = None
+            report_started()
+            self._detach(slot)
+            slot.token = None
+            slot.pid = None
+            if returncode is not None:
+                slot.last_exit = returncode
+            if self._stopping:
+                break
+            if slot.restart_requested:
+                log.info("worker %s restarting on request", slot.name)
+                slot.tracker.restarts += 1
+                continue
+            delay = slot.tracker.on_exit(started_at=spawned_at, now=trio.current_time())
+            slot.state = WorkerState.BACKOFF
+            log.warning("worker %s %s; restart #%d in %.1fs", slot.name, _describe_exit(returncode),
+                        slot.tracker.restarts, delay)
+            with trio.move_on_after(delay):
+                await slot.wake.wait()
+        slot.state = WorkerState.STOPPED
+
+    async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                partial(run_worker_process, slot.spec, self._env(slot), self.sink, grace=self.grace))
+            slot.pid = proc.pid
+            slot.started_at = trio.current_time()
+            log.info("worker %s started (pid %d)", slot.name, proc.pid)
+            report_started()
+            await proc.wait()
+            # Gone: its token must not authenticate anyone, its registrations go now, not
+            # after the output pipes drain.
+            slot.token = None
+            self._detach(slot)
+        assert proc.returncode is not None
+        return proc.returncode
+
+    def _detach(self, slot: WorkerSlot) -> None:
+        session, slot.session = slot.session, None
+        if session is not None:
+            session.close()
+
+    # --- the worker socket asks ---------------------------------------------------------------
+
+    def authenticate(self, token: str) -> WorkerSlot | None:
+        """The slot whose *current* spawn holds ``token`` (constant-time compare)."""
+        found = None
+        for slot in self.slots.values():
+            if slot.token is not None and hmac.compare_digest(slot.token, token):
+                found = slot
+        return found
+
+    def attach(self, slot: WorkerSlot, session: Session) -> None:
+        slot.session = session
+        slot.state = WorkerState.RUNNING
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        rows = []
+        for slot in self.slots.values():
+            session = slot.session
+            rows.append({
+                "name": slot.name,
+                "pid": slot.pid,
+                "state": slot.state.value,
+                "restarts": slot.tracker.restarts,
+                "uptime_s": round(now - slot.started_at, 3) if slot.pid and slot.started_at is not None else None,
+                "functions": sorted(f.id for f in session.registry.owned_by(session)) if session else [],
+                "rss_bytes": _rss(slot.pid),
+                "last_exit": slot.last_exit,
+                "worker_id": session.worker_id if session else None,
+                "path": str(slot.spec.path),
+            })
+        return rows
+
+
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "could not be started"
+    if returncode < 0:
+        try:
+            import signal
+
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"

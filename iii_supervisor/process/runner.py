@@ -1,0 +1,169 @@
+"""Run one worker process: spawn it in its own process group, relay its output, stop it.
+
+- Each worker is a session leader (``start_new_session``), so its pid is its process-group id
+  and a signal to ``-pid`` reaches every process it forked (unless one escaped with ``setsid``).
+- stdout/stderr are pipes read line by line; each line is re-emitted as ``name[pid] line`` on
+  the supervisor's own stdout/stderr (journald-friendly). A last line without a newline is
+  flushed at EOF; an over-long line is cut into pieces instead of growing a buffer.
+- Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group; leftovers of a
+  worker whose main process already exited are killed too, so no orphan outlives its worker.
+- On Linux the direct child also gets ``PR_SET_PDEATHSIG``: if the supervisor dies by
+  ``kill -9``, the kernel sends the worker SIGTERM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+@attrs.frozen
+class WorkerSpec:
+    """A worker program found in the workers directory."""
+
+    name: str
+    path: Path
+    command: tuple[str, ...]
+    cwd: Path
+
+
+def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:
+    """Every ``*.py`` file and every subdirectory holding a ``__main__.py``.
+
+    Names starting with ``_`` or ``.`` are skipped (helpers, ``__pycache__``). The worker's name
+    is the file stem or the directory name; each runs with ``directory`` as its working directory.
+    """
+    directory = directory.absolute()
+    specs: list[WorkerSpec] = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith(("_", ".")):
+            continue
+        if entry.is_file() and entry.suffix == ".py":
+            specs.append(WorkerSpec(entry.stem, entry, (python, str(entry)), directory))
+        elif entry.is_dir() and (entry / "__main__.py").is_file():
+            specs.append(WorkerSpec(entry.name, entry, (python, str(entry)), directory))
+    return specs
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class OutputSink:
+    """Where worker output goes: ``name[pid] line`` on the supervisor's stdout/stderr."""
+
+    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> None:
+        self.stdout = stdout or sys.stdout.buffer
+        self.stderr = stderr or sys.stderr.buffer
+
+    def emitter(self, name: str, pid: int, *, err: bool) -> Callable[[bytes], None]:
+        out = self.stderr if err else self.stdout
+        prefix = f"{name}[{pid}] ".encode()
+
+        def emit(line: bytes) -> None:
+            try:
+                out.write(prefix + line + b"\n")
+                out.flush()
+            except (OSError, ValueError):  # our own stdout is gone; nothing sensible to do
+                pass
+
+        return emit
+
+
+async def pump_lines(stream: trio.abc.ReceiveStream, emit: Callable[[bytes], None], *, max_line: int = MAX_LINE) -> None:
+    """Read ``stream`` to EOF, calling ``emit`` once per line (without the newline)."""
+    buf = bytearray()
+    async with stream:
+        while data := await stream.receive_some(65536):
+            buf += data
+            start = 0
+            while (nl := buf.find(b"\n", start)) >= 0:
+                emit(bytes(buf[start:nl]).rstrip(b"\r"))
+                start = nl + 1
+            del buf[:start]
+            while len(buf) >= max_line:
+                emit(bytes(buf[:max_line]))
+                del buf[:max_line]
+    if buf:
+        emit(bytes(buf))
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if nothing is left in it."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def run_worker_process(
+    spec: WorkerSpec,
+    env: Mapping[str, str],
+    sink: OutputSink,
+    *,
+    grace: float,
+    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Spawn ``spec``, relay its output, and return its exit code (``-N`` for signal N).
+
+    Cancelling this task stops the worker: SIGTERM, ``grace`` seconds, SIGKILL (shielded, so
+    the process has always exited when this returns).
+    """
+    proc = await trio.lowlevel.open_process(
+        list(spec.command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=spec.cwd,
+        env=dict(env),
+        start_new_session=True,
+        preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
+    )
+    pid = proc.pid
+    task_status.started(proc)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert proc.stdout is not None and proc.stderr is not None
+            nursery.start_soon(pump_lines, proc.stdout, sink.emitter(spec.name, pid, err=False))
+            nursery.start_soon(pump_lines, proc.stderr, sink.emitter(spec.name, pid, err=True))
+            await proc.wait()
+            # Leftover children of a dead worker are orphans: kill them, then give the pipes a
+            # moment to deliver the last lines (an escapee holding them open cannot stall us).
+            signal_group(pid, signal.SIGKILL)
+            nursery.cancel_scope.deadline = trio.current_time() + 1.0
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_process(proc, grace=grace)
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+async def stop_process(proc: trio.Process, *, grace: float) -> None:
+    """SIGTERM the process group, wait up to ``grace`` s, then SIGKILL it. Waits for the exit."""
+    if proc.returncode is None:
+        signal_group(proc.pid, signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await proc.wait()
+        if proc.returncode is None:
+            log.warning("worker pid %d ignored SIGTERM for %.1fs; sending SIGKILL", proc.pid, grace)
+    signal_group(proc.pid, signal.SIGKILL)
+    await proc.wait()

@@ -1,0 +1,180 @@
+"""Bytes in, messages out: the sans-IO codec of the worker socket (no trio import here).
+
+A frame payload is either
+- a JSON object tagged by ``"type"`` (first byte ``{``), structured into a class of
+  :mod:`.messages` with cattrs, or
+- a binary :class:`Chunk` (first byte :data:`CHUNK_KIND`), then a 4-byte big-endian channel id,
+  then raw body bytes.
+
+The JSON library (orjson) is used only here. Raw dicts never leave this module.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any, Final
+
+import attrs
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from ..errors import MalformedMessage, ProtocolError, UnknownMessageType
+from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder
+from .messages import MESSAGE_TYPES, TYPE_TAGS, Message
+
+#: First payload byte of a binary body chunk.
+CHUNK_KIND: Final = 0x01
+_CHUNK_HEADER = struct.Struct(">BI")
+_JSON_START: Final = ord("{")
+
+
+@attrs.frozen
+class Chunk:
+    """A piece of a streamed body travelling on channel ``channel_id``."""
+
+    channel_id: int
+    data: bytes
+
+
+Event = Message | Chunk
+
+
+def _strict(kind: type) -> Any:
+    """cattrs coerces by default (``str(5) == "5"``); the wire must not, so check instead."""
+
+    def hook(value: Any, _type: Any) -> Any:
+        # bool is an int subclass; a JSON true is never a valid count or id.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r:.80}")
+        return value
+
+    return hook
+
+
+def _make_converter(*, detailed: bool) -> cattrs.Converter:
+    conv = make_converter(omit_if_default=True, detailed_validation=detailed)
+    for kind in (str, int, bool):
+        conv.register_structure_hook(kind, _strict(kind))
+    conv.register_structure_hook(float, _strict_float)
+    # Payloads (``data``, ``result``, ``config``) are JSON already: pass them through untouched
+    # instead of letting cattrs walk and copy them.
+    conv.register_unstructure_hook(Any, lambda v: v)
+    conv.register_unstructure_hook_func(lambda t: t is dict or getattr(t, "__origin__", None) is dict, lambda v: v)
+    return conv
+
+
+def _strict_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r:.80}")
+    return float(value)
+
+
+# Fast converter for the happy path; the detailed one only runs to explain a failure.
+_FAST = _make_converter(detailed=False)
+_DETAILED = _make_converter(detailed=True)
+_STRUCTURE = {cls: _FAST.get_structure_hook(cls) for cls in TYPE_TAGS}
+_UNSTRUCTURE = {cls: _FAST.get_unstructure_hook(cls) for cls in TYPE_TAGS}
+
+
+def _explain(obj: dict[str, Any], cls: type, tag: str) -> str:
+    try:
+        _DETAILED.structure(obj, cls)
+    except cattrs.BaseValidationError as exc:
+        return "; ".join(cattrs.transform_error(exc, path=tag))
+    except Exception as exc:  # noqa: BLE001 - any failure text is better than none
+        return str(exc)
+    return "invalid fields"
+
+
+def structure(obj: Any) -> Message:
+    """Turn a decoded JSON value into a message, or raise a :class:`ProtocolError`."""
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"a control message must be a JSON object, got {type(obj).__name__}")
+    tag = obj.get("type")
+    cls = MESSAGE_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        if tag is None:
+            raise MalformedMessage("control message has no \"type\" field")
+        raise UnknownMessageType(f"unknown message type {tag!r}")
+    try:
+        return _STRUCTURE[cls](obj, cls)
+    except Exception:
+        raise MalformedMessage(f"invalid {tag!r} message: {_explain(obj, cls, tag)}") from None
+
+
+def unstructure(msg: Message) -> dict[str, Any]:
+    cls = type(msg)
+    body = _UNSTRUCTURE[cls](msg)
+    return {"type": TYPE_TAGS[cls], **body}
+
+
+def decode_payload(payload: bytes) -> Event:
+    """Decode one frame payload (without its length prefix)."""
+    if not payload:
+        raise MalformedMessage("empty frame")
+    first = payload[0]
+    if first == _JSON_START:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"frame is not valid UTF-8 JSON: {exc}") from None
+        return structure(obj)
+    if first == CHUNK_KIND:
+        if len(payload) < _CHUNK_HEADER.size:
+            raise MalformedMessage(f"chunk frame of {len(payload)} bytes is shorter than its header")
+        _, channel_id = _CHUNK_HEADER.unpack_from(payload)
+        return Chunk(channel_id, payload[_CHUNK_HEADER.size :])
+    raise MalformedMessage(f"unknown frame kind 0x{first:02x} (expected '{{' or 0x{CHUNK_KIND:02x})")
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode a message as a complete frame (length prefix included)."""
+    payload = orjson.dumps(unstructure(msg))
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode_chunk(channel_id: int, data: bytes) -> bytes:
+    """Encode a body chunk as a complete frame (length prefix included)."""
+    return HEADER.pack(len(data) + _CHUNK_HEADER.size) + _CHUNK_HEADER.pack(CHUNK_KIND, channel_id) + data
+
+
+def encode(event: Event) -> bytes:
+    if isinstance(event, Chunk):
+        return encode_chunk(event.channel_id, event.data)
+    return encode_message(event)
+
+
+class Connection:
+    """One end of a framed connection, without I/O.
+
+    ``receive_data(bytes)`` then iterate :meth:`events`; ``send(event)`` returns the bytes to
+    write. After a :class:`ProtocolError` the connection is unusable: the caller reports the
+    error to the peer (:meth:`error_frame`) and closes.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._decoder = FrameDecoder(max_frame_size)
+        self.max_frame_size = max_frame_size
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means end of stream."""
+        if data:
+            self._decoder.feed(data)
+        else:
+            self._decoder.feed_eof()
+
+    def events(self) -> Iterator[Event]:
+        """Yield every complete event buffered so far."""
+        next_frame = self._decoder.next_frame
+        while (payload := next_frame()) is not None:
+            yield decode_payload(payload)
+
+    def send(self, event: Event) -> bytes:
+        data = encode(event)
+        if len(data) - HEADER.size > self.max_frame_size:
+            raise ProtocolError(
+                f"refusing to send a {len(data) - HEADER.size}-byte frame: the maximum is {self.max_frame_size}"
+            )
+        return data

@@ -1,0 +1,205 @@
+"""Functions, triggers and trigger types, each with its owner. Plain data, no I/O.
+
+Theory of operation
+-------------------
+An *owner* is whatever registered an entry: a connected worker session, or ``None`` for the
+engine itself (built-in functions and in-process trigger types). When an owner goes away,
+:meth:`Registry.remove_owner` takes out everything it registered in one synchronous step, so no
+other task can observe a half-removed worker.
+
+Trigger types are the seam where modules plug in (``http``, ``queue``, ``cron`` … in-process,
+or a worker that sent ``registertriggertype``). A provider gets ``register``/``unregister``
+calls for each binding of its type and rejects bad configs by raising
+:class:`TriggerRegistrationError`. When a *worker* provider leaves, the bindings of its type are
+kept, parked, and replayed when a provider of the type comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from .errors import FunctionConflict, RegistrationError, TriggerRegistrationError
+
+log = logging.getLogger(__name__)
+
+
+class Owner(Protocol):
+    """A registering party: a worker session. The engine itself is ``None``."""
+
+    @property
+    def name(self) -> str: ...
+
+
+BuiltinHandler = Callable[[Any], Awaitable[Any]]
+
+
+@attrs.define(eq=False)
+class FunctionEntry:
+    id: str
+    owner: Owner | None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    #: For engine built-ins: the coroutine function that serves the call.
+    builtin: BuiltinHandler | None = None
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner.name if self.owner is not None else "engine"
+
+
+@attrs.define(eq=False)
+class TriggerEntry:
+    id: str
+    trigger_type: str
+    function_id: str
+    config: dict[str, Any]
+    owner: Owner | None
+    metadata: dict[str, Any] | None = None
+    #: False while the provider of its type is away (the binding waits to be replayed).
+    active: bool = False
+
+
+class TriggerProvider(Protocol):
+    """What a module (or a worker) implements to provide a trigger type."""
+
+    def register(self, trigger: TriggerEntry) -> None:
+        """Start firing ``trigger``; raise :class:`TriggerRegistrationError` on a bad config."""
+
+    def unregister(self, trigger: TriggerEntry) -> None:
+        """Stop firing ``trigger``. Must not raise."""
+
+
+@attrs.define(eq=False)
+class TriggerTypeEntry:
+    id: str
+    description: str
+    provider: TriggerProvider | None
+    owner: Owner | None = None
+    aliases: tuple[str, ...] = ()
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.functions: dict[str, FunctionEntry] = {}
+        self.triggers: dict[str, TriggerEntry] = {}
+        self.trigger_types: dict[str, TriggerTypeEntry] = {}
+        #: alias → canonical trigger type id (e.g. ``durable:subscriber`` → ``queue``).
+        self._type_alias: dict[str, str] = {}
+
+    # --- functions ----------------------------------------------------------------------------
+
+    def add_function(self, entry: FunctionEntry) -> None:
+        """Register a function. The same owner re-registering is idempotent (it updates)."""
+        current = self.functions.get(entry.id)
+        if current is not None and current.owner is not entry.owner:
+            raise FunctionConflict(
+                f"function {entry.id!r} is already registered by {current.owner_name!r}",
+            )
+        self.functions[entry.id] = entry
+
+    def add_builtin(self, function_id: str, handler: BuiltinHandler, description: str) -> None:
+        self.add_function(FunctionEntry(function_id, None, description=description, builtin=handler))
+
+    def remove_function(self, function_id: str, owner: Owner | None) -> bool:
+        current = self.functions.get(function_id)
+        if current is None or current.owner is not owner:
+            return False
+        del self.functions[function_id]
+        return True
+
+    def lookup(self, function_id: str) -> FunctionEntry | None:
+        return self.functions.get(function_id)
+
+    # --- trigger types ------------------------------------------------------------------------
+
+    def canonical_type(self, trigger_type: str) -> str:
+        return self._type_alias.get(trigger_type, trigger_type)
+
+    def add_trigger_type(self, entry: TriggerTypeEntry) -> None:
+        """Add (or bring back) a trigger type; parked bindings of the type are replayed."""
+        current = self.trigger_types.get(entry.id)
+        if current is not None and current.provider is not None and current.owner is not entry.owner:
+            raise RegistrationError(
+                f"trigger type {entry.id!r} is already provided by "
+                f"{current.owner.name if current.owner else 'the engine'!r}"
+            )
+        self.trigger_types[entry.id] = entry
+        for alias in entry.aliases:
+            self._type_alias[alias] = entry.id
+        for trigger in self.triggers.values():
+            if trigger.trigger_type == entry.id and not trigger.active:
+                self._activate(trigger, entry)
+
+    def remove_trigger_type(self, type_id: str, owner: Owner | None) -> None:
+        """The provider went away: park its bindings until a provider returns."""
+        entry = self.trigger_types.get(type_id)
+        if entry is None or entry.owner is not owner:
+            return
+        entry.provider = None
+        entry.owner = None
+        for trigger in self.triggers.values():
+            if trigger.trigger_type == type_id:
+                trigger.active = False
+
+    # --- triggers -----------------------------------------------------------------------------
+
+    def add_trigger(self, trigger: TriggerEntry) -> None:
+        """Register a trigger binding; raises :class:`TriggerRegistrationError` on refusal."""
+        trigger.trigger_type = self.canonical_type(trigger.trigger_type)
+        type_entry = self.trigger_types.get(trigger.trigger_type)
+        if type_entry is None:
+            known = ", ".join(sorted(self.trigger_types)) or "none"
+            raise TriggerRegistrationError(
+                f"unknown trigger type {trigger.trigger_type!r} (known types: {known})"
+            )
+        current = self.triggers.get(trigger.id)
+        if current is not None:
+            if current.owner is not trigger.owner:
+                raise TriggerRegistrationError(f"trigger id {trigger.id!r} is already in use")
+            self.remove_trigger(trigger.id, trigger.owner)
+        if type_entry.provider is not None:
+            type_entry.provider.register(trigger)  # raises on a bad config: nothing stored
+            trigger.active = True
+        self.triggers[trigger.id] = trigger
+
+    def _activate(self, trigger: TriggerEntry, type_entry: TriggerTypeEntry) -> None:
+        assert type_entry.provider is not None
+        try:
+            type_entry.provider.register(trigger)
+            trigger.active = True
+        except TriggerRegistrationError as exc:
+            log.warning("trigger %s (%s → %s) refused on replay: %s", trigger.id, trigger.trigger_type,
+                        trigger.function_id, exc.message)
+
+    def remove_trigger(self, trigger_id: str, owner: Owner | None) -> TriggerEntry | None:
+        trigger = self.triggers.get(trigger_id)
+        if trigger is None or trigger.owner is not owner:
+            return None
+        del self.triggers[trigger_id]
+        if trigger.active:
+            trigger.active = False
+            type_entry = self.trigger_types.get(trigger.trigger_type)
+            if type_entry is not None and type_entry.provider is not None:
+                type_entry.provider.unregister(trigger)
+        return trigger
+
+    # --- owners -------------------------------------------------------------------------------
+
+    def remove_owner(self, owner: Owner) -> tuple[list[str], list[str]]:
+        """Remove everything ``owner`` registered; returns (function ids, trigger ids)."""
+        functions = [fid for fid, f in self.functions.items() if f.owner is owner]
+        for fid in functions:
+            del self.functions[fid]
+        triggers = [tid for tid, t in self.triggers.items() if t.owner is owner]
+        for tid in triggers:
+            self.remove_trigger(tid, owner)
+        for type_id in [tid for tid, t in self.trigger_types.items() if t.owner is owner]:
+            self.remove_trigger_type(type_id, owner)
+        return functions, triggers
+
+    def owned_by(self, owner: Owner) -> Iterable[FunctionEntry]:
+        return (f for f in self.functions.values() if f.owner is owner)

@@ -1,0 +1,122 @@
+"""The two Unix-socket servers: the worker socket and the control socket.
+
+Worker socket: the peer must run as our uid (SO_PEERCRED) and its first frame, within
+``handshake_timeout`` seconds, must be ``hello`` with the token of a worker running now. Anything
+else gets an ``error`` frame naming the problem and is disconnected; other connections are not
+disturbed. Control socket: same uid check, no token; the session may only call functions.
+
+A bug in one connection's handling is logged with its traceback and closes that connection;
+it never takes the supervisor down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from ..errors import AuthError, ConnectionLost, ProtocolError
+from ..invocation import Invoker
+from ..process.pool import WorkerPool
+from ..protocol import Hello, WorkerRegistered
+from ..registry import Registry
+from ..session import Session
+from ..transport import FramedStream
+from .unix import check_peer_uid, open_unix_listener
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class SocketLimits:
+    max_frame_size: int
+    handshake_timeout: float = 5.0
+    max_connections: int = 256
+
+
+async def serve_unix(
+    path: Path,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    limits: SocketLimits,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``path`` and run ``handler`` per connection (at most ``max_connections``)."""
+    listener = open_unix_listener(path)
+    slots = trio.CapacityLimiter(limits.max_connections)
+
+    async def guarded(stream: trio.SocketStream) -> None:
+        async with slots:
+            try:
+                await handler(stream)
+            except Exception:
+                log.exception("connection handler on %s failed; connection closed", path.name)
+            finally:
+                await trio.aclose_forcefully(stream)
+
+    try:
+        await trio.serve_listeners(guarded, [listener], task_status=task_status)  # type: ignore[arg-type]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class SessionServer:
+    """Authenticates connections and runs a :class:`Session` for each."""
+
+    def __init__(self, registry: Registry, invoker: Invoker, pool: WorkerPool, limits: SocketLimits) -> None:
+        self.registry = registry
+        self.invoker = invoker
+        self.pool = pool
+        self.limits = limits
+        self._ids = itertools.count(1)
+
+    def _framed(self, stream: trio.SocketStream) -> FramedStream:
+        return FramedStream(stream, max_frame_size=self.limits.max_frame_size)
+
+    async def handle_worker(self, stream: trio.SocketStream) -> None:
+        framed = self._framed(stream)
+        try:
+            peer_pid = check_peer_uid(stream)
+            with trio.fail_after(self.limits.handshake_timeout):
+                hello = await framed.receive()
+            if not isinstance(hello, Hello):
+                raise AuthError(f"first frame must be 'hello' with the worker token, got {type(hello).__name__.lower()!r}")
+            slot = self.pool.authenticate(hello.token)
+            if slot is None:
+                raise AuthError("invalid worker token: only workers spawned by this supervisor may connect")
+            if slot.session is not None:
+                raise AuthError(f"worker {slot.name!r} is already connected")
+        except trio.TooSlowError:
+            await framed.send_error_and_close(
+                ProtocolError(f"no hello within {self.limits.handshake_timeout:g}s", code="handshake_timeout"))
+            return
+        except ProtocolError as exc:  # includes AuthError and malformed first frames
+            log.warning("worker socket: refused a connection: %s", exc.message)
+            await framed.send_error_and_close(exc)
+            return
+        except ConnectionLost:
+            return
+        if slot.pid is not None and peer_pid != slot.pid:
+            log.info("worker %s connected from pid %d (spawned as pid %d)", slot.name, peer_pid, slot.pid)
+        session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
+                          invoker=self.invoker, is_worker=True, pid=peer_pid)
+        self.pool.attach(slot, session)
+        framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name))
+        log.info("worker %s connected (pid %d, %s)", slot.name, peer_pid, session.worker_id)
+        await session.serve()
+
+    async def handle_control(self, stream: trio.SocketStream) -> None:
+        framed = self._framed(stream)
+        try:
+            peer_pid = check_peer_uid(stream)
+        except AuthError as exc:
+            log.warning("control socket: %s", exc.message)
+            await framed.send_error_and_close(exc)
+            return
+        session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
+                          registry=self.registry, invoker=self.invoker, is_worker=False, pid=peer_pid)
+        await session.serve()

@@ -1,0 +1,188 @@
+"""The engine side of one authenticated connection: dispatch of incoming messages.
+
+A :class:`Session` is either a *worker* session (a spawned worker that presented its token; may
+register functions, triggers and trigger types) or a *control* session (the CLI on the control
+socket; may only call functions). Both speak the same messages.
+
+Cleanup is one synchronous step in :meth:`Session.close`: the registry drops everything the
+session owned and the invoker fails every call in flight to it, before any other task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from .errors import ConnectionLost, EngineError, ProtocolError, RegistrationError
+from .invocation import Invoker
+from .protocol import (
+    Chunk,
+    ErrorBody,
+    Event,
+    FunctionRegistered,
+    InvocationResult,
+    InvokeFunction,
+    Message,
+    Ping,
+    Pong,
+    RegisterFunction,
+    RegisterTrigger,
+    RegisterTriggerType,
+    TriggerRegistrationResult,
+    UnregisterFunction,
+    UnregisterTrigger,
+    UnregisterTriggerType,
+)
+from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
+from .transport import FramedStream
+
+log = logging.getLogger(__name__)
+
+
+def _body(exc: EngineError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message)
+
+
+class WorkerTriggerProvider:
+    """A trigger type provided by a worker: bindings are forwarded to it as messages."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def register(self, trigger: TriggerEntry) -> None:
+        self.session.send_nowait(RegisterTrigger(id=trigger.id, trigger_type=trigger.trigger_type,
+                                                 function_id=trigger.function_id, config=trigger.config,
+                                                 metadata=trigger.metadata))
+
+    def unregister(self, trigger: TriggerEntry) -> None:
+        self.session.send_nowait(UnregisterTrigger(id=trigger.id, trigger_type=trigger.trigger_type))
+
+
+class Session:
+    def __init__(self, stream: FramedStream, *, name: str, worker_id: str, registry: Registry,
+                 invoker: Invoker, is_worker: bool, pid: int | None = None) -> None:
+        self.stream = stream
+        self.name = name
+        self.worker_id = worker_id
+        self.pid = pid
+        self.registry = registry
+        self.invoker = invoker
+        self.is_worker = is_worker
+        self.executing: set[str] = set()
+        self.started: set[str] = set()
+        self.connected_at = trio.current_time()
+        self.cancel_scope = trio.CancelScope()
+        self.closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name} {self.worker_id}>"
+
+    def send_nowait(self, msg: Message | Chunk) -> None:
+        if not self.stream.closed:
+            self.stream.send_nowait(msg)
+
+    async def serve(self) -> None:
+        """Dispatch messages until the peer leaves, breaks the protocol, or we are cancelled."""
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.stream.run_writer)
+                    await self._receive_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.close()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _receive_loop(self) -> None:
+        try:
+            async for event in self.stream.events():
+                self.dispatch(event)
+        except ProtocolError as exc:
+            log.warning("%s: protocol error, closing the connection: %s", self.name, exc.message)
+            await self.stream.send_error_and_close(exc)
+        except ConnectionLost:
+            pass
+
+    def close(self) -> None:
+        """Remove everything this session owns and fail its calls. Idempotent, synchronous."""
+        if self.closed.is_set():
+            return
+        functions, triggers = self.registry.remove_owner(self)
+        self.invoker.session_closed(self)
+        self.closed.set()
+        self.cancel_scope.cancel()
+        if functions or triggers:
+            log.info("%s: removed %d function(s) and %d trigger(s)", self.name, len(functions), len(triggers))
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self, event: Event) -> None:
+        match event:
+            case InvokeFunction():
+                self.invoker.route(self, event)
+            case InvocationResult():
+                self.invoker.on_result(self, event)
+            case Ping():
+                self.send_nowait(Pong())
+            case Pong():
+                pass
+            case RegisterFunction() | UnregisterFunction() | RegisterTrigger() | UnregisterTrigger() | \
+                    RegisterTriggerType() | UnregisterTriggerType() | TriggerRegistrationResult():
+                if not self.is_worker:
+                    raise ProtocolError(f"{type(event).__name__} is not allowed on the control socket")
+                self._registration(event)
+            case _:
+                raise ProtocolError(f"unexpected {type(event).__name__} from {self.name}")
+
+    def _registration(self, msg: Any) -> None:
+        registry = self.registry
+        match msg:
+            case RegisterFunction():
+                error = None
+                if msg.id.startswith("engine::"):
+                    error = RegistrationError(f"function id {msg.id!r} is reserved: 'engine::' belongs to the engine")
+                else:
+                    try:
+                        registry.add_function(FunctionEntry(msg.id, self, description=msg.description,
+                                                            metadata=msg.metadata))
+                    except RegistrationError as exc:
+                        error = exc
+                if error is not None:
+                    log.warning("%s: registerfunction %r refused: %s", self.name, msg.id, error.message)
+                self.send_nowait(FunctionRegistered(id=msg.id, error=_body(error) if error else None))
+            case UnregisterFunction():
+                registry.remove_function(msg.id, self)
+            case RegisterTrigger():
+                entry = TriggerEntry(msg.id, msg.trigger_type, msg.function_id, msg.config or {}, self,
+                                     metadata=msg.metadata)
+                error = None
+                try:
+                    registry.add_trigger(entry)
+                except RegistrationError as exc:
+                    error = exc
+                    log.warning("%s: registertrigger %s (%s → %s) refused: %s", self.name, msg.id,
+                                msg.trigger_type, msg.function_id, exc.message)
+                self.send_nowait(TriggerRegistrationResult(id=msg.id, trigger_type=msg.trigger_type,
+                                                           function_id=msg.function_id,
+                                                           error=_body(error) if error else None))
+            case UnregisterTrigger():
+                registry.remove_trigger(msg.id, self)
+            case RegisterTriggerType():
+                try:
+                    registry.add_trigger_type(TriggerTypeEntry(msg.id, msg.description, WorkerTriggerProvider(self),
+                                                               owner=self))
+                except RegistrationError as exc:
+                    log.warning("%s: registertriggertype %r refused: %s", self.name, msg.id, exc.message)
+            case UnregisterTriggerType():
+                registry.remove_trigger_type(msg.id, self)
+            case TriggerRegistrationResult():
+                # A worker provider refused a binding: tell the worker that asked for it.
+                trigger = registry.triggers.get(msg.id)
+                if msg.error is not None and trigger is not None:
+                    log.warning("trigger %s refused by provider %s: %s", msg.id, self.name, msg.error.message)
+                    owner = trigger.owner
+                    if isinstance(owner, Session):
+                        owner.send_nowait(msg)

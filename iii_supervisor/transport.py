@@ -1,0 +1,164 @@
+"""A framed, coalescing message stream over any ``trio.abc.Stream``.
+
+Used by both ends of the worker socket (engine and SDK) and by the control-socket client.
+
+Writes are *coalesced*: :meth:`FramedStream.send` appends the encoded frame to a pending list
+and wakes one writer task, which sends everything pending with a single ``send_all``. While a
+send is in progress, further frames pile up and leave together. Measured on the target machine,
+one send per frame caps a trio pipeline at ~8k frames/s, coalescing lifts it to ~35k/s.
+
+Backpressure: when more than ``high_water`` bytes are pending, ``send`` waits until the writer
+has drained them, so a slow peer slows its senders instead of growing memory without bound.
+
+Trio's Broken/Closed errors are translated once, here, into :class:`ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import trio
+
+from .errors import ConnectionLost, ProtocolError
+from .protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Event, Message
+from .protocol.codec import encode
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 64 * 1024  # larger reads measured slower here (allocator churn)
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+
+
+class FramedStream:
+    """Send and receive protocol events over ``stream``.
+
+    Run :meth:`run_writer` in a nursery (``await nursery.start(fs.run_writer)``) before sending.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        high_water: int = DEFAULT_HIGH_WATER,
+    ) -> None:
+        self.stream = stream
+        self._conn = Connection(max_frame_size)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._high_water = high_water
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._broken: BaseException | None = None
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send_nowait(self, event: Event) -> None:
+        """Queue ``event`` for sending without waiting (no backpressure)."""
+        if self._closed:
+            raise ConnectionLost("connection is closed") from self._broken
+        data = self._conn.send(event) if not isinstance(event, bytes) else event
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if len(self._pending) == 1:
+            self._wakeup.unpark_all()
+
+    async def send(self, event: Event) -> None:
+        """Queue ``event``; waits while more than ``high_water`` bytes are pending."""
+        self.send_nowait(event)
+        if self._pending_bytes > self._high_water:
+            await self._drained.park()
+            if self._closed:
+                raise ConnectionLost("connection closed while sending") from self._broken
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def send_raw_nowait(self, frame: bytes) -> None:
+        """Queue an already encoded frame."""
+        self.send_nowait(frame)  # type: ignore[arg-type]
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The one task that writes to the stream. Returns when the stream is closed."""
+        task_status.started()
+        try:
+            while not self._closed:
+                if not self._pending:
+                    await self._wakeup.park()
+                    continue
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                self._drained.unpark_all()
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._mark_closed(exc)
+        finally:
+            self._drained.unpark_all()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been handed to the stream."""
+        while self._pending and not self._closed:
+            await self._drained.park()
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield events until the peer closes the stream.
+
+        Raises :class:`ProtocolError` on bad input and :class:`ConnectionLost` if the stream
+        breaks; a clean EOF between frames just ends the iteration.
+        """
+        conn = self._conn
+        receive_some = self.stream.receive_some
+        while True:
+            try:
+                data = await receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._mark_closed(exc)
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            conn.receive_data(data)
+            if not data:
+                return
+            for event in conn.events():
+                yield event
+
+    async def receive(self) -> Event:
+        """Receive exactly one event (used for handshakes)."""
+        async for event in self.events():
+            return event
+        raise ConnectionLost("peer closed the connection")
+
+    # --- closing ------------------------------------------------------------------------------
+
+    def _mark_closed(self, exc: BaseException | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._broken = exc
+            self._wakeup.unpark_all()
+            self._drained.unpark_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._mark_closed()
+        await self.stream.aclose()
+
+    async def send_error_and_close(self, error: ProtocolError | Message, *, timeout: float = 1.0) -> None:
+        """Best effort: tell the peer why, then close. Never raises for a dead peer."""
+        from .protocol import Error, ErrorBody  # local: keep the common path's imports short
+
+        msg = error if not isinstance(error, ProtocolError) else Error(error=ErrorBody(**error.to_wire()))
+        with trio.move_on_after(timeout):
+            try:
+                data = self._conn.send(msg)
+                # Bypass the writer: it may be blocked or gone, and this is the last frame.
+                pending, self._pending = b"".join(self._pending), []
+                await self.stream.send_all(pending + data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+        self._mark_closed()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
