@@ -1,0 +1,179 @@
+"""Unit tests of iii_supervisor.config (TOML loading and validation). Files go to tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iii_supervisor.config import Config, SupervisorConfig, load_config, parse_config
+from iii_supervisor.errors import ConfigError
+from iii_supervisor.process.policy import BackoffPolicy
+from iii_supervisor.protocol import DEFAULT_MAX_FRAME_SIZE
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "supervisor.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config(None)
+    assert cfg == Config()
+    s = cfg.supervisor
+    assert s.runtime_dir is None
+    assert s.grace_period == 10.0
+    assert s.max_frame_size == DEFAULT_MAX_FRAME_SIZE
+    assert s.invocation_timeout_ms == 30_000
+    assert s.handshake_timeout == 5.0
+    assert s.log_level == "info"
+    assert cfg.restart == BackoffPolicy()
+    assert cfg.restart.initial_delay == 0.5 and cfg.restart.max_delay == 30.0
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_valid_file_overrides_values(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[supervisor]
+runtime_dir = "/run/iii"
+grace_period = 3.5
+max_frame_size = 1048576
+invocation_timeout_ms = 2500
+log_level = "debug"
+
+[restart]
+initial_delay = 1
+max_delay = 60.0
+factor = 3
+""")
+    cfg = load_config(path)
+    s = cfg.supervisor
+    assert s.runtime_dir == "/run/iii"
+    assert s.grace_period == 3.5
+    assert s.max_frame_size == 1048576
+    assert s.invocation_timeout_ms == 2500
+    assert s.log_level == "debug"
+    assert s.handshake_timeout == SupervisorConfig().handshake_timeout  # untouched key keeps its default
+    assert cfg.restart == BackoffPolicy(initial_delay=1.0, max_delay=60.0, factor=3.0, reset_after=10.0)
+    # an integer is accepted for a float key and stored as a float
+    assert isinstance(cfg.restart.initial_delay, float)
+
+
+def test_partial_file_keeps_other_sections_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[restart]\nreset_after = 60\n"))
+    assert cfg.supervisor == SupervisorConfig()
+    assert cfg.restart.reset_after == 60.0
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "[supervisor]\ngracee = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.code == "config_error"
+    assert "gracee" in info.value.message
+    assert str(path) in info.value.message
+
+
+def test_unknown_section_is_named() -> None:
+    with pytest.raises(ConfigError, match="bogus"):
+        parse_config({"bogus": {"x": 1}})
+
+
+def test_wrong_type_names_key_path_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[supervisor]\ngrace_period = "ten"\n'))
+    assert "supervisor.grace_period" in info.value.message
+    assert "ten" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("supervisor", "grace_period", -1),
+        ("supervisor", "grace_period", 0),
+        ("supervisor", "handshake_timeout", -0.5),
+        ("supervisor", "max_frame_size", 0),
+        ("restart", "initial_delay", -1),
+        ("restart", "factor", 0.5),
+    ],
+)
+def test_out_of_range_values_rejected_and_named(section: str, key: str, value: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({section: {key: value}})
+    assert key in info.value.message
+    assert section in info.value.message
+
+
+def test_negative_grace_from_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="grace_period"):
+        load_config(write(tmp_path, "[supervisor]\ngrace_period = -10\n"))
+
+
+def test_log_level_must_be_known() -> None:
+    with pytest.raises(ConfigError, match="log_level"):
+        parse_config({"supervisor": {"log_level": "loud"}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "kind"),
+    [
+        ("grace_period", True, "a number"),
+        ("max_frame_size", False, "an integer"),
+        ("invocation_timeout_ms", True, "an integer"),
+    ],
+)
+def test_bool_is_not_a_number(key: str, value: bool, kind: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"supervisor": {key: value}})
+    assert f"supervisor.{key}" in info.value.message
+    assert kind in info.value.message
+
+
+def test_bool_is_not_a_number_from_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="supervisor.grace_period"):
+        load_config(write(tmp_path, "[supervisor]\ngrace_period = true\n"))
+
+
+def test_float_is_not_an_integer() -> None:
+    with pytest.raises(ConfigError, match="supervisor.max_frame_size"):
+        parse_config({"supervisor": {"max_frame_size": 1.5}})
+
+
+def test_string_key_rejects_number() -> None:
+    with pytest.raises(ConfigError, match="supervisor.runtime_dir"):
+        parse_config({"supervisor": {"runtime_dir": 3}})
+
+
+def test_missing_file_names_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in info.value.message
+    assert "does not exist" in info.value.message
+
+
+def test_unreadable_path_names_path(tmp_path: Path) -> None:
+    # a directory cannot be read as a file: OSError other than FileNotFoundError
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(tmp_path) in info.value.message
+
+
+def test_invalid_toml_names_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "[supervisor\ngrace_period = = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in info.value.message
+    assert "TOML" in info.value.message
+
+
+def test_config_is_frozen() -> None:
+    import attrs
+
+    cfg = Config()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.supervisor.grace_period = 1.0  # type: ignore[misc]

@@ -1,0 +1,415 @@
+"""End to end: a real supervisor process, real worker processes, real Unix sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from iii_supervisor.errors import FunctionNotFound, InvocationFailed, InvocationStopped, InvocationTimeout
+from iii_supervisor.protocol import Connection, Error, Hello, InvokeFunction
+from supervisor_harness import Supervisor, pid_alive, run_cli, write_worker
+
+TARGET = """
+import os, time, trio
+
+calls = []
+
+def echo_sync(data):
+    return {"echo": data, "via": "sync", "pid": os.getpid()}
+
+async def echo_async(data):
+    await trio.sleep(0)
+    return {"echo": data, "via": "async"}
+
+def slow(data):
+    time.sleep(data.get("seconds", 30))
+    return "done"
+
+def record(data):
+    calls.append(data)
+
+def recorded(_data):
+    return calls
+
+def boom(_data):
+    raise ValueError("kaboom")
+
+iii.register_function({"id": "target.echo_sync"}, echo_sync)
+iii.register_function("target.echo_async", echo_async)
+iii.register_function("target.slow", slow)
+iii.register_function("target.record", record)
+iii.register_function("target.recorded", recorded)
+iii.register_function("target.boom", boom)
+"""
+
+CALLER = """
+def call_sync(data):
+    return iii.trigger({"function_id": data["function_id"], "payload": data.get("payload")})
+
+async def call_async(data):
+    return await iii.trigger_async({"function_id": data["function_id"], "payload": data.get("payload"),
+                                    "timeout_ms": data.get("timeout_ms")})
+
+def fire(data):
+    return iii.trigger({"function_id": "target.record", "payload": data, "action": TriggerAction.Void()})
+
+async def caught(data):
+    try:
+        await iii.trigger_async({"function_id": data["function_id"], "payload": data.get("payload"),
+                                 "timeout_ms": data.get("timeout_ms")})
+    except Exception as exc:
+        return {"code": exc.code, "message": exc.message}
+
+iii.register_function("caller.call_sync", call_sync)
+iii.register_function("caller.call_async", call_async)
+iii.register_function("caller.fire", fire)
+iii.register_function("caller.caught", caught)
+"""
+
+
+@pytest.fixture
+def workers_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "workers"
+    d.mkdir()
+    write_worker(d, "target", TARGET)
+    write_worker(d, "caller", CALLER)
+    return d
+
+
+async def test_cross_worker_calls_sync_async_and_void(workers_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+            for handler in ("sync", "async"):
+                for caller in ("call_sync", "call_async"):
+                    result = await sup.call(f"caller.{caller}",
+                                            {"function_id": f"target.echo_{handler}", "payload": {"n": 1}})
+                    assert result["echo"] == {"n": 1} and result["via"] == handler
+            # Void returns None at once; the call still happens.
+            assert await sup.call("caller.fire", {"k": "v"}) is None
+            while await sup.call("target.recorded") != [{"k": "v"}]:
+                await trio.sleep(0.02)
+            # errors travel back with their code
+            err = await sup.call("caller.caught", {"function_id": "nope.missing"})
+            assert err["code"] == "function_not_found" and "nope.missing" in err["message"]
+            err = await sup.call("caller.caught", {"function_id": "target.boom"})
+            assert err == {"code": "invocation_failed", "message": "kaboom"}
+            with pytest.raises(InvocationFailed) as info:
+                await sup.call("target.boom")
+            assert "ValueError: kaboom" in (info.value.stacktrace or "")
+            with pytest.raises(FunctionNotFound):
+                await sup.call("nope.missing")
+            # per-call timeout_ms is enforced by the supervisor
+            err = await sup.call("caller.caught", {"function_id": "target.slow", "payload": {"seconds": 5},
+                                                   "timeout_ms": 200})
+            assert err["code"] == "invocation_timeout"
+            with pytest.raises(InvocationTimeout):
+                await sup.call("target.slow", {"seconds": 5}, timeout_ms=200)
+
+
+async def test_kill_9_fails_calls_removes_registrations_and_restarts(workers_dir: Path) -> None:
+    write_worker(workers_dir, "provider", """
+    import trio
+    class Provider:
+        async def register_trigger(self, cfg): print("bound", cfg.id, flush=True)
+        async def unregister_trigger(self, cfg): pass
+    iii.register_trigger_type({"id": "tick", "description": "test trigger type"}, Provider())
+    """)
+    write_worker(workers_dir, "binder", """
+    import time
+    time.sleep(0.5)  # let the provider register its type first
+    iii.register_trigger({"type": "tick", "function_id": "target.echo_sync", "config": {"every": 1}})
+    """)
+    with trio.fail_after(40):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=4)
+            # the target's own trigger binding, made through the control-less path: caller binds to target
+            while not (await sup.call("engine::triggers::list"))["triggers"]:
+                await trio.sleep(0.05)
+            before = await sup.workers()
+            target_pid = before["target"]["pid"]
+            assert "target.slow" in await sup.function_ids()
+
+            async with trio.open_nursery() as nursery:
+                outcome: dict[str, object] = {}
+
+                async def slow_call() -> None:
+                    try:
+                        await sup.call("caller.call_async", {"function_id": "target.slow", "payload": {"seconds": 30}})
+                    except Exception as exc:  # the caller worker re-raises the routed error
+                        outcome["error"] = exc
+                    outcome["at"] = trio.current_time()
+
+                nursery.start_soon(slow_call)
+                await trio.sleep(0.5)  # the call is now running inside target
+                os.kill(target_pid, signal.SIGKILL)
+                killed_at = trio.current_time()
+
+            assert outcome["at"] - killed_at < 1.0, "the call in flight must fail at once"
+            err = outcome["error"]
+            assert isinstance(err, InvocationFailed)  # caller.call_async raised it onwards ...
+            assert "stopped" in err.message  # ... with the invocation_stopped message
+
+            # functions and triggers of the dead worker are gone immediately
+            ids = await sup.function_ids()
+            if "target.slow" in ids:  # only if it already came back (0.5 s backoff)
+                assert (await sup.workers())["target"]["pid"] != target_pid
+            # it restarts with backoff and registers again
+            workers = await sup.wait_running(4, restarts=1)
+            assert workers["target"]["restarts"] == 1 and workers["target"]["pid"] != target_pid
+            while "target.slow" not in await sup.function_ids():
+                await trio.sleep(0.05)
+            assert "was killed by SIGKILL" in sup.output()
+
+
+async def test_registrations_vanish_before_restart(tmp_path: Path) -> None:
+    d = tmp_path / "w"
+    d.mkdir()
+    # a worker that dies 0.3 s after registering, with a long backoff so the gap is observable
+    write_worker(d, "flaky", """
+    import os, threading, time
+    iii.register_function("flaky.fn", lambda d: d)
+    class P:
+        async def register_trigger(self, cfg): pass
+        async def unregister_trigger(self, cfg): pass
+    iii.register_trigger_type({"id": "flaky-type"}, P())
+    iii.register_trigger({"type": "flaky-type", "function_id": "flaky.fn", "config": {}})
+    threading.Timer(1.0, lambda: os._exit(3)).start()
+    """)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[restart]\ninitial_delay = 5.0\n")
+    with trio.fail_after(30):
+        async with Supervisor(d, "--config", str(cfg)) as sup:
+            await sup.start(expect_workers=1)
+            triggers = (await sup.call("engine::triggers::list"))["triggers"]
+            assert [t["function_id"] for t in triggers] == ["flaky.fn"]
+            with trio.fail_after(5):
+                while (await sup.workers())["flaky"]["state"] != "backoff":
+                    await trio.sleep(0.02)
+            assert "flaky.fn" not in await sup.function_ids()
+            assert (await sup.call("engine::triggers::list"))["triggers"] == []
+            with pytest.raises(FunctionNotFound):
+                await sup.call("flaky.fn", 1)
+            assert "flaky exited with code 3; restart #1 in 5.0s" in sup.output()
+
+
+def _raw_connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s
+
+
+def _read_error(s: socket.socket) -> Error:
+    conn = Connection()
+    while True:
+        data = s.recv(65536)
+        conn.receive_data(data)
+        events = list(conn.events()) if data else []
+        for ev in events:
+            if isinstance(ev, Error):
+                assert s.recv(1) == b"", "connection must be closed after the error"
+                return ev
+        if not data:
+            raise AssertionError("closed without an error frame")
+
+
+async def test_bad_clients_are_refused_and_others_keep_working(workers_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+
+            def bad_clients() -> list[Error]:
+                errors = []
+                with _raw_connect(sup.worker_socket) as s:  # garbage
+                    s.sendall(struct.pack(">I", 5) + b"\x07junk")
+                    errors.append(_read_error(s))
+                with _raw_connect(sup.worker_socket) as s:  # oversize length, no body sent
+                    s.sendall(struct.pack(">I", 2**31))
+                    errors.append(_read_error(s))
+                with _raw_connect(sup.worker_socket) as s:  # bad token
+                    s.sendall(Connection().send(Hello(token="not-the-token")))
+                    errors.append(_read_error(s))
+                with _raw_connect(sup.worker_socket) as s:  # no hello at all
+                    s.sendall(Connection().send(InvokeFunction(function_id="target.echo_sync", invocation_id="1")))
+                    errors.append(_read_error(s))
+                with _raw_connect(sup.control_socket) as s:  # invalid JSON on the control socket
+                    s.sendall(struct.pack(">I", 3) + b"{x}")
+                    errors.append(_read_error(s))
+                return errors
+
+            errors = await trio.to_thread.run_sync(bad_clients)
+            codes = [e.error.code for e in errors]
+            assert codes == ["malformed_message", "frame_too_large", "auth_failed", "auth_failed", "malformed_message"]
+            assert "2147483648" in errors[1].error.message
+            assert "invalid worker token" in errors[2].error.message
+            # a client that connects and says nothing is dropped after the handshake timeout,
+            # while the workers are undisturbed
+            result = await sup.call("caller.call_sync", {"function_id": "target.echo_sync", "payload": 7})
+            assert result["echo"] == 7
+            assert (await sup.workers())["target"]["restarts"] == 0
+
+
+async def test_sigterm_stops_every_worker_and_grandchild(workers_dir: Path) -> None:
+    write_worker(workers_dir, "forker", """
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    iii.register_function("forker.child", lambda _d: child.pid)
+    """)
+    write_worker(workers_dir, "stubborn", """
+    import signal
+    signal.signal(signal.SIGTERM, lambda *a: print("ignoring SIGTERM", flush=True))
+    """, preamble=True)
+    cfg = workers_dir.parent / "grace.toml"
+    cfg.write_text("[supervisor]\ngrace_period = 1.0\n")
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
+            await sup.start(expect_workers=4)
+            pids = [w["pid"] for w in (await sup.workers()).values()]
+            grandchild = await sup.call("forker.child")
+            assert all(pid_alive(p) for p in [*pids, grandchild])
+            assert await sup.terminate() == 0
+            assert not [p for p in [*pids, grandchild] if pid_alive(p)]
+            assert "ignoring SIGTERM" in sup.output(), sup.output()
+            assert not sup.control_socket.exists() and not sup.worker_socket.exists()
+
+
+async def test_supervisor_kill_9_takes_workers_down(workers_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+            pids = [w["pid"] for w in (await sup.workers()).values()]
+            assert sup.proc is not None
+            sup.proc.kill()
+            await sup.proc.wait()
+            while [p for p in pids if pid_alive(p)]:
+                await trio.sleep(0.05)  # bounded by fail_after: the workers must exit by themselves
+
+
+async def test_worker_output_is_prefixed(workers_dir: Path) -> None:
+    write_worker(workers_dir, "talker", """
+    import sys
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    sys.stdout.write("no newline at the end")
+    """)
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=3)
+            pid = (await sup.workers())["talker"]["pid"]
+            await sup.wait_for_output(f"talker[{pid}] to stderr")
+            await sup.wait_for_output(f"talker[{pid}] to stdout")
+            sup.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await sup.proc.wait()  # type: ignore[union-attr]
+            assert f"talker[{pid}] no newline at the end" in sup.output()
+
+
+async def test_duplicate_function_is_refused_in_the_second_worker(workers_dir: Path) -> None:
+    write_worker(workers_dir, "zz_dup", """
+    import time
+    time.sleep(0.5)
+    try:
+        iii.register_function("target.boom", lambda d: d)
+    except Exception as exc:
+        iii.register_function("dup.error", lambda d, e=exc: {"code": e.code, "message": e.message})
+    """)
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=3)
+            while "dup.error" not in await sup.function_ids():
+                await trio.sleep(0.05)
+            err = await sup.call("dup.error")
+            assert err["code"] == "function_conflict"
+            assert "'target.boom'" in err["message"] and "'target'" in err["message"]
+            with pytest.raises(InvocationFailed):  # still served by its first owner
+                await sup.call("target.boom")
+
+
+async def test_cli_invoke_status_and_errors(workers_dir: Path) -> None:
+    with trio.fail_after(40):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+            ok = await run_cli(sup, "invoke", "target.echo_sync", '{"json": "payload"}')
+            assert ok.returncode == 0, ok.stderr
+            assert orjson.loads(ok.stdout)["echo"] == {"json": "payload"}
+            stdin = await run_cli(sup, "invoke", "target.echo_async", "-", stdin=b"[1, 2]")
+            assert orjson.loads(stdin.stdout)["echo"] == [1, 2]
+            missing = await run_cli(sup, "invoke", "no.such", "{}")
+            assert missing.returncode == 1 and not missing.stdout
+            assert b"function_not_found" in missing.stderr and b"no.such" in missing.stderr
+            bad_json = await run_cli(sup, "invoke", "target.echo_sync", "{nope")
+            assert bad_json.returncode == 2 and b"not valid JSON" in bad_json.stderr
+            status = await run_cli(sup, "status")
+            header, *rows = status.stdout.decode().splitlines()
+            assert header.split() == ["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"]
+            assert sorted(r.split()[0] for r in rows) == ["caller", "target"]
+            as_json = orjson.loads((await run_cli(sup, "status", "--json")).stdout)
+            target = next(w for w in as_json if w["name"] == "target")
+            assert target["state"] == "running" and target["rss_bytes"] > 1_000_000
+            assert "target.slow" in target["functions"]
+            restart = await run_cli(sup, "restart", "target")
+            assert restart.returncode == 0
+            await sup.wait_running(2, restarts=1)
+            unknown = await run_cli(sup, "restart", "ghost")
+            assert unknown.returncode == 1 and b"worker_not_found" in unknown.stderr
+
+
+async def test_second_supervisor_refused_and_stale_socket_replaced(workers_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            # a stale socket file left by a dead supervisor
+            stale = socket.socket(socket.AF_UNIX)
+            stale.bind(str(sup.worker_socket))
+            stale.close()
+            await sup.start(expect_workers=2)
+            second = await run_cli(sup, "start", str(workers_dir))
+            assert second.returncode == 1
+            assert b"another iii-supervisor" in second.stderr
+            assert (await sup.workers())["target"]["state"] == "running"
+
+
+async def test_no_supervisor_and_bad_config_errors(tmp_path: Path, workers_dir: Path) -> None:
+    with trio.fail_after(20):
+        sup = Supervisor(workers_dir)
+        try:
+            status = await run_cli(sup, "status")
+            assert status.returncode == 1 and b"no iii-supervisor is running" in status.stderr
+            cfg = tmp_path / "bad.toml"
+            cfg.write_text("[supervisor]\ngrace_period = 'ten'\n")
+            bad = await run_cli(sup, "start", str(workers_dir), "--config", str(cfg))
+            assert bad.returncode == 78 and b"supervisor.grace_period" in bad.stderr
+            missing_dir = await run_cli(sup, "start", str(tmp_path / "nope"))
+            assert missing_dir.returncode == 78 and b"does not exist" in missing_dir.stderr
+        finally:
+            await sup.aclose()
+
+
+async def test_worker_stopping_mid_call_from_control_socket(workers_dir: Path) -> None:
+    """The control client's own in-flight call fails with invocation_stopped on kill -9."""
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+            pid = (await sup.workers())["target"]["pid"]
+            async with trio.open_nursery() as nursery:
+                errors: list[Exception] = []
+
+                async def call() -> None:
+                    try:
+                        await sup.call("target.slow", {"seconds": 30})
+                    except InvocationStopped as exc:
+                        errors.append(exc)
+
+                nursery.start_soon(call)
+                await trio.sleep(0.5)
+                os.kill(pid, signal.SIGKILL)
+                with trio.fail_after(1):
+                    while not errors:
+                        await trio.sleep(0.01)
+            assert "'target'" in errors[0].message
