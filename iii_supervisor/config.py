@@ -46,17 +46,29 @@ class Config:
     restart: BackoffPolicy = BackoffPolicy()
 
 
+class _BadValue(TypeError):
+    """Raised by the strict hooks below; its message (which names the value) is shown as is."""
+
+
+def _format_problem(exc: BaseException, kind: type | None) -> str:
+    # cattrs' default formatter drops the message ("invalid value"): keep ours, which names the
+    # value, and the attrs validators' (raised from __init__), which name the field and the value.
+    if isinstance(exc, _BadValue) or (isinstance(exc, ValueError) and kind is None and exc.args):
+        return str(exc.args[0])  # attrs' in_() adds the attribute, options and value as more args
+    return cattrs.v.format_exception(exc, kind)
+
+
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def strict_number(value: Any, kind: type) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-            raise TypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+            raise _BadValue(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
         return kind(value)
 
     def strict_str(value: Any, _kind: type) -> str:
         if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
+            raise _BadValue(f"expected a string, got {value!r}")
         return value
 
     conv.register_structure_hook(int, strict_number)
@@ -72,7 +84,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
     try:
         return _CONVERTER.structure(data, Config)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$"))
+        problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$", format_exception=_format_problem))
         raise ConfigError(f"invalid {source}: {problems}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None

@@ -34,6 +34,7 @@ from .errors import (
     EnqueueError,
     FunctionNotFound,
     InvocationError,
+    InvocationFailed,
     InvocationStopped,
     InvocationTimeout,
     error_from_wire,
@@ -173,8 +174,8 @@ class Invoker:
             raise InvocationTimeout(f"function {entry.id!r} did not answer in time") from None
         except Exception as exc:  # a built-in's bug must not take the engine down
             log.exception("built-in function %s failed", entry.id)
-            raise InvocationError(f"{entry.id}: {type(exc).__name__}: {exc}", code="invocation_failed",
-                                  stacktrace=traceback.format_exc()) from exc
+            raise InvocationFailed(f"{entry.id}: {type(exc).__name__}: {exc}",
+                                   stacktrace=traceback.format_exc()) from exc
 
     def _start(self, pending: Pending, msg: InvokeFunction) -> None:
         self.pending[pending.id] = pending
@@ -234,21 +235,37 @@ class Invoker:
             raise FunctionNotFound(f"function {function_id!r} not found")
         if entry.builtin is not None:
             return await self._run_builtin(entry, data, timeout)
-        inv_id = str(next(self._ids))
-        pending = Pending(inv_id, function_id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
-                          done=trio.Event())
-        self._start(pending, InvokeFunction(function_id=function_id, data=data, metadata=metadata))
-        try:
-            await pending.done.wait()  # type: ignore[union-attr]
-        finally:
-            if pending.outcome is None:  # cancelled: forget the call
-                self.pending.pop(inv_id, None)
-                pending.target.executing.discard(inv_id)
-        outcome = pending.outcome
+        outcome = await self.wait(self.start_local(entry, data, timeout=timeout, metadata=metadata))
         if outcome.error is not None:
             err = outcome.error
             raise error_from_wire(err.code, err.message, err.stacktrace)
         return outcome.result
+
+    def start_local(self, entry: FunctionEntry, data: Any, *, timeout: float,
+                    metadata: dict[str, Any] | None = None) -> Pending:
+        """Send a call to the worker owning ``entry``; await :meth:`wait` for the answer."""
+        assert entry.owner is not None, "built-ins are called with call()"
+        inv_id = str(next(self._ids))
+        pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
+                          done=trio.Event())
+        self._start(pending, InvokeFunction(function_id=entry.id, data=data, metadata=metadata))
+        return pending
+
+    async def wait(self, pending: Pending) -> InvocationResult:
+        """The answer to a :meth:`start_local` call (an error result on timeout or worker exit)."""
+        assert pending.done is not None
+        try:
+            await pending.done.wait()
+        finally:
+            if pending.outcome is None:  # cancelled: forget the call
+                self.forget(pending)
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def forget(self, pending: Pending) -> None:
+        """Stop waiting for ``pending``; a late answer is dropped."""
+        if self.pending.pop(pending.id, None) is not None:
+            pending.target.executing.discard(pending.id)
 
     def call_void(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
         """Fire and forget; a missing function is logged, not raised."""

@@ -8,6 +8,8 @@ crash loop settles at one attempt every ``max_delay`` seconds and never hammers 
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 
@@ -23,7 +25,11 @@ class BackoffPolicy:
         if failures <= 0:
             return 0.0
         # cap the exponent: factor ** 1000 would overflow a float long after max_delay is hit
-        return min(self.max_delay, self.initial_delay * self.factor ** min(failures - 1, 64))
+        try:
+            delay = self.initial_delay * self.factor ** min(failures - 1, 64)
+        except OverflowError:  # a large factor (1e5 ** 64) still leaves the float range: past max_delay
+            delay = math.inf if self.initial_delay > 0 else 0.0
+        return min(self.max_delay, delay)
 
 
 @attrs.define

@@ -54,7 +54,9 @@ class WorkerSlot:
     started_at: float | None = None
     last_exit: int | None = None
     restart_requested: bool = False
-    run_scope: trio.CancelScope | None = None
+    #: set to stop the current run gracefully
+    stop: trio.Event = attrs.Factory(trio.Event)
+    #: set to cut a backoff wait short
     wake: trio.Event = attrs.Factory(trio.Event)
 
     @property
@@ -93,9 +95,9 @@ class WorkerPool:
         self._stopping = True
         for slot in self.slots.values():
             slot.wake.set()
-            if slot.run_scope is not None:
+            slot.stop.set()
+            if slot.pid is not None:
                 slot.state = WorkerState.STOPPING
-                slot.run_scope.cancel()
 
     def restart(self, name: str) -> WorkerSlot:
         """Stop the worker (gracefully) and start it again at once, without backoff."""
@@ -104,8 +106,7 @@ class WorkerPool:
             raise KeyError(name)
         slot.restart_requested = True
         slot.wake.set()
-        if slot.run_scope is not None:
-            slot.run_scope.cancel()
+        slot.stop.set()
         return slot
 
     # --- one worker ---------------------------------------------------------------------------
@@ -133,16 +134,14 @@ class WorkerPool:
             slot.token = secrets.token_urlsafe(32)
             slot.state = WorkerState.STARTING
             slot.wake = trio.Event()
+            slot.stop = trio.Event()
             slot.restart_requested = False
             returncode: int | None = None
             spawned_at = trio.current_time()
-            with trio.CancelScope() as scope:
-                slot.run_scope = scope
-                try:
-                    returncode = await self._run_once(slot, report_started)
-                except OSError as exc:
-                    log.error("worker %s could not be started (%s): %s", slot.name, " ".join(slot.spec.command), exc)
-            slot.run_scope = None
+            try:
+                returncode = await self._run_once(slot, report_started)
+            except OSError as exc:
+                log.error("worker %s could not be started (%s): %s", slot.name, " ".join(slot.spec.command), exc)
             report_started()
             self._detach(slot)
             slot.token = None
@@ -166,7 +165,7 @@ class WorkerPool:
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
             proc: trio.Process = await nursery.start(
-                partial(run_worker_process, slot.spec, self._env(slot), self.sink, grace=self.grace))
+                partial(run_worker_process, slot.spec, self._env(slot), self.sink, grace=self.grace, stop=slot.stop))
             slot.pid = proc.pid
             slot.started_at = trio.current_time()
             log.info("worker %s started (pid %d)", slot.name, proc.pid)

@@ -5,8 +5,9 @@
 - stdout/stderr are pipes read line by line; each line is re-emitted as ``name[pid] line`` on
   the supervisor's own stdout/stderr (journald-friendly). A last line without a newline is
   flushed at EOF; an over-long line is cut into pieces instead of growing a buffer.
-- Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group; leftovers of a
-  worker whose main process already exited are killed too, so no orphan outlives its worker.
+- Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group, while the
+  output is still relayed; leftovers of a worker whose main process already exited are killed
+  too, so no orphan outlives its worker.
 - On Linux the direct child also gets ``PR_SET_PDEATHSIG``: if the supervisor dies by
   ``kill -9``, the kernel sends the worker SIGTERM.
 """
@@ -121,12 +122,14 @@ async def run_worker_process(
     sink: OutputSink,
     *,
     grace: float,
+    stop: trio.Event,
     task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Spawn ``spec``, relay its output, and return its exit code (``-N`` for signal N).
 
-    Cancelling this task stops the worker: SIGTERM, ``grace`` seconds, SIGKILL (shielded, so
-    the process has always exited when this returns).
+    Setting ``stop`` stops the worker gracefully (SIGTERM, ``grace`` seconds, SIGKILL) while its
+    output is still relayed, so nothing it prints while shutting down is lost. Cancelling this
+    task stops it too (shielded), so the process has always exited when this returns.
     """
     proc = await trio.lowlevel.open_process(
         list(spec.command),
@@ -140,12 +143,21 @@ async def run_worker_process(
     )
     pid = proc.pid
     task_status.started(proc)
+    stopper_scope = trio.CancelScope()
+
+    async def stop_when_asked() -> None:
+        with stopper_scope:
+            await stop.wait()
+            await stop_process(proc, grace=grace)
+
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
             nursery.start_soon(pump_lines, proc.stdout, sink.emitter(spec.name, pid, err=False))
             nursery.start_soon(pump_lines, proc.stderr, sink.emitter(spec.name, pid, err=True))
+            nursery.start_soon(stop_when_asked)
             await proc.wait()
+            stopper_scope.cancel()
             # Leftover children of a dead worker are orphans: kill them, then give the pipes a
             # moment to deliver the last lines (an escapee holding them open cannot stall us).
             signal_group(pid, signal.SIGKILL)
