@@ -521,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in OURS}
     raw.update({"peer_seq": [], "peer_inflight": []})
     pyspy_report: dict[str, Any] = {}
+    failed = False
     try:
         sup.start()
         assert sup.proc is not None
@@ -565,18 +566,24 @@ def main(argv: list[str] | None = None) -> int:
                       f"p99 {r['p99_ms']:.3f} ms  ({r['calls']} calls, steal {r['steal_cores']:.2f} cores)",
                       flush=True)
 
+        workers_after = sup.call("engine::workers::list", timeout=10)["workers"]
+        restarts = {w["name"]: w["restarts"] for w in workers_after}
+        if any(restarts.values()) or {w["name"]: w["pid"] for w in workers_after} != sup.worker_pids:
+            raise RuntimeError(f"a worker restarted during the measurements ({restarts}): results are invalid")
+
         if args.profile == "pyspy":
             print("profiling with py-spy (after the measurements) …", flush=True)
             pyspy_report = profile_pyspy(sup, max(2.0, args.seconds), args.concurrency,
                                          args.output.parent / "profiles", ["bench.echo_async", "bench.echo_sync"])
     except BaseException:
-        if sup.proc is not None:
-            print(f"bench: failed; supervisor log tail:\n{sup.log_tail()}", file=sys.stderr)
+        failed = True
         raise
     finally:
         if ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
         sup.stop()
+        if failed and sup.proc is not None:
+            print(f"bench: failed; supervisor log tail:\n{sup.log_tail()}", file=sys.stderr)
         cprofile_top = None
         if args.profile == "cprofile" and sup.prof_path.exists():
             import io

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 
 from .config import Config, load_config
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start the supervisor and every worker in DIR")
     start.add_argument("workers_dir", type=Path, metavar="DIR", help="directory of worker programs")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    start.add_argument("--http-host", help="address of the HTTP front (default 127.0.0.1)")
+    start.add_argument("--http-port", type=int, help="port of the HTTP front (default 3111; 0 picks a free one)")
     _common(start)
 
     status = sub.add_parser("status", help="show the workers of a running supervisor")
@@ -125,6 +128,12 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
     import trio
 
     setup_logging(args.log_level or config.supervisor.log_level)
+    overrides = {k: v for k, v in (("host", args.http_host), ("port", args.http_port)) if v is not None}
+    if overrides:
+        try:
+            config = attrs.evolve(config, http=attrs.evolve(config.http, **overrides))
+        except ValueError as exc:
+            raise ConfigError(f"invalid --http-port/--http-host: {exc}") from None
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
     engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir)

@@ -41,9 +41,30 @@ class SupervisorConfig:
 
 
 @attrs.frozen(kw_only=True)
+class HttpConfig:
+    #: Address of the HTTP front (``--http-host``).
+    host: str = "127.0.0.1"
+    #: Port of the HTTP front (``--http-port``); 0 picks a free port, logged at start.
+    port: int = attrs.field(default=3111, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    #: Largest request body accepted, in bytes (larger: 413).
+    max_body_size: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    #: How long a handler may take to *start* its response, in milliseconds (then 504).
+    request_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
+    #: Seconds a client has to send a complete request head; also the keep-alive idle time.
+    header_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds a client may stay silent while sending a body.
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Open connections at most; more are answered 503 and closed.
+    max_connections: int = attrs.field(default=1024, validator=_positive)
+    #: Include handler stack traces in 500 responses.
+    debug: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     restart: BackoffPolicy = BackoffPolicy()
+    http: HttpConfig = HttpConfig()
 
 
 class _BadValue(TypeError):
@@ -71,6 +92,12 @@ def _converter() -> cattrs.Converter:
             raise _BadValue(f"expected a string, got {value!r}")
         return value
 
+    def strict_bool(value: Any, _kind: type) -> bool:
+        if not isinstance(value, bool):
+            raise _BadValue(f"expected true or false, got {value!r}")
+        return value
+
+    conv.register_structure_hook(bool, strict_bool)
     conv.register_structure_hook(int, strict_number)
     conv.register_structure_hook(float, strict_number)
     conv.register_structure_hook(str, strict_str)

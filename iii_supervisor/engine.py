@@ -19,7 +19,9 @@ from .config import Config
 from .invocation import Invoker
 from .process.pool import WorkerPool
 from .process.runner import OutputSink, discover_workers
-from .registry import Registry
+from .registry import Registry, TriggerTypeEntry
+from .server.http import HttpFront
+from .server.routes import HttpTriggerProvider, Router
 from .server.sockets import SessionServer, SocketLimits, serve_unix
 from .server.unix import RuntimeLock, default_runtime_dir, prepare_runtime_dir
 from .systemd import run_watchdog, sd_notify
@@ -53,6 +55,10 @@ class Engine:
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
                                grace=sup.grace_period, sink=sink or OutputSink())
         install_builtins(self.registry, self.pool)
+        self.router = Router()
+        self.registry.add_trigger_type(TriggerTypeEntry("http", "HTTP requests to config.api_path",
+                                                        HttpTriggerProvider(self.router)))
+        self.http = HttpFront(config.http, self.router, self.registry, self.invoker)
         self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)
         self.server = SessionServer(self.registry, self.invoker, self.pool, self.limits)
         self._stop = trio.Event()
@@ -72,6 +78,7 @@ class Engine:
                 await nursery.start(self.invoker.run)
                 await nursery.start(serve_unix, self.worker_socket, self.server.handle_worker, self.limits)
                 await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
+                await nursery.start(self.http.run)
                 pool_done = trio.Event()
                 await nursery.start(self._run_pool, pool_done)
                 await nursery.start(run_watchdog)

@@ -69,6 +69,9 @@ class Pending:
     caller_invocation_id: str | None = None
     done: trio.Event | None = None
     outcome: InvocationResult | None = None
+    #: instead of ``done``: the result is sent into this channel (the HTTP front merges it with
+    #: the response channel so one task reads both, in the order the worker sent them)
+    notify: trio.MemorySendChannel[Any] | None = None
 
 
 def _error(exc: EngineError) -> ErrorBody:
@@ -207,6 +210,11 @@ class Invoker:
         elif pending.done is not None:
             pending.outcome = result
             pending.done.set()
+        elif pending.notify is not None:
+            try:
+                pending.notify.send_nowait(result)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
 
     def session_closed(self, peer: Peer) -> None:
         """``peer`` is gone: fail what it was executing, forget what it had started."""
@@ -242,12 +250,17 @@ class Invoker:
         return outcome.result
 
     def start_local(self, entry: FunctionEntry, data: Any, *, timeout: float,
-                    metadata: dict[str, Any] | None = None) -> Pending:
-        """Send a call to the worker owning ``entry``; await :meth:`wait` for the answer."""
+                    metadata: dict[str, Any] | None = None,
+                    notify: trio.MemorySendChannel[Any] | None = None) -> Pending:
+        """Send a call to the worker owning ``entry``.
+
+        The answer comes from :meth:`wait`, or, with ``notify``, as an ``InvocationResult`` sent
+        into that channel.
+        """
         assert entry.owner is not None, "built-ins are called with call()"
         inv_id = str(next(self._ids))
         pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
-                          done=trio.Event())
+                          done=None if notify is not None else trio.Event(), notify=notify)
         self._start(pending, InvokeFunction(function_id=entry.id, data=data, metadata=metadata))
         return pending
 

@@ -10,7 +10,9 @@ session owned and the invoker fails every call in flight to it, before any other
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from typing import Any
 
 import trio
@@ -18,6 +20,9 @@ import trio
 from .errors import ConnectionLost, EngineError, ProtocolError, RegistrationError
 from .invocation import Invoker
 from .protocol import (
+    ChannelClose,
+    ChannelControl,
+    ChannelWindow,
     Chunk,
     ErrorBody,
     Event,
@@ -39,6 +44,8 @@ from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .transport import FramedStream
 
 log = logging.getLogger(__name__)
+
+ChannelEvent = Chunk | ChannelControl | ChannelClose | ChannelWindow
 
 
 def _body(exc: EngineError) -> ErrorBody:
@@ -75,6 +82,9 @@ class Session:
         self.connected_at = trio.current_time()
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
+        #: streamed-body channels this session writes to us (HTTP responses), by channel id
+        self.channels: dict[int, trio.MemorySendChannel[ChannelEvent]] = {}
+        self._channel_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<Session {self.name} {self.worker_id}>"
@@ -106,12 +116,33 @@ class Session:
         except ConnectionLost:
             pass
 
+    def open_channel(self) -> tuple[int, trio.MemoryReceiveChannel[ChannelEvent]]:
+        """A new channel id on this connection, with the stream of what the worker sends on it.
+
+        Unbounded on our side because the worker may only send what we granted it with
+        ``channelwindow`` (see the HTTP front); it ends when the worker disconnects.
+        """
+        channel_id = next(self._channel_ids) % 2**32
+        send, receive = trio.open_memory_channel[ChannelEvent](math.inf)
+        if self.closed.is_set():
+            send.close()
+        else:
+            self.channels[channel_id] = send
+        return channel_id, receive
+
+    def close_channel(self, channel_id: int) -> None:
+        send = self.channels.pop(channel_id, None)
+        if send is not None:
+            send.close()
+
     def close(self) -> None:
         """Remove everything this session owns and fail its calls. Idempotent, synchronous."""
         if self.closed.is_set():
             return
         functions, triggers = self.registry.remove_owner(self)
         self.invoker.session_closed(self)
+        for channel_id in list(self.channels):
+            self.close_channel(channel_id)
         self.closed.set()
         self.cancel_scope.cancel()
         if functions or triggers:
@@ -129,6 +160,10 @@ class Session:
                 self.send_nowait(Pong())
             case Pong():
                 pass
+            case Chunk() | ChannelControl() | ChannelClose() | ChannelWindow():
+                channel = self.channels.get(event.channel_id)
+                if channel is not None:
+                    channel.send_nowait(event)
             case RegisterFunction() | UnregisterFunction() | RegisterTrigger() | UnregisterTrigger() | \
                     RegisterTriggerType() | UnregisterTriggerType() | TriggerRegistrationResult():
                 if not self.is_worker:

@@ -57,7 +57,7 @@ class Supervisor:
 
     async def start(self, *, expect_workers: int | None = None, timeout: float = 15) -> None:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
-        args = self.cli_args("start", str(self.workers_dir), *self.extra_args)
+        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=self._log, stderr=subprocess.STDOUT,
                                                      start_new_session=True)
         with trio.fail_after(timeout):
@@ -67,6 +67,14 @@ class Supervisor:
                 await trio.sleep(0.02)
             if expect_workers is not None:
                 await self.wait_running(expect_workers)
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP front's port, from its "listening on" log line."""
+        for line in self.output().splitlines():
+            if "HTTP front listening on http://" in line:
+                return int(line.rsplit(":", 1)[1])
+        raise RuntimeError("the supervisor logged no HTTP address")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -46,6 +46,8 @@ __all__ = [
     "JSONObject",
     "MESSAGE_TYPES",
     "TYPE_TAGS",
+    "CHANNEL_WINDOW",
+    "CHANNEL_CHUNK",
 ]
 
 
@@ -192,6 +194,12 @@ class InvocationResult:
 
 
 # --- channels (streamed bodies) ---------------------------------------------------------------
+
+
+#: Bytes a channel writer may send before the reader's first ``channelwindow`` grant.
+CHANNEL_WINDOW: Final = 256 * 1024
+#: Largest body chunk a writer sends in one frame.
+CHANNEL_CHUNK: Final = 64 * 1024
 
 
 @attrs.define(kw_only=True)

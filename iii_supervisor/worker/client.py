@@ -21,6 +21,7 @@ worker, unknown trigger type, bad config) raises here, at the line that asked fo
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import itertools
 import logging
@@ -39,6 +40,9 @@ import trio
 from ..errors import ConnectionLost, EngineError, ProtocolError, RegistrationError, error_from_wire
 from ..protocol import (
     Action,
+    ChannelClose,
+    ChannelWindow,
+    Chunk,
     Error,
     ErrorBody,
     Event,
@@ -59,11 +63,28 @@ from ..protocol import (
     WorkerRegistered,
 )
 from ..transport import FramedStream
+from .channels import ChannelReader, ChannelWriter
 
 log = logging.getLogger("iii_supervisor.worker")
 
 Handler = Callable[[Any], Any]
 REGISTRATION_TIMEOUT = 10.0
+
+_current_client: contextvars.ContextVar[III] = contextvars.ContextVar("iii_current_client")
+
+
+def current_client() -> III:
+    """The client serving the current invocation (used by ``@http``)."""
+    try:
+        return _current_client.get()
+    except LookupError:
+        raise RuntimeError("not inside an iii handler") from None
+
+
+def _channel_id(ref: Any, direction: str) -> int:
+    if not isinstance(ref, dict) or ref.get("direction") != direction or not isinstance(ref.get("channel_id"), int):
+        raise ValueError(f"not a {direction} channel reference: {ref!r}")
+    return ref["channel_id"]
 
 
 @attrs.define(kw_only=True)
@@ -178,6 +199,8 @@ class III:
         self._functions: dict[str, Handler] = {}
         self._trigger_types: dict[str, Any] = {}
         self._waiters: dict[tuple[str, str], _Waiter] = {}
+        self._readers: dict[int, ChannelReader] = {}
+        self._writers: dict[int, ChannelWriter] = {}
         self._ids = itertools.count(1)
         self._stream: FramedStream | None = None
         self._nursery: trio.Nursery | None = None
@@ -246,7 +269,21 @@ class III:
         match event:
             case InvokeFunction():
                 assert self._nursery is not None
-                self._nursery.start_soon(self._serve_invocation, event)
+                channels = self._open_channels(event.data)
+                self._nursery.start_soon(self._serve_invocation, event, channels)
+            case Chunk():
+                reader = self._readers.get(event.channel_id)
+                if reader is not None:
+                    reader._feed(event.data)
+            case ChannelWindow():
+                writer = self._writers.get(event.channel_id)
+                if writer is not None:
+                    writer._grant(event.size)
+            case ChannelClose():
+                if (reader := self._readers.get(event.channel_id)) is not None:
+                    reader._end(event.error)
+                if (writer := self._writers.get(event.channel_id)) is not None:
+                    writer._peer_closed(event.error)
             case InvocationResult():
                 self._resolve(("call", event.invocation_id or ""), event)
             case FunctionRegistered():
@@ -277,7 +314,42 @@ class III:
             raise ConnectionLost("not connected to the supervisor")
         self._stream.send_nowait(message)
 
-    async def _serve_invocation(self, msg: InvokeFunction) -> None:
+    def _open_channels(self, data: Any) -> list[int]:
+        """Create the channel ends a call's payload refers to *before* its chunks arrive."""
+        if not isinstance(data, dict):
+            return []
+        opened = []
+        try:
+            reader_id = _channel_id(data.get("request_body"), "read")
+            self._readers[reader_id] = ChannelReader(reader_id)
+            opened.append(reader_id)
+        except ValueError:
+            pass
+        try:
+            writer_id = _channel_id(data.get("response"), "write")
+            assert self._nursery is not None
+            self._writers[writer_id] = ChannelWriter(writer_id, self._send, self._nursery.start_soon)
+            opened.append(writer_id)
+        except ValueError:
+            pass
+        return opened
+
+    def channel_reader(self, ref: Any) -> ChannelReader:
+        return self._readers[_channel_id(ref, "read")]
+
+    def channel_writer(self, ref: Any) -> ChannelWriter:
+        return self._writers[_channel_id(ref, "write")]
+
+    async def _serve_invocation(self, msg: InvokeFunction, channels: list[int]) -> None:
+        _current_client.set(self)
+        try:
+            await self._run_invocation(msg)
+        finally:
+            for channel_id in channels:
+                self._readers.pop(channel_id, None)
+                self._writers.pop(channel_id, None)
+
+    async def _run_invocation(self, msg: InvokeFunction) -> None:
         handler = self._functions.get(msg.function_id)
         result: Any = None
         error: ErrorBody | None = None

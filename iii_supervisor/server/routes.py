@@ -1,0 +1,162 @@
+"""HTTP routing for ``http`` triggers: config validation, clash detection, matching. Pure.
+
+A route is a method and an ``api_path`` pattern such as ``/users/:id/posts/:post_id`` (the
+leading ``/`` is optional). Two routes *clash* when they have the same method and the same shape
+— same segment count, same static segments, parameters in the same places, whatever the
+parameter names — because no request could tell them apart. A clash is refused at registration
+with a message naming the owner of the existing route. When several routes match a request,
+the one with a static segment earliest wins (``/users/me`` before ``/users/:id``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import TriggerRegistrationError
+from ..registry import TriggerEntry
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_PARAM = None  # a parameter segment in a route's shape
+
+
+@attrs.frozen
+class Route:
+    method: str
+    pattern: str  # normalised, with a leading "/"
+    segments: tuple[str, ...]
+    trigger: TriggerEntry = attrs.field(eq=False)
+    condition_function_id: str | None = None
+
+    @property
+    def shape(self) -> tuple[str | None, ...]:
+        return tuple(_PARAM if s.startswith(":") else s for s in self.segments)
+
+    @property
+    def specificity(self) -> tuple[bool, ...]:
+        # static segments sort before parameters, position by position
+        return tuple(s.startswith(":") for s in self.segments)
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for seg, part in zip(self.segments, parts, strict=True):
+            if seg.startswith(":"):
+                if not part:
+                    return None
+                params[seg[1:]] = part
+            elif seg != part:
+                return None
+        return params
+
+
+def split_path(path: str) -> list[str]:
+    """``/a/b/`` → ``["a", "b"]``; the root is ``[]``."""
+    return [p for p in path.strip("/").split("/")] if path.strip("/") else []
+
+
+def normalise_pattern(api_path: str) -> tuple[str, tuple[str, ...]]:
+    segments = tuple(split_path(api_path))
+    for seg in segments:
+        if seg == ":" or (seg.startswith(":") and not seg[1:].replace("_", "").isalnum()):
+            raise TriggerRegistrationError(f"api_path {api_path!r}: invalid parameter segment {seg!r}")
+    names = [s[1:] for s in segments if s.startswith(":")]
+    if len(names) != len(set(names)):
+        raise TriggerRegistrationError(f"api_path {api_path!r} repeats a parameter name")
+    return "/" + "/".join(segments), segments
+
+
+def route_from_trigger(trigger: TriggerEntry) -> Route:
+    """Validate an ``http`` trigger's config into a :class:`Route`."""
+    config: dict[str, Any] = trigger.config
+    api_path = config.get("api_path")
+    if not isinstance(api_path, str) or not api_path.strip():
+        raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.api_path must be a non-empty string, "
+                                       f"got {api_path!r}")
+    method = config.get("http_method", "GET")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.http_method must be one of "
+                                       f"{', '.join(METHODS)}, got {method!r}")
+    condition = config.get("condition_function_id")
+    if condition is not None and not isinstance(condition, str):
+        raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.condition_function_id must be a string, "
+                                       f"got {condition!r}")
+    pattern, segments = normalise_pattern(api_path)
+    return Route(method.upper(), pattern, segments, trigger, condition)
+
+
+@attrs.frozen
+class Match:
+    route: Route
+    params: dict[str, str]
+
+
+@attrs.frozen
+class MethodNotAllowed:
+    allowed: tuple[str, ...]
+
+
+class Router:
+    """The routing table, rebuilt incrementally as triggers come and go."""
+
+    def __init__(self) -> None:
+        self._by_trigger: dict[str, Route] = {}
+        # segment count → routes, most specific first
+        self._by_length: dict[int, list[Route]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_trigger)
+
+    def add(self, route: Route) -> None:
+        for other in self._by_length.get(len(route.segments), ()):
+            if other.method == route.method and other.shape == route.shape:
+                owner = other.trigger.owner.name if other.trigger.owner else "the engine"
+                raise TriggerRegistrationError(
+                    f"route {route.method} {route.pattern} clashes with {other.method} {other.pattern}, "
+                    f"already registered by worker {owner!r} for function {other.trigger.function_id!r}"
+                )
+        self._by_trigger[route.trigger.id] = route
+        bucket = self._by_length.setdefault(len(route.segments), [])
+        bucket.append(route)
+        bucket.sort(key=lambda r: r.specificity)
+
+    def remove(self, trigger_id: str) -> Route | None:
+        route = self._by_trigger.pop(trigger_id, None)
+        if route is not None:
+            self._by_length[len(route.segments)].remove(route)
+        return route
+
+    def resolve(self, method: str, path: str) -> Match | MethodNotAllowed | None:
+        """The route for ``method path``; :class:`MethodNotAllowed` if only other methods match."""
+        parts = split_path(path)
+        allowed: list[str] = []
+        for route in self._by_length.get(len(parts), ()):
+            params = route.match(parts)
+            if params is None:
+                continue
+            if route.method == method:
+                return Match(route, params)
+            if route.method not in allowed:
+                allowed.append(route.method)
+        if method == "HEAD":  # HEAD falls back to GET, as HTTP servers do
+            found = self.resolve("GET", path)
+            if isinstance(found, Match):
+                return found
+        if allowed:
+            return MethodNotAllowed(tuple(sorted(allowed)))
+        return None
+
+
+class HttpTriggerProvider:
+    """The ``http`` trigger type: bindings become routes of the HTTP front."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def register(self, trigger: TriggerEntry) -> None:
+        self.router.add(route_from_trigger(trigger))
+
+    def unregister(self, trigger: TriggerEntry) -> None:
+        self.router.remove(trigger.id)
