@@ -37,7 +37,10 @@ What it does
 
 ``--profile pyspy`` adds a profiling phase after the measurements (so it does not disturb them):
 ``py-spy record`` on the supervisor, A and B while A runs the 64-in-flight async scenario, and
-prints the top functions by own (self) samples and by inclusive samples, per process.
+prints the top functions by own (self) samples and by inclusive samples, per process. py-spy runs
+with ``--gil`` (only samples of the thread holding the GIL: Python work; override with the env var
+``BENCH_PYSPY_ARGS``); the CPU table (psutil user+sys, /proc schedstat run-queue wait) says how much
+of each process's time that is.
 ``--profile cprofile`` instead starts the supervisor under ``python -m cProfile`` (from this
 harness only; the product code is untouched): its numbers are then distorted by the profiler and
 the run is marked as such; the supervisor's top functions by tottime are printed at the end.
@@ -77,6 +80,10 @@ DEFAULT_OUTPUT = HERE / "results" / "invoke.json"
 VENV_BIN = Path(sys.executable).parent
 PAYLOAD = {"x": 1}
 TARGET_RATIO = 3.0
+#: Extra py-spy flags. Default ``--gil``: count only samples of threads holding the GIL, i.e. Python work.
+#: (Without it, py-spy attributes most supervisor samples to the ``send`` line although psutil shows only
+#: a few µs of system time per call, so those samples are not CPU.) BENCH_PYSPY_ARGS="" samples all.
+PYSPY_EXTRA = os.environ.get("BENCH_PYSPY_ARGS", "--gil").split()
 
 OURS = [
     # key, mode, target function, label
@@ -192,14 +199,15 @@ class CpuSampler:
     def __init__(self, procs: dict[str, psutil.Process]) -> None:
         self.procs = procs
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[str, tuple[float, float, float]]:
+        """name → (user s, system s, run-queue wait s: runnable but not running, summed over threads)."""
         out = {}
         for name, p in self.procs.items():
             try:
                 t = p.cpu_times()
-                out[name] = t.user + t.system
+                out[name] = (t.user, t.system, _runq_wait_s(p.pid))
             except psutil.Error:
-                out[name] = float("nan")
+                out[name] = (float("nan"),) * 3
         return out
 
     def start(self) -> None:
@@ -211,11 +219,30 @@ class CpuSampler:
         elapsed = time.perf_counter() - self._t0
         c1 = self._read()
         steal = (_steal_jiffies() - self._s0) / _HZ
+        d = {k: [a - b for a, b in zip(c1[k], self._c0[k])] for k in c1}
         return {
-            "cpu_s": {k: c1[k] - self._c0[k] for k in c1},
+            "cpu_s": {k: v[0] + v[1] for k, v in d.items()},
+            "sys_s": {k: v[1] for k, v in d.items()},
+            "runq_wait_s": {k: v[2] for k, v in d.items()},
             "steal_cores": steal / elapsed if elapsed > 0 else 0.0,
             "wall_s": elapsed,
         }
+
+
+def _runq_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 # --- the supervisor ----------------------------------------------------------------------------
@@ -322,6 +349,8 @@ def ours_run(sup: Supervisor, sampler: CpuSampler, mode: str, target: str, count
     calls = max(1, stats["calls"])
     stats["cpu_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["cpu_s"].items()}
     stats["cpu_util"] = {k: v / noise["wall_s"] for k, v in noise["cpu_s"].items()}
+    stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
+    stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
     stats["steal_cores"] = noise["steal_cores"]
     return stats
 
@@ -334,6 +363,8 @@ def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mo
     calls = max(1, stats["calls"])
     stats["cpu_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["cpu_s"].items()}
     stats["cpu_util"] = {k: v / noise["wall_s"] for k, v in noise["cpu_s"].items()}
+    stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
+    stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
     stats["steal_cores"] = noise["steal_cores"]
     return stats
 
@@ -354,6 +385,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     names = runs[0]["cpu_us_per_call"].keys()
     out["cpu_us_per_call"] = {k: _median([r["cpu_us_per_call"][k] for r in runs]) for k in names}
     out["cpu_util"] = {k: _median([r["cpu_util"][k] for r in runs]) for k in names}
+    out["sys_us_per_call"] = {k: _median([r["sys_us_per_call"][k] for r in runs]) for k in names}
+    out["runq_wait_us_per_call"] = {k: _median([r["runq_wait_us_per_call"][k] for r in runs]) for k in names}
     out["steal_cores"] = _median([r["steal_cores"] for r in runs])
     return out
 
@@ -437,10 +470,10 @@ def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Pa
             if pid is None:
                 continue
             raw = out_dir / f"pyspy_{short}_{name}.txt"
-            # --threads: tell threads apart; --idle off: only samples where the thread runs (on-CPU)
+            # no --idle: sleeping threads are not sampled; --gil (PYSPY_EXTRA): only GIL holders
             spies[name] = (raw, subprocess.Popen(
-                [pyspy, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "250",
-                 "--format", "raw", "--output", str(raw), "--nonblocking"],
+                [pyspy, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "500",
+                 "--format", "raw", "--output", str(raw), "--nonblocking", *PYSPY_EXTRA],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(0.5)  # let py-spy attach
         stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
@@ -470,7 +503,7 @@ def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Pa
 def print_pyspy(report: dict[str, Any], n_self: int = 15, n_incl: int = 20) -> None:
     for target, rep in report.items():
         print(f"\n### py-spy, 64 in flight → {target} ({_k(rep['calls_per_s_while_profiled'])} calls/s while "
-              "sampled; % of on-CPU samples of each process)")
+              f"sampled; % of the samples of each process, py-spy {' '.join(PYSPY_EXTRA) or '(all non-idle)'})")
         for name, prof in rep["processes"].items():
             if "error" in prof:
                 print(f"\n{name}: py-spy failed: {prof['error']}")
@@ -481,6 +514,15 @@ def print_pyspy(report: dict[str, Any], n_self: int = 15, n_incl: int = 20) -> N
             print(f"{name} — inclusive:")
             for frame, pct in prof["inclusive_top"][:n_incl]:
                 print(f"  {pct:5.1f}%  {frame}")
+
+
+def _git_revision() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -573,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.profile == "pyspy":
             print("profiling with py-spy (after the measurements) …", flush=True)
-            pyspy_report = profile_pyspy(sup, max(2.0, args.seconds), args.concurrency,
+            pyspy_report = profile_pyspy(sup, max(4.0, args.seconds), args.concurrency,
                                          args.output.parent / "profiles", ["bench.echo_async", "bench.echo_sync"])
     except BaseException:
         failed = True
@@ -627,8 +669,10 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[key]
         cpu = "  ".join(f"{n} {v:.0f}" for n, v in s["cpu_us_per_call"].items())
         util = "  ".join(f"{n} {v:.2f}" for n, v in s["cpu_util"].items())
-        cpu_rows.append([key, cpu, util, f"{s['steal_cores']:.2f}"])
-    print(_table(["scenario", "CPU µs per call", "CPU cores busy", "steal cores"], cpu_rows))
+        wait = "  ".join(f"{v:.0f}" for v in s["runq_wait_us_per_call"].values())
+        cpu_rows.append([key, cpu, f"{sum(s['cpu_util'].values()):.2f} ({util})", wait, f"{s['steal_cores']:.2f}"])
+    print(_table(["scenario", "CPU µs per call (user+sys)", "cores busy: total (per process)",
+                  "run-queue wait µs/call", "steal cores"], cpu_rows))
 
     inflight_best = max(summary["inflight_sync"]["calls_per_s"], summary["inflight_async"]["calls_per_s"])
     need = TARGET_RATIO * summary["peer_inflight"]["calls_per_s"]
@@ -659,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "processor": platform.processor()},
+        "git": _git_revision(),
         "profiled_with_cprofile": args.profile == "cprofile",
         "payload": PAYLOAD,
         "target": {"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",

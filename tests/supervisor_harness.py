@@ -36,8 +36,9 @@ def write_worker(directory: Path, name: str, body: str, *, preamble: bool = True
 class Supervisor:
     """A supervisor subprocess with its own short runtime dir (AF_UNIX paths are ≤ 107 bytes)."""
 
-    def __init__(self, workers_dir: Path, *extra_args: str) -> None:
+    def __init__(self, workers_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
         self.workers_dir = workers_dir
+        self.env = env
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="iii-t"))
         self.log_path = self.runtime_dir.with_suffix(".log")
         self.extra_args = extra_args
@@ -59,7 +60,8 @@ class Supervisor:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
         args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                                     start_new_session=True)
+                                                     start_new_session=True,
+                                                     env={**os.environ, **(self.env or {})})
         with trio.fail_after(timeout):
             while not self.control_socket.exists():
                 if self.proc.poll() is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import signal
 import socket
 import struct
@@ -47,6 +49,7 @@ iii.register_function("target.slow", slow)
 iii.register_function("target.record", record)
 iii.register_function("target.recorded", recorded)
 iii.register_function("target.boom", boom)
+iii.register_function("target.env", lambda names: {n: os.environ.get(n) for n in names})
 """
 
 CALLER = """
@@ -413,3 +416,24 @@ async def test_worker_stopping_mid_call_from_control_socket(workers_dir: Path) -
                     while not errors:
                         await trio.sleep(0.01)
             assert "'target'" in errors[0].message
+
+
+async def test_systemd_notify_ready_and_stopping(workers_dir: Path, tmp_path: Path) -> None:
+    notify_path = Path(tempfile.mkdtemp(prefix="iii-n")) / "notify"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await listener.bind(str(notify_path))
+    try:
+        with trio.fail_after(30):
+            async with Supervisor(workers_dir, env={"NOTIFY_SOCKET": str(notify_path)}) as sup:
+                await sup.start()
+                ready = (await listener.recv(4096)).decode()
+                assert "READY=1" in ready.splitlines()
+                # a worker must not inherit NOTIFY_SOCKET
+                await sup.wait_running(2)
+                env = await sup.call("target.env", ["NOTIFY_SOCKET", "III_WORKER_NAME", "PYTHONUNBUFFERED"])
+                assert env == {"NOTIFY_SOCKET": None, "III_WORKER_NAME": "target", "PYTHONUNBUFFERED": "1"}
+                await sup.terminate()
+                assert "STOPPING=1" in (await listener.recv(4096)).decode()
+    finally:
+        listener.close()
+        shutil.rmtree(notify_path.parent, ignore_errors=True)
