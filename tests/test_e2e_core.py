@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import signal
 import socket
 import struct
@@ -437,3 +438,60 @@ async def test_systemd_notify_ready_and_stopping(workers_dir: Path, tmp_path: Pa
     finally:
         listener.close()
         shutil.rmtree(notify_path.parent, ignore_errors=True)
+
+
+async def test_silent_connection_dropped_after_handshake_timeout(workers_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "hs.toml"
+    cfg.write_text("[supervisor]\nhandshake_timeout = 0.3\n")
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
+            await sup.start(expect_workers=2)
+
+            def silent() -> tuple[Error, float]:
+                started = time.monotonic()
+                with _raw_connect(sup.worker_socket) as s:
+                    return _read_error(s), time.monotonic() - started
+
+            error, waited = await trio.to_thread.run_sync(silent)
+            assert error.error.code == "handshake_timeout" and 0.2 < waited < 3
+            assert (await sup.call("target.echo_async", 5))["echo"] == 5
+
+
+async def test_unregister_and_unknown_trigger_type(workers_dir: Path) -> None:
+    write_worker(workers_dir, "dynamic", """
+    temp = iii.register_function("dynamic.temp", lambda d: "temp")
+    try:
+        iii.register_trigger({"type": "no-such-type", "function_id": "dynamic.temp", "config": {}})
+    except Exception as exc:
+        refused = {"code": exc.code, "message": exc.message}
+
+    class P:
+        async def register_trigger(self, cfg): pass
+        async def unregister_trigger(self, cfg): pass
+    iii.register_trigger_type({"id": "dyn-type"}, P())
+    binding = iii.register_trigger({"type": "dyn-type", "function_id": "dynamic.temp", "config": {"a": 1}})
+
+    def drop(_data):
+        temp.unregister()
+        binding.unregister()
+        return "dropped"
+
+    iii.register_function("dynamic.refused", lambda d: refused)
+    iii.register_function("dynamic.drop", drop)
+    """)
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=3)
+            while "dynamic.drop" not in await sup.function_ids():
+                await trio.sleep(0.05)
+            refused = await sup.call("dynamic.refused")
+            assert refused["code"] == "trigger_registration_failed"
+            assert "'no-such-type'" in refused["message"] and "dyn-type" not in refused["message"]
+            listing = await sup.call("engine::triggers::list")
+            assert [(t["trigger_type"], t["config"]) for t in listing["triggers"]] == [("dyn-type", {"a": 1})]
+            assert await sup.call("dynamic.temp") == "temp"
+            assert await sup.call("dynamic.drop") == "dropped"
+            while (await sup.call("engine::triggers::list"))["triggers"]:
+                await trio.sleep(0.02)
+            with pytest.raises(FunctionNotFound):
+                await sup.call("dynamic.temp")
