@@ -114,7 +114,7 @@ class Invoker:
         while heap and heap[0][0] <= now:
             _, inv_id = heapq.heappop(heap)
             pending = self.pending.get(inv_id)
-            if pending is not None:
+            if pending is not None and pending.deadline <= now:  # (a cleared deadline is inf)
                 timeout = InvocationTimeout(f"function {pending.function_id!r} did not answer in time")
                 self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
                                                        error=_error(timeout)))
@@ -274,6 +274,10 @@ class Invoker:
                 self.forget(pending)
         assert pending.outcome is not None
         return pending.outcome
+
+    def clear_deadline(self, pending: Pending) -> None:
+        """Let ``pending`` run without a deadline (an HTTP response that started streaming)."""
+        pending.deadline = math.inf
 
     def forget(self, pending: Pending) -> None:
         """Stop waiting for ``pending``; a late answer is dropped."""

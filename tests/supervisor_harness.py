@@ -63,7 +63,8 @@ class Supervisor:
                                                      start_new_session=True,
                                                      env={**os.environ, **(self.env or {})})
         with trio.fail_after(timeout):
-            while not self.control_socket.exists():
+            # the log line comes after every socket listens (the socket file exists a bit earlier)
+            while "iii-supervisor ready" not in self.output():
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"supervisor exited with {self.proc.returncode}:\n{self.output()}")
                 await trio.sleep(0.02)

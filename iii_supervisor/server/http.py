@@ -37,7 +37,7 @@ import trio
 
 from ..config import HttpConfig
 from ..errors import EngineError, InvocationError
-from ..invocation import Invoker
+from ..invocation import Invoker, Pending
 from ..protocol import (
     CHANNEL_WINDOW,
     ChannelClose,
@@ -162,8 +162,27 @@ class HttpConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as exc:
             raise _ClientGone(str(exc)) from None
 
+    def _finish_request_body(self) -> bool:
+        """Consume the rest of the request body if it is already buffered (always so without a
+        body); False if some of it is still to come, or the request was malformed: the connection
+        must then close."""
+        if self.conn.their_state is h11.ERROR:
+            return False
+        try:
+            while self.conn.their_state is h11.SEND_BODY:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    return False
+        except h11.RemoteProtocolError:
+            return False
+        return True
+
     async def respond(self, response: _Response, *, head_only: bool = False) -> None:
         headers = [_SERVER, *response.headers]
+        if not self._finish_request_body():
+            # answering before the body was read (404, 413 …): say we close, so that the client
+            # does not send its next request on a connection about to go away
+            headers.append(("connection", "close"))
         if not any(k.lower() == "content-length" for k, _ in response.headers):
             headers.append(("content-length", str(len(response.body))))
         events: list[Any] = [h11.Response(status_code=response.status, headers=headers,
@@ -412,24 +431,34 @@ class HttpFront:
         data["request_body"] = {"channel_id": body_channel, "direction": "read"}
         data["response"] = {"channel_id": response_channel, "direction": "write"}
         pending = self.invoker.start_local(entry, data, timeout=timeout, notify=session.channels[response_channel])
+        exchange = _Exchange(session, response_channel, events, pending)
+        too_large = trio.CancelScope()  # cancelled by the pump if the body crosses the limit in time
         try:
             async with trio.open_nursery() as nursery:
                 if stream_body:
-                    nursery.start_soon(self._pump_body, http, session, body_channel)
+                    nursery.start_soon(self._pump_body, http, session, body_channel, too_large)
                 else:
                     if body:
                         session.send_nowait(Chunk(body_channel, body))
                     session.send_nowait(ChannelClose(channel_id=body_channel))
-                result = await self._respond(http, request, session, response_channel, events,
-                                             deadline=trio.current_time() + timeout)
+                result = None
+                with too_large:
+                    result = await self._respond(http, request, exchange, deadline=trio.current_time() + timeout)
                 nursery.cancel_scope.cancel()
+            if too_large.cancelled_caught:
+                return json_response(413, "PAYLOAD_TOO_LARGE",
+                                     f"request body exceeds the limit of {self.config.max_body_size} bytes")
             return result
         finally:
+            # The handler may still run (504, 413, client gone): make its next write raise
+            # instead of waiting forever for window we will never grant.
+            exchange.abandon("response_abandoned", "the HTTP front no longer reads this response")
             self.invoker.forget(pending)
             session.close_channel(response_channel)
             session.close_channel(body_channel)
 
-    async def _pump_body(self, http: HttpConnection, session: Session, channel_id: int) -> None:
+    async def _pump_body(self, http: HttpConnection, session: Session, channel_id: int,
+                         too_large: trio.CancelScope) -> None:
         size = 0
         error: ErrorBody | None = None
         try:
@@ -444,6 +473,8 @@ class HttpFront:
                     if size > self.config.max_body_size:
                         error = ErrorBody(code="payload_too_large",
                                           message=f"request body exceeds {self.config.max_body_size} bytes")
+                        if http.conn.our_state is h11.SEND_RESPONSE:  # no response started yet: 413
+                            too_large.cancel()
                         break
                     session.send_nowait(Chunk(channel_id, bytes(event.data)))
                 elif isinstance(event, h11.EndOfMessage):
@@ -455,16 +486,15 @@ class HttpFront:
             error = ErrorBody(code="client_disconnected", message=f"the client went away: {exc}")
         session.send_nowait(ChannelClose(channel_id=channel_id, error=error))
 
-    async def _respond(self, http: HttpConnection, request: _Request, session: Session, channel_id: int,
-                       events: trio.MemoryReceiveChannel[Any], *, deadline: float) -> _Response | None:
+    async def _respond(self, http: HttpConnection, request: _Request, exchange: _Exchange, *,
+                       deadline: float) -> _Response | None:
         """Wait (until ``deadline``) for the start of the answer; stream it or return it."""
         status = 200
         headers: list[tuple[str, str]] = []
-        writer_closed = False
         touched = False  # did the handler use the response channel at all?
         first: bytes | None = None
         with trio.move_on_at(deadline) as scope:
-            async for event in events:
+            async for event in exchange.events:
                 match event:
                     case ChannelControl(data={"type": "set_status", "status_code": code}):
                         touched = True
@@ -482,10 +512,13 @@ class HttpFront:
                         first = data
                         break
                     case ChannelClose(error=error):
+                        exchange.writer_done = touched = True
                         if error is not None:
                             return self._error_response(error.code, error.message, error.stacktrace)
-                        writer_closed = touched = True
                     case InvocationResult(error=error, result=result):
+                        # a timeout comes from the engine: the handler itself may still run
+                        if error is None or error.code != "invocation_timeout":
+                            exchange.writer_done = True
                         if error is not None:
                             return self._error_response(error.code, error.message, error.stacktrace)
                         if result is not None:
@@ -493,9 +526,7 @@ class HttpFront:
                                 return render_result(result)
                             except ValueError as exc:
                                 return json_response(500, "invalid_response", f"invalid response: {exc}")
-                        if writer_closed or not touched:
-                            return _Response(status if touched else 204, headers, b"")
-                        # controls sent, writer still open: the body may follow
+                        return _Response(status if touched else 204, headers, b"")
             else:
                 return json_response(502, "invocation_stopped", "the worker went away")
         if scope.cancelled_caught:
@@ -503,39 +534,60 @@ class HttpFront:
         assert first is not None
         # Streaming has no overall deadline (think SSE); it ends when the handler closes the
         # writer, the worker goes away, or the client does.
-        await self._stream(http, request, session, channel_id, events, status, headers, first)
+        self.invoker.clear_deadline(exchange.pending)
+        await self._stream(http, request, exchange, status, headers, first)
         return None
 
-    async def _stream(self, http: HttpConnection, request: _Request, session: Session, channel_id: int,
-                      events: trio.MemoryReceiveChannel[Any], status: int, headers: list[tuple[str, str]],
-                      first: bytes) -> None:
+    async def _stream(self, http: HttpConnection, request: _Request, exchange: _Exchange, status: int,
+                      headers: list[tuple[str, str]], first: bytes) -> None:
         head_only = request.method == "HEAD"
         try:
             await http.send(h11.Response(status_code=status, headers=[_SERVER, *headers], reason=_reason(status)))
-            await self._forward(http, session, channel_id, first, head_only)
-            async for event in events:
+            await self._forward(http, exchange, first, head_only)
+            async for event in exchange.events:
                 match event:
                     case Chunk(data=data):
-                        await self._forward(http, session, channel_id, data, head_only)
+                        await self._forward(http, exchange, data, head_only)
                     case ChannelClose(error=None):
+                        exchange.writer_done = True
                         await http.send(h11.EndOfMessage())
                         return
                     case ChannelClose() | InvocationResult(error=ErrorBody()):
+                        exchange.writer_done = True
                         break  # the handler failed mid-stream: abort, the client sees a cut body
                     case _:
                         pass
             # worker gone or handler failed: close without the final chunk
             raise _ClientGone("response aborted")
         except _ClientGone:
-            session.send_nowait(ChannelClose(channel_id=channel_id, error=ErrorBody(
-                code="client_disconnected", message="the HTTP client went away")))
+            exchange.abandon("client_disconnected", "the HTTP client went away")
             raise
 
-    async def _forward(self, http: HttpConnection, session: Session, channel_id: int, data: bytes,
-                       head_only: bool) -> None:
+    async def _forward(self, http: HttpConnection, exchange: _Exchange, data: bytes, head_only: bool) -> None:
         if not head_only:
             await http.send(h11.Data(data=data))
-        session.send_nowait(ChannelWindow(channel_id=channel_id, size=len(data)))
+        exchange.grant(len(data))
+
+
+@attrs.define(eq=False)
+class _Exchange:
+    """One call's response channel, as the HTTP front sees it."""
+
+    session: Session
+    channel_id: int
+    events: trio.MemoryReceiveChannel[Any]
+    pending: Pending
+    #: the worker will not write on the channel any more (it closed it, or its handler returned)
+    writer_done: bool = False
+
+    def grant(self, size: int) -> None:
+        self.session.send_nowait(ChannelWindow(channel_id=self.channel_id, size=size))
+
+    def abandon(self, code: str, message: str) -> None:
+        """Tell a still-running handler that nobody reads its response: its next write raises."""
+        if not self.writer_done:
+            self.writer_done = True
+            self.session.send_nowait(ChannelClose(channel_id=self.channel_id, error=ErrorBody(code=code, message=message)))
 
 
 class _TooLarge(Exception):

@@ -17,10 +17,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import logging
+
 import trio
 
 from ..errors import EngineError
 from ..protocol import CHANNEL_CHUNK, CHANNEL_WINDOW, ChannelClose, ChannelControl, Chunk, ErrorBody, Message
+
+log = logging.getLogger(__name__)
 
 
 class ChannelClosed(EngineError):
@@ -91,8 +95,12 @@ class ChannelWriter:
         self._granted = trio.Event()
         self._closed = False
         self._peer_error: ErrorBody | None = None
-        self._lock = trio.StrictFIFOLock()  # keeps fire-and-forget writes in order
-        #: True once anything (status, headers, bytes) was sent
+        self._lock = trio.StrictFIFOLock()
+        # Fire-and-forget operations, run in order by one task; awaited operations wait until the
+        # queue is empty, so both kinds keep the order in which the handler issued them.
+        self._queued: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._drained: trio.Event | None = None  # set while a drain task runs
+        #: True once anything (status, headers, bytes) was sent or queued
         self.touched = False
 
     @property
@@ -105,6 +113,8 @@ class ChannelWriter:
         self._granted.set()
 
     def _peer_closed(self, error: ErrorBody | None) -> None:
+        if self._peer_error is not None:  # the first reason is the real one
+            return
         self._peer_error = error or ErrorBody(code="channel_closed", message="the reader closed the channel")
         self._granted.set()
 
@@ -114,8 +124,37 @@ class ChannelWriter:
         if self._closed:
             raise ChannelClosed("write after close", code="channel_closed")
 
+    # fire-and-forget plumbing
+    def _enqueue(self, afn: Callable[..., Any], *args: Any) -> None:
+        self._queued.append((afn, args))
+        if self._drained is None:
+            self._drained = trio.Event()
+            self._spawn(self._drain)
+
+    async def _drain(self) -> None:
+        assert self._drained is not None
+        try:
+            while self._queued:
+                afn, args = self._queued.popleft()
+                try:
+                    await afn(*args)
+                except Exception as exc:  # nobody awaits these: log, never crash the worker's loop
+                    log.debug("fire-and-forget %s on channel %d failed: %r", afn.__name__, self.channel_id, exc)
+        finally:
+            self._drained.set()
+            self._drained = None
+
+    async def _after_queued(self) -> None:
+        """Wait until the fire-and-forget operations issued so far have run."""
+        while self._drained is not None:
+            await self._drained.wait()
+
     async def write(self, data: bytes | bytearray | memoryview | str) -> None:
         """Send ``data`` (str is UTF-8 encoded), waiting for window as needed."""
+        await self._after_queued()
+        await self._write(data)
+
+    async def _write(self, data: bytes | bytearray | memoryview | str) -> None:
         if isinstance(data, str):
             data = data.encode()
         view = memoryview(data)
@@ -136,6 +175,10 @@ class ChannelWriter:
 
     async def send_message_async(self, message: str | dict[str, Any]) -> None:
         """Send a JSON control item (``{"type": "set_status", ...}``) on the channel."""
+        await self._after_queued()
+        await self._send_message(message)
+
+    async def _send_message(self, message: str | dict[str, Any]) -> None:
         import orjson
 
         data = orjson.loads(message) if isinstance(message, str) else message
@@ -146,10 +189,15 @@ class ChannelWriter:
 
     def send_message(self, message: str | dict[str, Any]) -> None:
         """Fire-and-forget form of :meth:`send_message_async` (ordered with other writes)."""
-        self._spawn(self.send_message_async, message)
+        self.touched = True
+        self._enqueue(self._send_message, message)
 
     async def close_async(self, error: ErrorBody | None = None) -> None:
         """End the body (idempotent). With ``error`` the reader aborts instead."""
+        await self._after_queued()
+        await self._close(error)
+
+    async def _close(self, error: ErrorBody | None = None) -> None:
         async with self._lock:
             if self._closed:
                 return
@@ -159,7 +207,7 @@ class ChannelWriter:
 
     def close(self) -> None:
         """Fire-and-forget form of :meth:`close_async`."""
-        self._spawn(self.close_async)
+        self._enqueue(self._close)
 
 
 class WritableStream:
@@ -169,7 +217,8 @@ class WritableStream:
         self.writer = writer
 
     def write(self, data: bytes | str) -> None:
-        self.writer._spawn(self.writer.write, data)
+        self.writer.touched = True
+        self.writer._enqueue(self.writer._write, data)
 
     def end(self, data: bytes | str | None = None) -> None:
         if data is not None:

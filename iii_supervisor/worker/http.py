@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,7 +40,8 @@ def http(handler: Callable[[HttpRequest, HttpResponse], Awaitable[Any]]) -> Call
         try:
             result = await handler(request, response)
         except Exception as exc:
-            await writer.close_async(ErrorBody(code="invocation_failed", message=str(exc) or type(exc).__name__))
+            await writer.close_async(ErrorBody(code="invocation_failed", message=str(exc) or type(exc).__name__,
+                                               stacktrace=traceback.format_exc()))
             raise
         if result is None or writer.touched:
             await writer.close_async()
