@@ -3,7 +3,7 @@
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_invoke.py            # full run (~45-60 s)
+    .venv/bin/python benchmarks/bench_invoke.py            # full run (~45-55 s)
     .venv/bin/python benchmarks/bench_invoke.py --quick    # smoke run (~10-15 s)
     .venv/bin/python benchmarks/bench_invoke.py --profile pyspy   # + py-spy profile of every process
 
@@ -45,6 +45,16 @@ of each process's time that is.
 harness only; the product code is untouched): its numbers are then distorted by the profiler and
 the run is marked as such; the supervisor's top functions by tottime are printed at the end.
 
+Noise: the machine is shared. Before each rep the harness waits (a few seconds at most) for other
+processes to go quiet, and every measurement records the cores used by other processes and the
+hypervisor steal; measurements above 0.3 cores are flagged NOISY and a warning is printed.
+
+Notes: the supervisor gets ``--http-port 0`` (when the CLI has it) so it never clashes with another
+supervisor on the default port. The benchmark workers import ``workers_invoke/_keepalive.py``, which
+clears PR_SET_PDEATHSIG: with it, the supervisor's workers get SIGTERM ~10 s after being spawned (a
+supervisor bug described in that file), which would break any run longer than 10 s. A worker restart
+during the measurements is detected and fails the run.
+
 The supervisor is always stopped (SIGTERM, wait, SIGKILL on timeout) and the temporary runtime
 directory removed, even on failure or Ctrl-C.
 """
@@ -83,6 +93,8 @@ TARGET_RATIO = 3.0
 #: Extra py-spy flags. Default ``--gil``: count only samples of threads holding the GIL, i.e. Python work.
 #: (Without it, py-spy attributes most supervisor samples to the ``send`` line although psutil shows only
 #: a few µs of system time per call, so those samples are not CPU.) BENCH_PYSPY_ARGS="" samples all.
+#: A measurement during which other processes + steal took more than this many cores is flagged "noisy".
+NOISY_CORES = 0.3
 PYSPY_EXTRA = os.environ.get("BENCH_PYSPY_ARGS", "--gil").split()
 
 OURS = [
@@ -181,13 +193,36 @@ def peer_inflight(ex: concurrent.futures.ProcessPoolExecutor, count: int, second
 # --- machine noise and CPU accounting --------------------------------------------------------------
 
 
-def _steal_jiffies() -> int:
+def _proc_stat() -> tuple[int, int]:
+    """(busy jiffies, steal jiffies) of the whole machine, from the first line of /proc/stat."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8])  # cpu user nice system idle iowait irq softirq steal
+            fields = [int(x) for x in f.readline().split()[1:9]]
     except (OSError, IndexError, ValueError):
-        return 0
+        return 0, 0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal
+
+
+def _steal_jiffies() -> int:
+    return _proc_stat()[1]
+
+
+def foreign_load(window: float = 0.5) -> float:
+    """Cores busy on the machine (plus steal) during ``window`` seconds, when we are idle."""
+    b0, s0 = _proc_stat()
+    time.sleep(window)
+    b1, s1 = _proc_stat()
+    return ((b1 - b0) + (s1 - s0)) / _HZ / window
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` cores."""
+    deadline = time.monotonic() + max_wait
+    load = foreign_load()
+    while load > threshold and time.monotonic() < deadline:
+        load = foreign_load()
+    return load
 
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -199,28 +234,33 @@ class CpuSampler:
     def __init__(self, procs: dict[str, psutil.Process]) -> None:
         self.procs = procs
 
-    def _read(self) -> dict[str, tuple[float, float, float]]:
-        """name → (user s, system s, run-queue wait s: runnable but not running, summed over threads)."""
+    def _read(self) -> dict[str, tuple[float, float, dict[str, float]]]:
+        """name → (user s, system s, {tid: run-queue wait s}: runnable but not running)."""
         out = {}
         for name, p in self.procs.items():
             try:
                 t = p.cpu_times()
                 out[name] = (t.user, t.system, _runq_wait_s(p.pid))
             except psutil.Error:
-                out[name] = (float("nan"),) * 3
+                out[name] = (float("nan"), float("nan"), {})
         return out
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._c0 = self._read()
-        self._s0 = _steal_jiffies()
+        self._busy0, self._s0 = _proc_stat()
 
     def stop(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._t0
         c1 = self._read()
-        steal = (_steal_jiffies() - self._s0) / _HZ
-        d = {k: [a - b for a, b in zip(c1[k], self._c0[k])] for k in c1}
+        busy1, s1 = _proc_stat()
+        steal = (s1 - self._s0) / _HZ
+        d = {k: [c1[k][0] - self._c0[k][0], c1[k][1] - self._c0[k][1], _runq_delta(self._c0[k][2], c1[k][2])]
+             for k in c1}
+        ours = sum(v[0] + v[1] for v in d.values())
         return {
+            # cores used by processes other than the measured ones (other sessions, py-spy, …)
+            "other_cores": max(0.0, ((busy1 - self._busy0) / _HZ - ours) / elapsed) if elapsed > 0 else 0.0,
             "cpu_s": {k: v[0] + v[1] for k, v in d.items()},
             "sys_s": {k: v[1] for k, v in d.items()},
             "runq_wait_s": {k: v[2] for k, v in d.items()},
@@ -229,23 +269,40 @@ class CpuSampler:
         }
 
 
-def _runq_wait_s(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
-    total = 0
+def _runq_wait_s(pid: int) -> dict[str, float]:
+    """tid → seconds the thread spent runnable but waiting for a CPU (/proc/PID/task/TID/schedstat)."""
+    out: dict[str, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return float("nan")
+        return out
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
+                out[tid] = int(f.read().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             pass
-    return total / 1e9
+    return out
+
+
+def _runq_delta(before: dict[str, float], after: dict[str, float]) -> float:
+    # threads that exited in between are lost (trio's thread cache retires idle threads): an undercount
+    return sum(v - before.get(tid, 0.0) for tid, v in after.items())
 
 
 # --- the supervisor ----------------------------------------------------------------------------
+
+
+def _start_supports(flag: str) -> bool:
+    """Whether ``iii-supervisor start`` knows ``flag`` (the CLI grows options over time)."""
+    from iii_supervisor.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
+        start = action.choices.get("start")  # type: ignore[union-attr]
+        if start is not None:
+            return any(flag in a.option_strings for a in start._actions)  # noqa: SLF001
+    return False
 
 
 class Supervisor:
@@ -272,6 +329,8 @@ class Supervisor:
             exe = VENV_BIN / "iii-supervisor"
             cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
         cmd += ["start", str(self.workers_dir), "--runtime-dir", str(self.runtime_dir), "--log-level", "warning"]
+        if _start_supports("--http-port"):
+            cmd += ["--http-port", "0"]  # any free port: never clash with another supervisor on the default one
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
@@ -352,6 +411,7 @@ def ours_run(sup: Supervisor, sampler: CpuSampler, mode: str, target: str, count
     stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
     stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
     stats["steal_cores"] = noise["steal_cores"]
+    stats["other_cores"] = noise["other_cores"]
     return stats
 
 
@@ -366,6 +426,7 @@ def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mo
     stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
     stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
     stats["steal_cores"] = noise["steal_cores"]
+    stats["other_cores"] = noise["other_cores"]
     return stats
 
 
@@ -388,6 +449,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["sys_us_per_call"] = {k: _median([r["sys_us_per_call"][k] for r in runs]) for k in names}
     out["runq_wait_us_per_call"] = {k: _median([r["runq_wait_us_per_call"][k] for r in runs]) for k in names}
     out["steal_cores"] = _median([r["steal_cores"] for r in runs])
+    out["other_cores"] = _median([r["other_cores"] for r in runs])
+    out["noisy_reps"] = sum(1 for r in runs if r["other_cores"] + r["steal_cores"] > NOISY_CORES)
     return out
 
 
@@ -532,7 +595,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Routed calls worker A → iii-supervisor → worker B → A (sequential and 64 in flight, "
                     "sync and async handlers) vs concurrent.futures.ProcessPoolExecutor(max_workers=2).",
-        epilog="Results: a table on stdout and raw JSON in benchmarks/results/invoke.json.")
+        epilog="Results: a table on stdout and raw JSON in benchmarks/results/invoke.json. "
+               "--profile pyspy needs py-spy in the venv (.venv/bin/pip install py-spy).")
     p.add_argument("--quick", action="store_true", help="short smoke run (1 rep, 0.6 s per measurement; ~15 s)")
     p.add_argument("--reps", type=int, help="repetitions per scenario, interleaved (default 3; --quick: 1)")
     p.add_argument("--seconds", type=float, help="time bound per measurement (default 2.0; --quick: 0.6)")
@@ -558,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_invoke: reps={args.reps} seconds={args.seconds:g} warmup={args.warmup:g} "
           f"concurrency={args.concurrency} profile={args.profile}; loadavg {os.getloadavg()[0]:.2f}",
           flush=True)
+    load = wait_quiet(2.0 if args.quick else 5.0)
+    print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
     sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile")
     ex: concurrent.futures.ProcessPoolExecutor | None = None
     raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in OURS}
@@ -597,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         order = [("ours", *o[:3]) for o in OURS[:2]] + [("peer", "peer_seq", "seq", None)] + \
                 [("ours", *o[:3]) for o in OURS[2:]] + [("peer", "peer_inflight", "inflight", None)]
         for rep in range(args.reps):
+            load = wait_quiet(1.0 if args.quick else 3.0)
+            if load > NOISY_CORES:
+                print(f"  (machine not quiet before rep {rep + 1}: {load:.2f} cores busy elsewhere; measuring anyway)",
+                      flush=True)
             for who, key, mode, target in order:
                 if who == "ours":
                     r = run_ours(key, mode, target, args.seconds)
@@ -605,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["rep"] = rep + 1
                 raw[key].append(r)
                 print(f"  rep {rep + 1} {key:<15} {_k(r['calls_per_s']):>7} calls/s  p50 {r['p50_ms']:.3f} ms  "
-                      f"p99 {r['p99_ms']:.3f} ms  ({r['calls']} calls, steal {r['steal_cores']:.2f} cores)",
+                      f"p99 {r['p99_ms']:.3f} ms  ({r['calls']} calls; other processes {r['other_cores']:.2f} cores, "
+                      f"steal {r['steal_cores']:.2f})" + ("  NOISY" if r["other_cores"] + r["steal_cores"] > NOISY_CORES
+                                                           else ""),
                       flush=True)
 
         workers_after = sup.call("engine::workers::list", timeout=10)["workers"]
@@ -670,9 +742,14 @@ def main(argv: list[str] | None = None) -> int:
         cpu = "  ".join(f"{n} {v:.0f}" for n, v in s["cpu_us_per_call"].items())
         util = "  ".join(f"{n} {v:.2f}" for n, v in s["cpu_util"].items())
         wait = "  ".join(f"{v:.0f}" for v in s["runq_wait_us_per_call"].values())
-        cpu_rows.append([key, cpu, f"{sum(s['cpu_util'].values()):.2f} ({util})", wait, f"{s['steal_cores']:.2f}"])
+        cpu_rows.append([key, cpu, f"{sum(s['cpu_util'].values()):.2f} ({util})", wait,
+                         f"{s['other_cores']:.2f} / {s['steal_cores']:.2f}"])
     print(_table(["scenario", "CPU µs per call (user+sys)", "cores busy: total (per process)",
-                  "run-queue wait µs/call", "steal cores"], cpu_rows))
+                  "run-queue wait µs/call", "other procs / steal cores"], cpu_rows))
+    noisy = sum(s["noisy_reps"] for s in summary.values())
+    if noisy:
+        print(f"\nWARNING: {noisy} measurement(s) ran while other processes + steal took > {NOISY_CORES} cores "
+              "(see 'other procs / steal'); compare ratios, and re-run on a quiet machine for absolute numbers.")
 
     inflight_best = max(summary["inflight_sync"]["calls_per_s"], summary["inflight_async"]["calls_per_s"])
     need = TARGET_RATIO * summary["peer_inflight"]["calls_per_s"]

@@ -1,0 +1,987 @@
+#!/usr/bin/env python3
+"""HTTP end-to-end benchmark: iii-supervisor's h11 front → worker vs uvicorn, on 127.0.0.1.
+
+Run (from the repository root)::
+
+    .venv/bin/pip install -r benchmarks/requirements.txt   # once: uvicorn, httptools, uvloop, ...
+    apt-get install -y wrk                                 # once: the load generator (optional, see below)
+    .venv/bin/python benchmarks/bench_http.py              # full run (~3 min)
+    .venv/bin/python benchmarks/bench_http.py --quick      # smoke run (~30 s)
+    .venv/bin/python benchmarks/bench_http.py --profile    # + py-spy profile of the supervisor afterwards
+
+What it measures
+----------------
+The same tiny JSON endpoint, ``GET /hello`` → ``200 application/json {"hello":"world"}``, served by:
+
+- ``ours``: a real supervisor (``iii-supervisor start benchmarks/workers_http --http-port 0``,
+  a subprocess) whose worker ``hello.py`` answers with an **async** handler. Path of every
+  request: client → supervisor's h11 front → worker process (Unix socket) → supervisor → client.
+- ``ours-sync``: the same supervisor, ``GET /hello-sync``, a **sync** handler (the SDK runs it
+  in a thread of the worker).
+- ``ours+mypyc``: a second supervisor, identical except that ``h11`` is the mypyc-compiled fork
+  ``h11-mypyc``. That package installs as ``h11_mypyc`` (it is *not* a drop-in for ``import h11``),
+  so a benchmark-side launcher (``python -c``, below) aliases ``sys.modules["h11"] = h11_mypyc``
+  before importing the supervisor; product code is untouched. Skipped if h11-mypyc is missing.
+- ``uvicorn-h11``: uvicorn ``--http h11 --loop asyncio`` serving ``benchmarks/asgi_hello.py``, a
+  minimal raw ASGI app, in-process (no worker hop): the pure-Python peer.
+- ``uvicorn-httptools``: uvicorn ``--http httptools --loop uvloop`` (the C-parser peer).
+  Skipped if httptools or uvloop is missing.
+
+All servers are started once and stay up; every response is checked once (status, content type,
+body) before measuring. The load generator is ``wrk -t1 -cC -dDs --latency`` (C = 1 and 32,
+D = 5 s; ``--quick``: 2 s), whose output gives req/s, p50 and p99. If ``wrk`` is not installed a
+bounded Python client (asyncio, keep-alive, C connections, D seconds, at most ``--max-requests``)
+is used instead: it is itself CPU-bound near ~2–4k req/s on this kind of machine, so its numbers
+are a floor for everyone and the ratios are compressed towards 1; install wrk for real numbers.
+
+Repetitions are interleaved (rep 1 of every config at every concurrency, then rep 2, ...; the
+config order rotates per rep), default 3, and cells are the median [min–max]. Ratios
+(ours / peer) are paired within each rep, then the median is taken. Alongside each run the CPU
+time of the server process(es) and of wrk is sampled (psutil), plus the machine's hypervisor
+steal and the CPU used by other processes ("noise", in cores); a run with noise > ``--max-noise``
+is retried once (``--retries``) and the quieter attempt kept.
+
+Prints a table, the ratios, and whether the target "ours >= 1.0x uvicorn-h11 at c32" was met;
+writes every raw number to ``benchmarks/results/http.json`` (gitignored).
+
+``--profile``: after the measurements, ``py-spy record`` samples the supervisor and its worker
+while wrk drives ``ours`` at c32, and the top functions (own and inclusive samples) are printed
+and stored in the JSON (raw stacks in ``benchmarks/results/profiles/``).
+
+Every server process (and wrk) is stopped in ``finally`` — SIGTERM, wait, SIGKILL on timeout,
+workers included — even on failure or Ctrl-C; the temporary runtime directories are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKERS_DIR = HERE / "workers_http"
+DEFAULT_OUTPUT = HERE / "results" / "http.json"
+VENV_BIN = Path(sys.executable).parent
+EXPECTED_BODY = {"hello": "world"}
+HOST = "127.0.0.1"
+TARGET_RATIO = 1.0
+LISTEN_RE = re.compile(r"HTTP front listening on http://127\.0\.0\.1:(\d+)")
+
+#: Launches the supervisor CLI with ``import h11`` resolving to the mypyc-compiled fork.
+H11_MYPYC_LAUNCHER = (
+    "import sys, h11_mypyc; sys.modules['h11'] = h11_mypyc; "
+    "from iii_supervisor.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+# key -> label, in table order
+CONFIGS = {
+    "ours": "ours (h11 front → worker, async handler)",
+    "ours-sync": "ours (h11 front → worker, sync handler)",
+    "ours+mypyc": "ours with h11-mypyc (async handler)",
+    "uvicorn-h11": "uvicorn --http h11 --loop asyncio",
+    "uvicorn-httptools": "uvicorn --http httptools --loop uvloop",
+}
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def find_wrk() -> str | None:
+    return shutil.which("wrk")
+
+
+def wrk_version(wrk: str) -> str:
+    try:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=5)
+        return (out.stdout or out.stderr).splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+# --- machine noise and CPU accounting -----------------------------------------------------------
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat() -> tuple[int, int]:
+    """(busy jiffies excluding steal, steal jiffies) of the whole machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+class CpuSampler:
+    """CPU seconds of some processes, plus the machine's steal and other processes' CPU."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, p in self.procs.items():
+            try:
+                t = p.cpu_times()
+                out[name] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._c0 = self._read()
+        self._busy0, self._steal0 = _proc_stat()
+
+    def stop(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
+        """``extra``: CPU seconds of other processes of ours measured otherwise (e.g. wrk's rusage)."""
+        wall = time.perf_counter() - self._t0
+        c1 = self._read()
+        busy1, steal1 = _proc_stat()
+        cpu = {k: c1[k] - self._c0[k] for k in c1}
+        cpu.update(extra or {})
+        busy = (busy1 - self._busy0) / _HZ
+        steal = (steal1 - self._steal0) / _HZ
+        ours = sum(v for v in cpu.values() if v == v)
+        others = max(0.0, busy - ours)
+        return {"cpu_s": cpu, "wall_s": wall, "steal_cores": steal / wall, "others_cores": others / wall,
+                "noise_cores": (steal + others) / wall}
+
+
+def machine_busy_cores(interval: float = 0.2) -> float:
+    """Cores busy (incl. steal) over ``interval``: between runs, that is everybody else."""
+    b0, s0 = _proc_stat()
+    t0 = time.perf_counter()
+    time.sleep(interval)
+    b1, s1 = _proc_stat()
+    return ((b1 - b0) + (s1 - s0)) / _HZ / (time.perf_counter() - t0)
+
+
+def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait (at most ``max_wait`` s) until other processes use < ``threshold`` cores.
+
+    Returns (seconds waited, last busy reading)."""
+    t0 = time.perf_counter()
+    busy = machine_busy_cores()
+    while busy > threshold and time.perf_counter() - t0 < max_wait:
+        busy = machine_busy_cores()
+    return time.perf_counter() - t0, busy
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _stop_process(proc: subprocess.Popen | None, name: str, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"bench: {name} (pid {proc.pid}) did not stop within {timeout:g}s; killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Server:
+    """A server subprocess with a log file; subclasses say how to start it."""
+
+    name = "server"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = Path(tempfile.mkdtemp(prefix="iii-bh"))
+        self.log_path = self.tmp / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.children: list[psutil.Process] = []
+        self._log = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def find_port(self) -> int | None:
+        return self.port
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, env=self.env())
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during startup\n{self.log_tail()}")
+            port = self.find_port()
+            if port is not None:
+                try:
+                    status, headers, body = http_get(port, self.path)
+                    last = (status, headers.get("content-type"), body[:200])
+                    if status == 200:
+                        self.check_response(status, headers, body)
+                        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+                        return
+                except OSError as exc:
+                    last = exc
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not answer 200 on {self.path} within {timeout:g}s "
+                           f"(last: {last!r})\n{self.log_tail()}")
+
+    def check_response(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        if status != 200 or "application/json" not in headers.get("content-type", "") \
+                or json.loads(body) != EXPECTED_BODY:
+            raise RuntimeError(f"{self.name}: unexpected response {status} {headers} {body!r}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.path}"
+
+    def processes(self) -> dict[str, psutil.Process]:
+        assert self.proc is not None
+        procs = {"server": psutil.Process(self.proc.pid)}
+        for i, c in enumerate(self.children):
+            procs["worker" if i == 0 else f"worker{i}"] = c
+        return procs
+
+    def loaded_libraries(self) -> list[str]:
+        """Shared objects mapped by the server process (to prove which h11 it runs)."""
+        assert self.proc is not None
+        try:
+            return sorted({line.split()[-1] for line in Path(f"/proc/{self.proc.pid}/maps").read_text().splitlines()
+                           if line.strip().endswith(".so") or ".so." in line})
+        except OSError:
+            return []
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("  | " + line for line in lines[-n:])
+
+    def stop(self) -> None:
+        procs = list(self.children)
+        if self.proc is not None:
+            try:
+                procs = psutil.Process(self.proc.pid).children(recursive=True) or procs
+            except psutil.Error:
+                pass
+        _stop_process(self.proc, self.name, timeout=15)
+        for p in procs:  # workers: normally already stopped by the supervisor
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    p.wait(timeout=3)
+            except psutil.TimeoutExpired:
+                print(f"bench: {self.name} child pid {p.pid} outlived its parent; killing it", file=sys.stderr)
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            except psutil.Error:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SupervisorServer(Server):
+    def __init__(self, name: str, *, h11_mypyc: bool = False) -> None:
+        super().__init__("/hello")
+        self.name = name
+        self.h11_mypyc = h11_mypyc
+        self.runtime_dir = self.tmp / "rt"
+
+    def command(self) -> list[str]:
+        if self.h11_mypyc:
+            cmd = [sys.executable, "-c", H11_MYPYC_LAUNCHER]
+        else:
+            exe = VENV_BIN / "iii-supervisor"
+            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
+        return cmd + ["start", str(WORKERS_DIR), "--runtime-dir", str(self.runtime_dir),
+                      "--http-port", "0", "--log-level", "info"]
+
+    def find_port(self) -> int | None:
+        if self.port is None:
+            try:
+                m = LISTEN_RE.search(self.log_path.read_text(errors="replace"))
+            except OSError:
+                m = None
+            if m:
+                self.port = int(m.group(1))
+        return self.port
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start(timeout)
+        # the sync route too (same worker, registered in the same breath; may lag a few ms)
+        deadline = time.monotonic() + 10
+        while True:
+            status, headers, body = http_get(self.port, "/hello-sync")  # type: ignore[arg-type]
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.check_response(status, headers, body)
+        libs = self.loaded_libraries()
+        compiled = any("h11_mypyc" in lib for lib in libs)
+        if compiled != self.h11_mypyc:
+            raise RuntimeError(f"{self.name}: h11-mypyc {'not ' if self.h11_mypyc else ''}loaded, "
+                               f"expected the opposite")
+
+
+class UvicornServer(Server):
+    def __init__(self, name: str, http_impl: str, loop: str) -> None:
+        super().__init__("/hello")
+        self.name = name
+        self.http_impl = http_impl
+        self.loop = loop
+        self.port = free_port()  # tiny race with other programs; start() fails loudly if it is lost
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "asgi_hello:app", "--app-dir", str(HERE),
+                "--host", HOST, "--port", str(self.port), "--http", self.http_impl, "--loop", self.loop,
+                "--log-level", "warning", "--no-access-log", "--lifespan", "off"]
+
+
+# --- load generators ----------------------------------------------------------------------------
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNIT[unit]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not rps:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    pct = {int(p): _ms(v, u) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)}
+    total = re.search(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m)", out, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+    return {
+        "req_per_s": float(rps.group(1)),
+        "p50_ms": pct.get(50, float("nan")),
+        "p75_ms": pct.get(75, float("nan")),
+        "p90_ms": pct.get(90, float("nan")),
+        "p99_ms": pct.get(99, float("nan")),
+        "requests": int(total.group(1)) if total else 0,
+        "elapsed_s": _ms(total.group(2), total.group(3)) / 1000 if total else float("nan"),
+        "errors": errors,
+    }
+
+
+class Wrk:
+    kind = "wrk"
+
+    def __init__(self, exe: str) -> None:
+        self.exe = exe
+        self.proc: subprocess.Popen | None = None
+
+    def run(self, url: str, conns: int, seconds: int, sampler_procs: dict[str, psutil.Process]) -> dict[str, Any]:
+        cmd = [self.exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url]
+        sampler = CpuSampler(sampler_procs)
+        # wrk's CPU: the rusage of reaped children (wrk is the only child that exits meanwhile)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sampler.start()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = self.proc.communicate(timeout=seconds + 30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+        noise = sampler.stop(extra={"client": client})
+        if "Requests/sec" not in out:
+            raise RuntimeError(f"wrk failed: {' '.join(cmd)}\n{out}\n{err}")
+        stats = parse_wrk(out)
+        stats["noise"] = noise
+        stats["wrk_output"] = out
+        return stats
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class PythonClient:
+    """Fallback load generator: asyncio, keep-alive, ``conns`` connections, bounded in time and count.
+
+    Much slower than wrk (one Python process: ~100+ µs of client CPU per request), so with it
+    every server is measured against a client-bound ceiling.
+    """
+
+    kind = "python"
+
+    def __init__(self, max_requests: int) -> None:
+        self.max_requests = max_requests
+
+    async def _conn(self, port: int, path: str, deadline: float, lat: list[float], state: dict[str, int]) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        req = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+        perf = time.perf_counter
+        try:
+            while perf() < deadline and state["done"] < self.max_requests:
+                t0 = perf()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+                lat.append(perf() - t0)
+                state["done"] += 1
+                if not head.startswith(b"HTTP/1.1 200") or body != b'{"hello":"world"}':
+                    state["errors"] += 1
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            state["errors"] += 1
+        finally:
+            writer.close()
+
+    def run(self, url: str, conns: int, seconds: int, sampler_procs: dict[str, psutil.Process]) -> dict[str, Any]:
+        m = re.match(r"http://[^:]+:(\d+)(/.*)", url)
+        assert m
+        port, path = int(m.group(1)), m.group(2)
+        lat: list[float] = []
+        state = {"done": 0, "errors": 0}
+        sampler = CpuSampler({**sampler_procs, "client": psutil.Process()})
+
+        async def main() -> float:
+            t0 = time.perf_counter()
+            deadline = t0 + seconds
+            await asyncio.wait_for(
+                asyncio.gather(*(self._conn(port, path, deadline, lat, state) for _ in range(conns))),
+                timeout=seconds + 30)
+            return time.perf_counter() - t0
+
+        sampler.start()
+        elapsed = asyncio.run(main())
+        noise = sampler.stop()
+        lat.sort()
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, max(0, round(q / 100 * len(lat)) - 1))] * 1000 if lat else float("nan")
+
+        return {"req_per_s": state["done"] / elapsed, "p50_ms": pct(50), "p75_ms": pct(75), "p90_ms": pct(90),
+                "p99_ms": pct(99), "requests": state["done"], "elapsed_s": elapsed, "errors": state["errors"],
+                "noise": noise}
+
+    def close(self) -> None:
+        pass
+
+
+# --- profiling ----------------------------------------------------------------------------------
+
+
+def _parse_collapsed(path: Path) -> tuple[int, collections.Counter, collections.Counter]:
+    """py-spy ``--format raw`` (collapsed stacks) → (total samples, self counts, inclusive counts)."""
+    total = 0
+    own: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return 0, own, incl
+    for line in text.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    return total, own, incl
+
+
+def _short(frame: str) -> str:
+    name, _, loc = frame.partition(" (")
+    loc = loc.rstrip(")")
+    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+        if marker in loc:
+            loc = loc.split(marker, 1)[1]
+            break
+    return f"{name} ({loc})" if loc else name
+
+
+def _module_of(frame: str) -> str:
+    m = re.search(r"\((.*?):\d+\)$", frame)
+    path = m.group(1) if m else frame
+    for marker, prefix in (("site-packages/", ""), ("/lib/python3.11/", "stdlib/"), ("/work/main/", "")):
+        if marker in path:
+            return prefix + path.split(marker, 1)[1]
+    return path
+
+
+def _by_module(own: collections.Counter) -> collections.Counter:
+    """Own samples per source file: robust to py-spy's truncated coroutine stacks."""
+    out: collections.Counter = collections.Counter()
+    for frame, count in own.items():
+        out[_module_of(frame)] += count
+    return out
+
+
+def profile_pyspy(server: Server, gen: Wrk | PythonClient, seconds: int, conns: int,
+                  out_dir: Path) -> dict[str, Any]:
+    pyspy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    if pyspy is None:
+        print("bench: py-spy not found (.venv/bin/pip install py-spy); skipping the profile", file=sys.stderr)
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies: dict[str, tuple[Path, subprocess.Popen]] = {}
+    report: dict[str, Any] = {"server": server.name, "connections": conns, "processes": {}}
+    try:
+        for name, p in server.processes().items():
+            raw = out_dir / f"pyspy_{server.name}_{name}.txt"
+            spies[name] = (raw, subprocess.Popen(
+                [pyspy, "record", "--pid", str(p.pid), "--duration", str(seconds + 1), "--rate", "200",
+                 "--format", "raw", "--output", str(raw), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(0.5)  # let py-spy attach
+        stats = gen.run(server.url, conns, seconds, server.processes())
+        report["req_per_s_while_profiled"] = stats["req_per_s"]
+        for name, (raw, spy) in spies.items():
+            try:
+                _, err = spy.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            total, own, incl = _parse_collapsed(raw)
+            if total == 0:
+                report["processes"][name] = {"error": (err or b"").decode(errors="replace")[-500:]}
+                continue
+            report["processes"][name] = {
+                "samples": total,
+                "self_by_module": [[m, round(100 * c / total, 1)] for m, c in _by_module(own).most_common(15)],
+                "self_top": [[_short(f), round(100 * c / total, 1)] for f, c in own.most_common(30)],
+                "inclusive_top": [[_short(f), round(100 * c / total, 1)] for f, c in incl.most_common(50)],
+                "raw": str(raw),
+            }
+    finally:
+        for _, spy in spies.values():
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
+    return report
+
+
+def print_profile(report: dict[str, Any], n_self: int = 20, n_incl: int = 30) -> None:
+    print(f"\n### py-spy: {report['server']} at c{report['connections']} "
+          f"({_k(report.get('req_per_s_while_profiled', float('nan')))} req/s while sampled; "
+          "% of on-CPU samples of each process)")
+    for name, prof in report["processes"].items():
+        if "error" in prof:
+            print(f"\n{name}: py-spy failed: {prof['error']}")
+            continue
+        print(f"\n{name} ({prof['samples']} samples) — self, by source file:")
+        for module, pct in prof["self_by_module"]:
+            print(f"  {pct:5.1f}%  {module}")
+        print(f"{name} — self, by function line:")
+        for frame, pct in prof["self_top"][:n_self]:
+            print(f"  {pct:5.1f}%  {frame}")
+        print(f"{name} — inclusive:")
+        for frame, pct in prof["inclusive_top"][:n_incl]:
+            print(f"  {pct:5.1f}%  {frame}")
+
+
+# --- summaries ----------------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def _k(v: float) -> str:
+    if v != v:
+        return "-"
+    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+
+
+def _f(v: float, digits: int = 2) -> str:
+    return "-" if v != v else f"{v:.{digits}f}"
+
+
+def summarize(runs: list[dict[str, Any]], max_noise: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"reps": len(runs),
+                           "clean": sum(r["noise"]["noise_cores"] <= max_noise for r in runs)}
+    for key in ("req_per_s", "p50_ms", "p99_ms"):
+        vals = [r[key] for r in runs]
+        out[key] = _median(vals)
+        out[key + "_min"] = min(vals)
+        out[key + "_max"] = max(vals)
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["errors"] = sum(r["errors"] for r in runs)
+    names = runs[0]["noise"]["cpu_s"].keys()
+    out["cpu_us_per_req"] = {n: _median([r["noise"]["cpu_s"][n] / max(1, r["requests"]) * 1e6 for r in runs])
+                             for n in names}
+    out["cpu_util"] = {n: _median([r["noise"]["cpu_s"][n] / r["noise"]["wall_s"] for r in runs]) for n in names}
+    out["noise_cores"] = _median([r["noise"]["noise_cores"] for r in runs])
+    out["steal_cores"] = _median([r["noise"]["steal_cores"] for r in runs])
+    return out
+
+
+def _cell(s: dict[str, Any], key: str, fmt: Any, reps: int) -> str:
+    if reps > 1:
+        return f"{fmt(s[key])} [{fmt(s[key + '_min'])}–{fmt(s[key + '_max'])}]"
+    return fmt(s[key])
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
+
+
+def _git_state() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="HTTP end to end on 127.0.0.1: client → iii-supervisor h11 front → worker → back, vs uvicorn "
+                    "(h11+asyncio, httptools+uvloop) serving the same JSON in-process; load from wrk -t1.",
+        epilog="Needs the benchmark-only deps: .venv/bin/pip install -r benchmarks/requirements.txt "
+               "(and apt-get install -y wrk). Results: a table on stdout and raw JSON in "
+               "benchmarks/results/http.json.")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 2 s per run, no retries (~30 s)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (default 3; --quick: 1)")
+    p.add_argument("--duration", type=int, help="seconds per run, wrk -d (default 5; --quick: 2)")
+    p.add_argument("--connections", type=int, nargs="+", default=[1, 32],
+                   help="concurrency levels, wrk -c (default: 1 32)")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                   help="what to measure (default: all available)")
+    p.add_argument("--max-noise", type=float, default=0.3,
+                   help="retry a run when steal + other processes took more cores than this (default 0.3)")
+    p.add_argument("--retries", type=int, help="retries of a noisy run (default 1; --quick: 0)")
+    p.add_argument("--quiet-wait", type=float,
+                   help="before each run, wait up to this many seconds for the machine to be quiet "
+                        "(other processes < --max-noise cores; default 3; --quick: 0)")
+    p.add_argument("--budget", type=float, default=200.0,
+                   help="retry noisy runs only while the whole run is expected to end within this many "
+                        "seconds (default 200)")
+    p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                   help="load generator (auto: wrk if installed, else the Python client)")
+    p.add_argument("--max-requests", type=int, default=1_000_000,
+                   help="request-count bound per run of the Python client (default 1000000)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measurements, py-spy the supervisor + worker under wrk at the highest -c")
+    p.add_argument("--profile-seconds", type=int, default=8, help="duration of the profiled run (default 8)")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON output (default {DEFAULT_OUTPUT})")
+    args = p.parse_args(argv)
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.retries = args.retries if args.retries is not None else (0 if args.quick else 1)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 3.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    missing = [m for m in ("uvicorn",) if not _have(m)]
+    if missing:
+        print(f"bench_http: missing benchmark dependencies: {', '.join(missing)}\n"
+              f"  install them with:  .venv/bin/pip install -r benchmarks/requirements.txt", file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    configs = list(args.configs)
+    if "uvicorn-httptools" in configs and not (_have("httptools") and _have("uvloop")):
+        configs.remove("uvicorn-httptools")
+        notes.append("uvicorn-httptools skipped: httptools/uvloop not installed "
+                     "(.venv/bin/pip install -r benchmarks/requirements.txt)")
+    if "ours+mypyc" in configs and not _have("h11_mypyc"):
+        configs.remove("ours+mypyc")
+        notes.append("ours+mypyc skipped: h11-mypyc not installed (.venv/bin/pip install h11-mypyc)")
+    wrk = find_wrk() if args.client in ("auto", "wrk") else None
+    if args.client == "wrk" and wrk is None:
+        print("bench_http: wrk not found (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    gen: Wrk | PythonClient = Wrk(wrk) if wrk else PythonClient(args.max_requests)
+    if not wrk:
+        why = "--client python" if args.client == "python" else "wrk not found"
+        notes.append(f"{why}: using the bounded Python client (client-bound; ratios compressed "
+                     "towards 1). apt-get install -y wrk for real numbers")
+    for n in notes:
+        print(f"note: {n}", flush=True)
+
+    t_start = time.perf_counter()
+    print(f"bench_http: configs={configs} connections={args.connections} reps={args.reps} "
+          f"duration={args.duration}s client={gen.kind}; loadavg {os.getloadavg()[0]:.2f}", flush=True)
+
+    servers: dict[str, Server] = {}
+    raw: dict[str, dict[int, list[dict[str, Any]]]] = {c: {n: [] for n in args.connections} for c in configs}
+    targets: dict[str, tuple[Server, str]] = {}
+    profile_report: dict[str, Any] = {}
+    failed = False
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # so that finally: stops every server
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        if {"ours", "ours-sync"} & set(configs):
+            servers["sup"] = SupervisorServer("supervisor")
+        if "ours+mypyc" in configs:
+            servers["sup-mypyc"] = SupervisorServer("supervisor+h11-mypyc", h11_mypyc=True)
+        if "uvicorn-h11" in configs:
+            servers["uv-h11"] = UvicornServer("uvicorn-h11", "h11", "asyncio")
+        if "uvicorn-httptools" in configs:
+            servers["uv-httptools"] = UvicornServer("uvicorn-httptools", "httptools", "uvloop")
+        for s in servers.values():
+            s.start()
+            print(f"  {s.name:<22} pid {s.proc.pid if s.proc else '?'} "  # type: ignore[union-attr]
+                  f"(+{len(s.children)} child) on {HOST}:{s.port}", flush=True)
+        for c in configs:
+            if c == "ours":
+                targets[c] = (servers["sup"], "/hello")
+            elif c == "ours-sync":
+                targets[c] = (servers["sup"], "/hello-sync")
+            elif c == "ours+mypyc":
+                targets[c] = (servers["sup-mypyc"], "/hello")
+            elif c == "uvicorn-h11":
+                targets[c] = (servers["uv-h11"], "/hello")
+            else:
+                targets[c] = (servers["uv-httptools"], "/hello")
+
+        def url(c: str) -> str:
+            server, path = targets[c]
+            return f"http://{HOST}:{server.port}{path}"
+
+        def run_once(c: str, conns: int, seconds: int) -> dict[str, Any]:
+            return gen.run(url(c), conns, seconds, targets[c][0].processes())
+
+        # warm-up: every config at the highest concurrency, discarded
+        for c in configs:
+            run_once(c, max(args.connections), 1)
+
+        runs_left = args.reps * len(args.connections) * len(configs)
+        per_run = args.duration + 0.7  # wrk start/stop, quiet check and sampling overhead
+        for rep in range(args.reps):
+            order = configs[rep % len(configs):] + configs[:rep % len(configs)]
+            for conns in args.connections:
+                for c in order:
+                    best: dict[str, Any] | None = None
+                    runs_left -= 1
+                    for attempt in range(1 + args.retries):
+                        slack = args.budget - (time.perf_counter() - t_start) - (runs_left + 1) * per_run
+                        waited, busy_before = wait_quiet(args.max_noise, min(args.quiet_wait, max(0.0, slack)))
+                        r = run_once(c, conns, args.duration)
+                        r["quiet_wait_s"], r["busy_cores_before"] = waited, busy_before
+                        r["attempt"] = attempt + 1
+                        if best is None or r["noise"]["noise_cores"] < best["noise"]["noise_cores"]:
+                            best = r
+                        if r["noise"]["noise_cores"] <= args.max_noise:
+                            break
+                        expected_end = time.perf_counter() - t_start + (runs_left + 1) * per_run
+                        if expected_end > args.budget:
+                            break  # no time for a retry: keep the noisy run (flagged in the table)
+                    assert best is not None
+                    best["rep"] = rep + 1
+                    if not best["errors"]:
+                        best.pop("wrk_output", None)  # kept only to explain errors
+                    raw[c][conns].append(best)
+                    print(f"  rep {rep + 1} c{conns:<3} {c:<18} {_k(best['req_per_s']):>6} req/s  "
+                          f"p50 {_f(best['p50_ms'])} ms  p99 {_f(best['p99_ms'])} ms  errors {best['errors']}  "
+                          f"noise {best['noise']['noise_cores']:.2f} cores (attempt {best['attempt']})", flush=True)
+
+        for s in servers.values():  # a worker that restarted mid-run would invalidate the numbers
+            if isinstance(s, SupervisorServer):
+                now = psutil.Process(s.proc.pid).children(recursive=True)  # type: ignore[union-attr]
+                if {p.pid for p in now} != {p.pid for p in s.children}:
+                    raise RuntimeError(f"{s.name}: its worker restarted during the measurements; results invalid")
+
+        if args.profile and "ours" in configs:
+            print("profiling ours with py-spy (after the measurements) …", flush=True)
+            server, _ = targets["ours"]
+            profile_report = profile_pyspy(server, gen, args.profile_seconds, max(args.connections),
+                                           args.output.parent / "profiles")
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        gen.close()
+        for s in servers.values():
+            try:
+                s.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"bench: stopping {s.name} failed: {exc!r}", file=sys.stderr)
+            if failed:
+                print(f"bench: {s.name} log tail:\n{s.log_tail()}", file=sys.stderr)
+            s.cleanup()
+        signal.signal(signal.SIGTERM, old_term)
+
+    # --- report -------------------------------------------------------------------------------
+    summary = {c: {n: summarize(raw[c][n], args.max_noise) for n in args.connections} for c in configs}
+    reps = args.reps
+    print()
+    client_label = "wrk -t1" if gen.kind == "wrk" else "Python client (asyncio, 1 process)"
+    print(f"## HTTP GET /hello → 200 JSON on 127.0.0.1, {client_label}, {args.duration} s per run "
+          f"(median of {reps} interleaved rep(s); [min–max])")
+    print()
+    rows = []
+    for conns in args.connections:
+        for c in configs:
+            s = summary[c][conns]
+            cpu = s["cpu_us_per_req"]
+            rows.append([f"c{conns}", c, _cell(s, "req_per_s", _k, reps), _cell(s, "p50_ms", _f, reps),
+                         _cell(s, "p99_ms", _f, reps), f"{cpu.get('server', float('nan')):.0f}",
+                         f"{cpu['worker']:.0f}" if "worker" in cpu else "-", f"{cpu.get('client', 0):.0f}",
+                         str(s["errors"]), f"{s['noise_cores']:.2f}", f"{s['clean']}/{s['reps']}"])
+    print(_table(["c", "config", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "worker CPU µs/req",
+                  f"{gen.kind} CPU µs/req", "errors", "noise cores", "clean"], rows))
+    print(f"\n(CPU columns: user+sys µs per request, median over reps; 'noise': cores taken by other processes "
+          f"+ hypervisor steal during the run; 'clean': runs with noise <= {args.max_noise:g} cores.)")
+
+    def paired(a: str, b: str, conns: int) -> dict[str, Any] | None:
+        if a not in raw or b not in raw:
+            return None
+        vals = [x["req_per_s"] / y["req_per_s"] for x, y in zip(raw[a][conns], raw[b][conns]) if y["req_per_s"]]
+        return {"paired": vals, "median": _median(vals), "min": min(vals, default=float("nan")),
+                "max": max(vals, default=float("nan")),
+                "ratio_of_medians": summary[a][conns]["req_per_s"] / summary[b][conns]["req_per_s"]}
+
+    ratio_defs = [("ours", "uvicorn-h11"), ("ours", "uvicorn-httptools"), ("ours-sync", "uvicorn-h11"),
+                  ("ours+mypyc", "uvicorn-h11"), ("ours+mypyc", "uvicorn-httptools"), ("ours+mypyc", "ours"),
+                  ("ours-sync", "ours"), ("uvicorn-h11", "uvicorn-httptools")]
+    ratios: dict[str, dict[str, Any]] = {}
+    ratio_rows = []
+    for a, b in ratio_defs:
+        if a not in configs or b not in configs:
+            continue
+        key = f"{a} / {b}"
+        ratios[key] = {}
+        cells = [key]
+        for conns in args.connections:
+            r = paired(a, b, conns)
+            assert r is not None
+            ratios[key][f"c{conns}"] = r
+            cells.append(f"{r['median']:.2f}x" + (f" [{r['min']:.2f}–{r['max']:.2f}]" if reps > 1 else ""))
+        ratio_rows.append(cells)
+    if ratio_rows:
+        print()
+        print("Ratios of req/s (paired within each rep, median [min–max]; > 1: the first is faster)")
+        print()
+        print(_table(["ratio", *(f"c{n}" for n in args.connections)], ratio_rows))
+
+    if profile_report:
+        print_profile(profile_report)
+
+    target: dict[str, Any] = {"statement": "ours >= 1.0x uvicorn-h11 at c32", "met": None}
+    print()
+    if "ours" in configs and "uvicorn-h11" in configs and 32 in args.connections:
+        r = ratios["ours / uvicorn-h11"]["c32"]
+        met = r["median"] >= TARGET_RATIO
+        target.update(met=met, ratio=r["median"], ratio_of_medians=r["ratio_of_medians"],
+                      ours_req_per_s=summary["ours"][32]["req_per_s"],
+                      uvicorn_h11_req_per_s=summary["uvicorn-h11"][32]["req_per_s"])
+        print(f"Target 'ours >= 1.0x uvicorn-h11 at c32': {'MET' if met else 'NOT MET'} "
+              f"(ours {_k(target['ours_req_per_s'])} req/s vs uvicorn-h11 {_k(target['uvicorn_h11_req_per_s'])} "
+              f"req/s: {r['median']:.2f}x paired median, {r['ratio_of_medians']:.2f}x of medians)")
+    else:
+        print("Target 'ours >= 1.0x uvicorn-h11 at c32': not evaluated (needs ours, uvicorn-h11 and -c 32)")
+    errors = sum(summary[c][n]["errors"] for c in configs for n in args.connections)
+    if errors:
+        print(f"WARNING: {errors} request error(s) / non-2xx responses in total (see the JSON)")
+    for n in notes:
+        print(f"note: {n}")
+
+    versions = {d: _version(d) for d in ("h11", "h11-mypyc", "trio", "orjson", "uvicorn", "httptools", "uvloop",
+                                         "psutil", "py-spy")}
+    result = {
+        "benchmark": "bench_http",
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_start": os.getloadavg()},
+        "versions": versions,
+        "client": {"kind": gen.kind, "version": wrk_version(wrk) if wrk else None,
+                   "command": f"wrk -t1 -c<N> -d{args.duration}s --latency URL" if wrk else "PythonClient"},
+        "git": _git_state(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "configs": {c: CONFIGS[c] for c in configs},
+        "notes": notes,
+        "summary": {c: {f"c{n}": summary[c][n] for n in args.connections} for c in configs},
+        "ratios": ratios,
+        "target": target,
+        "raw": {c: {f"c{n}": raw[c][n] for n in args.connections} for c in configs},
+        "profile": profile_report,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\nwrote {args.output} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
