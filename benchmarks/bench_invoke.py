@@ -50,10 +50,8 @@ processes to go quiet, and every measurement records the cores used by other pro
 hypervisor steal; measurements above 0.3 cores are flagged NOISY and a warning is printed.
 
 Notes: the supervisor gets ``--http-port 0`` (when the CLI has it) so it never clashes with another
-supervisor on the default port. The benchmark workers import ``workers_invoke/_keepalive.py``, which
-clears PR_SET_PDEATHSIG: with it, the supervisor's workers get SIGTERM ~10 s after being spawned (a
-supervisor bug described in that file), which would break any run longer than 10 s. A worker restart
-during the measurements is detected and fails the run.
+supervisor on the default port. A worker restart during the measurements is detected and fails
+the run.
 
 The supervisor is always stopped (SIGTERM, wait, SIGKILL on timeout) and the temporary runtime
 directory removed, even on failure or Ctrl-C.

@@ -495,3 +495,15 @@ async def test_unregister_and_unknown_trigger_type(workers_dir: Path) -> None:
                 await trio.sleep(0.02)
             with pytest.raises(FunctionNotFound):
                 await sup.call("dynamic.temp")
+
+
+async def test_workers_outlive_trios_idle_thread_timeout(workers_dir: Path) -> None:
+    """Regression: PR_SET_PDEATHSIG fired when trio's spawning thread idled out (after 10 s)."""
+    with trio.fail_after(40):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=2)
+            pids = {n: w["pid"] for n, w in (await sup.workers()).items()}
+            await trio.sleep(12)  # trio's thread cache lets an idle thread go after 10 s
+            workers = await sup.workers()
+            assert {n: w["pid"] for n, w in workers.items()} == pids
+            assert all(w["restarts"] == 0 and w["state"] == "running" for w in workers.values())

@@ -8,7 +8,6 @@ front renders as ``200``, ``content-type: application/json``, body ``{"hello":"w
 same response as the uvicorn peer app (``benchmarks/asgi_hello.py``).
 """
 
-import _keepalive  # noqa: F401  (clears PDEATHSIG: see _keepalive.py, a supervisor bug workaround)
 from iii_supervisor import register_worker
 
 iii = register_worker()

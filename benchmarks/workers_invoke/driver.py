@@ -19,7 +19,6 @@ import time
 
 import trio
 
-import _keepalive  # noqa: F401  (see _keepalive.py: clears PDEATHSIG, a supervisor bug workaround)
 from iii_supervisor import register_worker
 
 iii = register_worker()

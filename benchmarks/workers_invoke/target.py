@@ -4,7 +4,6 @@
 - ``bench.echo_async``: a coroutine function, run as a task on the worker's trio loop.
 """
 
-import _keepalive  # noqa: F401  (see _keepalive.py: clears PDEATHSIG, a supervisor bug workaround)
 from iii_supervisor import register_worker
 
 iii = register_worker()

@@ -8,13 +8,14 @@
 - Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group, while the
   output is still relayed; leftovers of a worker whose main process already exited are killed
   too, so no orphan outlives its worker.
-- On Linux the direct child also gets ``PR_SET_PDEATHSIG``: if the supervisor dies by
-  ``kill -9``, the kernel sends the worker SIGTERM.
+- No ``PR_SET_PDEATHSIG``: trio forks from a thread of its thread cache, and the kernel sends
+  the parent-death signal when that *thread* exits (after 10 s idle), which killed every worker
+  10 s after its start. A worker learns of a dead supervisor from its socket instead (the SDK
+  exits on EOF); under systemd, ``KillMode=mixed`` reaps the rest.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -30,7 +31,6 @@ import trio
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
-_PR_SET_PDEATHSIG = 1
 
 
 @attrs.frozen
@@ -59,13 +59,6 @@ def discover_workers(directory: Path, *, python: str = sys.executable) -> list[W
         elif entry.is_dir() and (entry / "__main__.py").is_file():
             specs.append(WorkerSpec(entry.name, entry, (python, str(entry)), directory))
     return specs
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 class OutputSink:
@@ -139,7 +132,6 @@ async def run_worker_process(
         cwd=spec.cwd,
         env=dict(env),
         start_new_session=True,
-        preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
     )
     pid = proc.pid
     task_status.started(proc)
