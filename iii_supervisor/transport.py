@@ -103,15 +103,20 @@ class FramedStream:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Yield events until the peer closes the stream.
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Yield the events of each read, as a list, until the peer closes the stream.
 
-        Raises :class:`ProtocolError` on bad input and :class:`ConnectionLost` if the stream
-        breaks; a clean EOF between frames just ends the iteration.
+        One list per read (instead of one generator step per event) is measurably cheaper on
+        the routing path. Raises :class:`ProtocolError` on bad input and :class:`ConnectionLost`
+        if the stream breaks; a clean EOF between frames just ends the iteration.
         """
         conn = self._conn
         receive_some = self.stream.receive_some
         while True:
+            batch = list(conn.events())  # frames already buffered come first
+            if batch:
+                yield batch
+                continue
             try:
                 data = await receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -120,14 +125,27 @@ class FramedStream:
             conn.receive_data(data)
             if not data:
                 return
-            for event in conn.events():
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield events one by one (see :meth:`batches`)."""
+        async for batch in self.batches():
+            for event in batch:
                 yield event
 
     async def receive(self) -> Event:
-        """Receive exactly one event (used for handshakes)."""
-        async for event in self.events():
-            return event
-        raise ConnectionLost("peer closed the connection")
+        """Receive exactly one event (used for handshakes); later ones stay buffered."""
+        conn = self._conn
+        while True:
+            for event in conn.events():
+                return event
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._mark_closed(exc)
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            conn.receive_data(data)
+            if not data:
+                raise ConnectionLost("peer closed the connection")
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from cattrs.preconf.orjson import make_converter
 
 from ..errors import MalformedMessage, ProtocolError, UnknownMessageType
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder
-from .messages import MESSAGE_TYPES, TYPE_TAGS, Message
+from .messages import MESSAGE_TYPES, TYPE_TAGS, ErrorBody, InvocationResult, InvokeFunction, Message
 
 #: First payload byte of a binary body chunk.
 CHUNK_KIND: Final = 0x01
@@ -78,6 +78,45 @@ _STRUCTURE = {cls: _FAST.get_structure_hook(cls) for cls in TYPE_TAGS}
 _UNSTRUCTURE = {cls: _FAST.get_unstructure_hook(cls) for cls in TYPE_TAGS}
 
 
+class _Slow(Exception):
+    """A fast path gives up: let cattrs structure the message (and explain what is wrong)."""
+
+
+def _opt_str(o: dict[str, Any], key: str) -> str | None:
+    value = o.get(key)
+    if value is not None and type(value) is not str:
+        raise _Slow
+    return value
+
+
+def _fast_invoke(o: dict[str, Any]) -> InvokeFunction:
+    function_id = o.get("function_id")
+    timeout_ms = o.get("timeout_ms")
+    metadata = o.get("metadata")
+    if (type(function_id) is not str or o.get("action") is not None
+            or (timeout_ms is not None and type(timeout_ms) is not int)
+            or (metadata is not None and type(metadata) is not dict)):
+        raise _Slow
+    return InvokeFunction(function_id=function_id, data=o.get("data"), invocation_id=_opt_str(o, "invocation_id"),
+                          timeout_ms=timeout_ms, metadata=metadata, traceparent=_opt_str(o, "traceparent"),
+                          baggage=_opt_str(o, "baggage"))
+
+
+def _fast_result(o: dict[str, Any]) -> InvocationResult:
+    if "invocation_id" not in o or o.get("error") is not None:
+        raise _Slow
+    function_id = o.get("function_id", "")
+    if type(function_id) is not str:
+        raise _Slow
+    return InvocationResult(invocation_id=_opt_str(o, "invocation_id"), function_id=function_id,
+                            result=o.get("result"), traceparent=_opt_str(o, "traceparent"))
+
+
+#: Hand-written structuring of the two messages on the routing path (about half the cost of the
+#: generated cattrs hooks). Same strictness: anything unusual falls back to cattrs.
+_FAST_STRUCTURE: dict[type, Any] = {InvokeFunction: _fast_invoke, InvocationResult: _fast_result}
+
+
 def _explain(obj: dict[str, Any], cls: type, tag: str) -> str:
     try:
         _DETAILED.structure(obj, cls)
@@ -98,6 +137,12 @@ def structure(obj: Any) -> Message:
         if tag is None:
             raise MalformedMessage("control message has no \"type\" field")
         raise UnknownMessageType(f"unknown message type {tag!r}")
+    fast = _FAST_STRUCTURE.get(cls)
+    if fast is not None:
+        try:
+            return fast(obj)  # type: ignore[no-any-return]
+        except _Slow:
+            pass
     try:
         return _STRUCTURE[cls](obj, cls)
     except Exception:
@@ -106,8 +151,43 @@ def structure(obj: Any) -> Message:
 
 def unstructure(msg: Message) -> dict[str, Any]:
     cls = type(msg)
+    if cls is InvokeFunction or cls is InvocationResult:
+        return _unstructure_routed(msg)  # type: ignore[arg-type]
     body = _UNSTRUCTURE[cls](msg)
     return {"type": TYPE_TAGS[cls], **body}
+
+
+def _error_dict(error: ErrorBody) -> dict[str, Any]:
+    out = {"code": error.code, "message": error.message}
+    if error.stacktrace is not None:
+        out["stacktrace"] = error.stacktrace
+    return out
+
+
+def _unstructure_routed(msg: InvokeFunction | InvocationResult) -> dict[str, Any]:
+    """The routing path's messages, by hand: about 2x faster than the generated hooks."""
+    out: dict[str, Any]
+    if type(msg) is InvocationResult:
+        out = {"type": "invocationresult", "invocation_id": msg.invocation_id}
+        if msg.function_id:
+            out["function_id"] = msg.function_id
+        if msg.result is not None:
+            out["result"] = msg.result
+        if msg.error is not None:
+            out["error"] = _error_dict(msg.error)
+        if msg.traceparent is not None:
+            out["traceparent"] = msg.traceparent
+        return out
+    assert type(msg) is InvokeFunction
+    out = {"type": "invokefunction", "function_id": msg.function_id}
+    for key in ("data", "invocation_id", "timeout_ms", "metadata", "traceparent", "baggage"):
+        value = getattr(msg, key)
+        if value is not None:
+            out[key] = value
+    if msg.action is not None:
+        out["action"] = {"type": msg.action.type} if msg.action.queue is None else \
+            {"type": msg.action.type, "queue": msg.action.queue}
+    return out
 
 
 def decode_payload(payload: bytes) -> Event:
