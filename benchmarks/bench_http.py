@@ -18,10 +18,10 @@ The same tiny JSON endpoint, ``GET /hello`` → ``200 application/json {"hello":
   request: client → supervisor's h11 front → worker process (Unix socket) → supervisor → client.
 - ``ours-sync``: the same supervisor, ``GET /hello-sync``, a **sync** handler (the SDK runs it
   in a thread of the worker).
-- ``ours+mypyc``: a second supervisor, identical except that ``h11`` is the mypyc-compiled fork
-  ``h11-mypyc``. That package installs as ``h11_mypyc`` (it is *not* a drop-in for ``import h11``),
-  so a benchmark-side launcher (``python -c``, below) aliases ``sys.modules["h11"] = h11_mypyc``
-  before importing the supervisor; product code is untouched. Skipped if h11-mypyc is missing.
+- ``ours+mypyc``: a second supervisor using ``h11-mypyc``, the mypyc-compiled fork (installs as
+  ``h11_mypyc``; the HTTP front imports it when present, ``pip install -e '.[fast]'``). The plain
+  ``ours`` configs are launched with ``h11_mypyc`` hidden (``sys.modules["h11_mypyc"] = None``)
+  so both are measured in one run. Skipped if h11-mypyc is missing.
 - ``uvicorn-h11``: uvicorn ``--http h11 --loop asyncio`` serving ``benchmarks/asgi_hello.py``, a
   minimal raw ASGI app, in-process (no worker hop): the pure-Python peer.
 - ``uvicorn-httptools``: uvicorn ``--http httptools --loop uvloop`` (the C-parser peer).
@@ -89,9 +89,9 @@ HOST = "127.0.0.1"
 TARGET_RATIO = 1.0
 LISTEN_RE = re.compile(r"HTTP front listening on http://127\.0\.0\.1:(\d+)")
 
-#: Launches the supervisor CLI with ``import h11`` resolving to the mypyc-compiled fork.
-H11_MYPYC_LAUNCHER = (
-    "import sys, h11_mypyc; sys.modules['h11'] = h11_mypyc; "
+#: Launches the supervisor CLI with the compiled h11 hidden, so that it uses pure-Python h11.
+PURE_H11_LAUNCHER = (
+    "import sys; sys.modules['h11_mypyc'] = None; "
     "from iii_supervisor.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
@@ -347,10 +347,9 @@ class SupervisorServer(Server):
 
     def command(self) -> list[str]:
         if self.h11_mypyc:
-            cmd = [sys.executable, "-c", H11_MYPYC_LAUNCHER]
+            cmd = [sys.executable, "-m", "iii_supervisor"]
         else:
-            exe = VENV_BIN / "iii-supervisor"
-            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
+            cmd = [sys.executable, "-c", PURE_H11_LAUNCHER]
         return cmd + ["start", str(WORKERS_DIR), "--runtime-dir", str(self.runtime_dir),
                       "--http-port", "0", "--log-level", "info"]
 

@@ -131,13 +131,17 @@ class Session:
         Unbounded on our side because the worker may only send what we granted it with
         ``channelwindow`` (see the HTTP front); it ends when the worker disconnects.
         """
-        channel_id = next(self._channel_ids) % 2**32
+        channel_id = self.new_channel_id()
         send, receive = trio.open_memory_channel(math.inf)  # (no runtime subscript: it costs per call)
         if self.closed.is_set():
             send.close()
         else:
             self.channels[channel_id] = send
         return channel_id, receive
+
+    def new_channel_id(self) -> int:
+        """A channel id for a channel we write to the worker (nothing is received on it)."""
+        return next(self._channel_ids) % 2**32
 
     def close_channel(self, channel_id: int) -> None:
         send = self.channels.pop(channel_id, None)

@@ -324,7 +324,9 @@ class III:
         opened = []
         ref = data.get("request_body")
         if type(ref) is dict and ref.get("direction") == "read" and type(ref.get("channel_id")) is int:
-            self._readers[ref["channel_id"]] = ChannelReader(ref["channel_id"])
+            reader = self._readers[ref["channel_id"]] = ChannelReader(ref["channel_id"])
+            if ref.get("eof"):  # an empty body: nothing will be sent on the channel
+                reader._end(None)
             opened.append(ref["channel_id"])
         ref = data.get("response")
         if type(ref) is dict and ref.get("direction") == "write" and type(ref.get("channel_id")) is int:
