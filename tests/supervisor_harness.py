@@ -56,7 +56,10 @@ class Supervisor:
     def cli_args(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "iii_supervisor", *args, "--runtime-dir", str(self.runtime_dir)]
 
-    async def start(self, *, expect_workers: int | None = None, timeout: float = 15) -> None:
+    async def start(self, *, expect_workers: int | None = None, functions: tuple[str, ...] = (),
+                    timeout: float = 15) -> None:
+        """Start; wait for ``expect_workers`` running workers and for ``functions`` to be registered
+        ("running" means connected: a worker registers its functions just after)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
         args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=self._log, stderr=subprocess.STDOUT,
@@ -70,6 +73,8 @@ class Supervisor:
                 await trio.sleep(0.02)
             if expect_workers is not None:
                 await self.wait_running(expect_workers)
+            while not set(functions) <= await self.function_ids():
+                await trio.sleep(0.02)
 
     @property
     def http_port(self) -> int:

@@ -78,6 +78,10 @@ iii.register_function("caller.caught", caught)
 """
 
 
+#: the last function each of the fixture's workers registers
+READY = ("target.env", "caller.caught")
+
+
 @pytest.fixture
 def workers_dir(tmp_path: Path) -> Path:
     d = tmp_path / "workers"
@@ -90,7 +94,7 @@ def workers_dir(tmp_path: Path) -> Path:
 async def test_cross_worker_calls_sync_async_and_void(workers_dir: Path) -> None:
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             for handler in ("sync", "async"):
                 for caller in ("call_sync", "call_async"):
                     result = await sup.call(f"caller.{caller}",
@@ -133,7 +137,7 @@ async def test_kill_9_fails_calls_removes_registrations_and_restarts(workers_dir
     """)
     with trio.fail_after(40):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=4)
+            await sup.start(expect_workers=4, functions=READY)
             # the target's own trigger binding, made through the control-less path: caller binds to target
             while not (await sup.call("engine::triggers::list"))["triggers"]:
                 await trio.sleep(0.05)
@@ -176,7 +180,7 @@ async def test_kill_9_fails_calls_removes_registrations_and_restarts(workers_dir
 async def test_registrations_vanish_before_restart(tmp_path: Path) -> None:
     d = tmp_path / "w"
     d.mkdir()
-    # a worker that dies 0.3 s after registering, with a long backoff so the gap is observable
+    # a worker that dies 2 s after registering, with a long backoff so the gap is observable
     write_worker(d, "flaky", """
     import os, threading, time
     iii.register_function("flaky.fn", lambda d: d)
@@ -185,14 +189,16 @@ async def test_registrations_vanish_before_restart(tmp_path: Path) -> None:
         async def unregister_trigger(self, cfg): pass
     iii.register_trigger_type({"id": "flaky-type"}, P())
     iii.register_trigger({"type": "flaky-type", "function_id": "flaky.fn", "config": {}})
-    threading.Timer(1.0, lambda: os._exit(3)).start()
+    threading.Timer(2.0, lambda: os._exit(3)).start()
     """)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[restart]\ninitial_delay = 5.0\n")
     with trio.fail_after(30):
         async with Supervisor(d, "--config", str(cfg)) as sup:
             await sup.start(expect_workers=1)
-            triggers = (await sup.call("engine::triggers::list"))["triggers"]
+            # "running" means connected; the registrations follow within moments
+            while not (triggers := (await sup.call("engine::triggers::list"))["triggers"]):
+                await trio.sleep(0.02)
             assert [t["function_id"] for t in triggers] == ["flaky.fn"]
             with trio.fail_after(5):
                 while (await sup.workers())["flaky"]["state"] != "backoff":
@@ -228,7 +234,7 @@ def _read_error(s: socket.socket) -> Error:
 async def test_bad_clients_are_refused_and_others_keep_working(workers_dir: Path) -> None:
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
 
             def bad_clients() -> list[Error]:
                 errors = []
@@ -275,7 +281,7 @@ async def test_sigterm_stops_every_worker_and_grandchild(workers_dir: Path) -> N
     cfg.write_text("[supervisor]\ngrace_period = 1.0\n")
     with trio.fail_after(30):
         async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
-            await sup.start(expect_workers=4)
+            await sup.start(expect_workers=4, functions=(*READY, "forker.child"))
             pids = [w["pid"] for w in (await sup.workers()).values()]
             grandchild = await sup.call("forker.child")
             assert all(pid_alive(p) for p in [*pids, grandchild])
@@ -288,7 +294,7 @@ async def test_sigterm_stops_every_worker_and_grandchild(workers_dir: Path) -> N
 async def test_supervisor_kill_9_takes_workers_down(workers_dir: Path) -> None:
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             pids = [w["pid"] for w in (await sup.workers()).values()]
             assert sup.proc is not None
             sup.proc.kill()
@@ -306,7 +312,7 @@ async def test_worker_output_is_prefixed(workers_dir: Path) -> None:
     """)
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=3)
+            await sup.start(expect_workers=3, functions=READY)
             pid = (await sup.workers())["talker"]["pid"]
             await sup.wait_for_output(f"talker[{pid}] to stderr")
             await sup.wait_for_output(f"talker[{pid}] to stdout")
@@ -326,7 +332,7 @@ async def test_duplicate_function_is_refused_in_the_second_worker(workers_dir: P
     """)
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=3)
+            await sup.start(expect_workers=3, functions=READY)
             while "dup.error" not in await sup.function_ids():
                 await trio.sleep(0.05)
             err = await sup.call("dup.error")
@@ -339,7 +345,7 @@ async def test_duplicate_function_is_refused_in_the_second_worker(workers_dir: P
 async def test_cli_invoke_status_and_errors(workers_dir: Path) -> None:
     with trio.fail_after(40):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             ok = await run_cli(sup, "invoke", "target.echo_sync", '{"json": "payload"}')
             assert ok.returncode == 0, ok.stderr
             assert orjson.loads(ok.stdout)["echo"] == {"json": "payload"}
@@ -372,7 +378,7 @@ async def test_second_supervisor_refused_and_stale_socket_replaced(workers_dir: 
             stale = socket.socket(socket.AF_UNIX)
             stale.bind(str(sup.worker_socket))
             stale.close()
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             second = await run_cli(sup, "start", str(workers_dir))
             assert second.returncode == 1
             assert b"another iii-supervisor" in second.stderr
@@ -399,7 +405,7 @@ async def test_worker_stopping_mid_call_from_control_socket(workers_dir: Path) -
     """The control client's own in-flight call fails with invocation_stopped on kill -9."""
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             pid = (await sup.workers())["target"]["pid"]
             async with trio.open_nursery() as nursery:
                 errors: list[Exception] = []
@@ -426,7 +432,7 @@ async def test_systemd_notify_ready_and_stopping(workers_dir: Path, tmp_path: Pa
     try:
         with trio.fail_after(30):
             async with Supervisor(workers_dir, env={"NOTIFY_SOCKET": str(notify_path)}) as sup:
-                await sup.start()
+                await sup.start(functions=READY)
                 ready = (await listener.recv(4096)).decode()
                 assert "READY=1" in ready.splitlines()
                 # a worker must not inherit NOTIFY_SOCKET
@@ -445,7 +451,7 @@ async def test_silent_connection_dropped_after_handshake_timeout(workers_dir: Pa
     cfg.write_text("[supervisor]\nhandshake_timeout = 0.3\n")
     with trio.fail_after(30):
         async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
 
             def silent() -> tuple[Error, float]:
                 started = time.monotonic()
@@ -481,7 +487,7 @@ async def test_unregister_and_unknown_trigger_type(workers_dir: Path) -> None:
     """)
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=3)
+            await sup.start(expect_workers=3, functions=READY)
             while "dynamic.drop" not in await sup.function_ids():
                 await trio.sleep(0.05)
             refused = await sup.call("dynamic.refused")
@@ -501,7 +507,7 @@ async def test_workers_outlive_trios_idle_thread_timeout(workers_dir: Path) -> N
     """Regression: PR_SET_PDEATHSIG fired when trio's spawning thread idled out (after 10 s)."""
     with trio.fail_after(40):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=2)
+            await sup.start(expect_workers=2, functions=READY)
             pids = {n: w["pid"] for n, w in (await sup.workers()).items()}
             await trio.sleep(12)  # trio's thread cache lets an idle thread go after 10 s
             workers = await sup.workers()
