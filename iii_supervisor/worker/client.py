@@ -201,8 +201,8 @@ class III:
         self._async: dict[str, bool] = {}  # checked once, at registration
         self._trigger_types: dict[str, Any] = {}
         self._waiters: dict[tuple[str, str], _Waiter] = {}
-        self._readers: dict[int, ChannelReader] = {}
-        self._writers: dict[int, ChannelWriter] = {}
+        self._readers: dict[int, ChannelReader | None] = {}
+        self._writers: dict[int, ChannelWriter | None] = {}
         self._ids = itertools.count(1)
         self._stream: FramedStream | None = None
         self._nursery: trio.Nursery | None = None
@@ -275,18 +275,16 @@ class III:
                 channels = self._open_channels(event.data)
                 self._nursery.start_soon(self._serve_invocation, event, channels)
             case Chunk():
-                reader = self._readers.get(event.channel_id)
-                if reader is not None:
-                    reader._feed(event.data)
+                if event.channel_id in self._readers:
+                    self._reader(event.channel_id)._feed(event.data)
             case ChannelWindow():
-                writer = self._writers.get(event.channel_id)
-                if writer is not None:
-                    writer._grant(event.size)
+                if event.channel_id in self._writers:
+                    self._writer(event.channel_id)._grant(event.size)
             case ChannelClose():
-                if (reader := self._readers.get(event.channel_id)) is not None:
-                    reader._end(event.error)
-                if (writer := self._writers.get(event.channel_id)) is not None:
-                    writer._peer_closed(event.error)
+                if event.channel_id in self._readers:
+                    self._reader(event.channel_id)._end(event.error)
+                if event.channel_id in self._writers:
+                    self._writer(event.channel_id)._peer_closed(event.error)
             case InvocationResult():
                 self._resolve(("call", event.invocation_id or ""), event)
             case FunctionRegistered():
@@ -318,28 +316,44 @@ class III:
         self._stream.send_nowait(message)
 
     def _open_channels(self, data: Any) -> list[int]:
-        """Create the channel ends a call's payload refers to *before* its chunks arrive."""
+        """Note the channels a call's payload refers to *before* their frames arrive.
+
+        The reader/writer objects are built lazily (most handlers never use them); until then a
+        channel is ``None`` here, so its frames are recognised and not dropped.
+        """
         if not isinstance(data, dict):
             return []
         opened = []
         ref = data.get("request_body")
         if type(ref) is dict and ref.get("direction") == "read" and type(ref.get("channel_id")) is int:
-            reader = self._readers[ref["channel_id"]] = ChannelReader(ref["channel_id"])
-            if ref.get("eof"):  # an empty body: nothing will be sent on the channel
-                reader._end(None)
+            self._readers[ref["channel_id"]] = None
             opened.append(ref["channel_id"])
+            if ref.get("eof"):  # an empty body: nothing will be sent on the channel
+                self._reader(ref["channel_id"])._end(None)
         ref = data.get("response")
         if type(ref) is dict and ref.get("direction") == "write" and type(ref.get("channel_id")) is int:
-            assert self._nursery is not None
-            self._writers[ref["channel_id"]] = ChannelWriter(ref["channel_id"], self._send, self._nursery.start_soon)
+            self._writers[ref["channel_id"]] = None
             opened.append(ref["channel_id"])
         return opened
 
+    def _reader(self, channel_id: int) -> ChannelReader:
+        reader = self._readers[channel_id]
+        if reader is None:
+            reader = self._readers[channel_id] = ChannelReader(channel_id)
+        return reader
+
+    def _writer(self, channel_id: int) -> ChannelWriter:
+        writer = self._writers[channel_id]
+        if writer is None:
+            assert self._nursery is not None
+            writer = self._writers[channel_id] = ChannelWriter(channel_id, self._send, self._nursery.start_soon)
+        return writer
+
     def channel_reader(self, ref: Any) -> ChannelReader:
-        return self._readers[_channel_id(ref, "read")]
+        return self._reader(_channel_id(ref, "read"))
 
     def channel_writer(self, ref: Any) -> ChannelWriter:
-        return self._writers[_channel_id(ref, "write")]
+        return self._writer(_channel_id(ref, "write"))
 
     async def _serve_invocation(self, msg: InvokeFunction, channels: list[int]) -> None:
         _current_client.set(self)
