@@ -56,34 +56,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import datetime
 import http.client
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import (HERE, NOISY_CORES, CpuSampler, LoggedProcess, args_json, collect_pyspy, find_pyspy, fmt_cell,
+                     fmt_f, fmt_k, git_state, machine_info, median, percentile, print_process_profile,
+                     pyspy_recording, reap, spread, stop_process, table, utc_timestamp, wait_quiet, write_json)
+
 WORKERS_DIR = HERE / "workers_http"
 DEFAULT_OUTPUT = HERE / "results" / "http.json"
-VENV_BIN = Path(sys.executable).parent
 EXPECTED_BODY = {"hello": "world"}
 HOST = "127.0.0.1"
 TARGET_RATIO = 1.0
@@ -131,75 +127,6 @@ def wrk_version(wrk: str) -> str:
         return "?"
 
 
-# --- machine noise and CPU accounting -----------------------------------------------------------
-
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat() -> tuple[int, int]:
-    """(busy jiffies excluding steal, steal jiffies) of the whole machine."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-class CpuSampler:
-    """CPU seconds of some processes, plus the machine's steal and other processes' CPU."""
-
-    def __init__(self, procs: dict[str, psutil.Process]) -> None:
-        self.procs = procs
-
-    def _read(self) -> dict[str, float]:
-        out = {}
-        for name, p in self.procs.items():
-            try:
-                t = p.cpu_times()
-                out[name] = t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                out[name] = float("nan")
-        return out
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._c0 = self._read()
-        self._busy0, self._steal0 = _proc_stat()
-
-    def stop(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
-        """``extra``: CPU seconds of other processes of ours measured otherwise (e.g. wrk's rusage)."""
-        wall = time.perf_counter() - self._t0
-        c1 = self._read()
-        busy1, steal1 = _proc_stat()
-        cpu = {k: c1[k] - self._c0[k] for k in c1}
-        cpu.update(extra or {})
-        busy = (busy1 - self._busy0) / _HZ
-        steal = (steal1 - self._steal0) / _HZ
-        ours = sum(v for v in cpu.values() if v == v)
-        others = max(0.0, busy - ours)
-        return {"cpu_s": cpu, "wall_s": wall, "steal_cores": steal / wall, "others_cores": others / wall,
-                "noise_cores": (steal + others) / wall}
-
-
-def machine_busy_cores(interval: float = 0.2) -> float:
-    """Cores busy (incl. steal) over ``interval``: between runs, that is everybody else."""
-    b0, s0 = _proc_stat()
-    t0 = time.perf_counter()
-    time.sleep(interval)
-    b1, s1 = _proc_stat()
-    return ((b1 - b0) + (s1 - s0)) / _HZ / (time.perf_counter() - t0)
-
-
-def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
-    """Wait (at most ``max_wait`` s) until other processes use < ``threshold`` cores.
-
-    Returns (seconds waited, last busy reading)."""
-    t0 = time.perf_counter()
-    busy = machine_busy_cores()
-    while busy > threshold and time.perf_counter() - t0 < max_wait:
-        busy = machine_busy_cores()
-    return time.perf_counter() - t0, busy
-
-
 # --- servers ------------------------------------------------------------------------------------
 
 
@@ -219,31 +146,16 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str,
         conn.close()
 
 
-def _stop_process(proc: subprocess.Popen | None, name: str, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"bench: {name} (pid {proc.pid}) did not stop within {timeout:g}s; killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-class Server:
+class Server(LoggedProcess):
     """A server subprocess with a log file; subclasses say how to start it."""
 
     name = "server"
 
     def __init__(self, path: str) -> None:
+        super().__init__("iii-bh", "server.log")
         self.path = path
-        self.tmp = Path(tempfile.mkdtemp(prefix="iii-bh"))
-        self.log_path = self.tmp / "server.log"
-        self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.children: list[psutil.Process] = []
-        self._log = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -255,28 +167,23 @@ class Server:
         return self.port
 
     def start(self, timeout: float = 30.0) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, env=self.env())
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during startup\n{self.log_tail()}")
+        self.spawn(self.command(), env=self.env())
+
+        def ready() -> Any:
             port = self.find_port()
-            if port is not None:
-                try:
-                    status, headers, body = http_get(port, self.path)
-                    last = (status, headers.get("content-type"), body[:200])
-                    if status == 200:
-                        self.check_response(status, headers, body)
-                        self.children = psutil.Process(self.proc.pid).children(recursive=True)
-                        return
-                except OSError as exc:
-                    last = exc
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not answer 200 on {self.path} within {timeout:g}s "
-                           f"(last: {last!r})\n{self.log_tail()}")
+            if port is None:
+                return None
+            status, headers, body = http_get(port, self.path)
+            if status != 200:
+                return (status, headers.get("content-type"), body[:200])
+            self.check_response(status, headers, body)
+            assert self.proc is not None
+            self.children = psutil.Process(self.proc.pid).children(recursive=True)
+            return True
+
+        self.wait_started(ready, timeout, label=self.name, retry_on=(OSError,),
+                          not_ready=lambda last: f"{self.name} did not answer 200 on {self.path} within "
+                                                 f"{timeout:g}s (last: {last!r})")
 
     def check_response(self, status: int, headers: dict[str, str], body: bytes) -> None:
         if status != 200 or "application/json" not in headers.get("content-type", "") \
@@ -303,13 +210,6 @@ class Server:
         except OSError:
             return []
 
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("  | " + line for line in lines[-n:])
-
     def stop(self) -> None:
         procs = list(self.children)
         if self.proc is not None:
@@ -317,25 +217,10 @@ class Server:
                 procs = psutil.Process(self.proc.pid).children(recursive=True) or procs
             except psutil.Error:
                 pass
-        _stop_process(self.proc, self.name, timeout=15)
-        for p in procs:  # workers: normally already stopped by the supervisor
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    p.wait(timeout=3)
-            except psutil.TimeoutExpired:
-                print(f"bench: {self.name} child pid {p.pid} outlived its parent; killing it", file=sys.stderr)
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            except psutil.Error:
-                pass
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        stop_process(self.proc, f"{self.name} (pid {self.proc.pid if self.proc else '?'})", timeout=15)
+        # workers: normally already stopped by the supervisor
+        reap({f"{self.name} child pid {p.pid}": p for p in procs}, "its parent")
+        self.close_log()
 
 
 class SupervisorServer(Server):
@@ -433,7 +318,7 @@ class Wrk:
 
     def run(self, url: str, conns: int, seconds: int, sampler_procs: dict[str, psutil.Process]) -> dict[str, Any]:
         cmd = [self.exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url]
-        sampler = CpuSampler(sampler_procs)
+        sampler = CpuSampler(sampler_procs, children=True)
         # wrk's CPU: the rusage of reaped children (wrk is the only child that exits meanwhile)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sampler.start()
@@ -502,7 +387,7 @@ class PythonClient:
         port, path = int(m.group(1)), m.group(2)
         lat: list[float] = []
         state = {"done": 0, "errors": 0}
-        sampler = CpuSampler({**sampler_procs, "client": psutil.Process()})
+        sampler = CpuSampler({**sampler_procs, "client": psutil.Process()}, children=True)
 
         async def main() -> float:
             t0 = time.perf_counter()
@@ -518,7 +403,7 @@ class PythonClient:
         lat.sort()
 
         def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, max(0, round(q / 100 * len(lat)) - 1))] * 1000 if lat else float("nan")
+            return percentile(lat, q, float("nan")) * 1000
 
         return {"req_per_s": state["done"] / elapsed, "p50_ms": pct(50), "p75_ms": pct(75), "p90_ms": pct(90),
                 "p99_ms": pct(99), "requests": state["done"], "elapsed_s": elapsed, "errors": state["errors"],
@@ -531,177 +416,46 @@ class PythonClient:
 # --- profiling ----------------------------------------------------------------------------------
 
 
-def _parse_collapsed(path: Path) -> tuple[int, collections.Counter, collections.Counter]:
-    """py-spy ``--format raw`` (collapsed stacks) → (total samples, self counts, inclusive counts)."""
-    total = 0
-    own: collections.Counter = collections.Counter()
-    incl: collections.Counter = collections.Counter()
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return 0, own, incl
-    for line in text.splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        for f in set(frames):
-            incl[f] += count
-    return total, own, incl
-
-
-def _short(frame: str) -> str:
-    name, _, loc = frame.partition(" (")
-    loc = loc.rstrip(")")
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
-        if marker in loc:
-            loc = loc.split(marker, 1)[1]
-            break
-    return f"{name} ({loc})" if loc else name
-
-
-def _module_of(frame: str) -> str:
-    m = re.search(r"\((.*?):\d+\)$", frame)
-    path = m.group(1) if m else frame
-    for marker, prefix in (("site-packages/", ""), ("/lib/python3.11/", "stdlib/"), ("/work/main/", "")):
-        if marker in path:
-            return prefix + path.split(marker, 1)[1]
-    return path
-
-
-def _by_module(own: collections.Counter) -> collections.Counter:
-    """Own samples per source file: robust to py-spy's truncated coroutine stacks."""
-    out: collections.Counter = collections.Counter()
-    for frame, count in own.items():
-        out[_module_of(frame)] += count
-    return out
-
-
 def profile_pyspy(server: Server, gen: Wrk | PythonClient, seconds: int, conns: int,
                   out_dir: Path) -> dict[str, Any]:
-    pyspy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    pyspy = find_pyspy()
     if pyspy is None:
-        print("bench: py-spy not found (.venv/bin/pip install py-spy); skipping the profile", file=sys.stderr)
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    spies: dict[str, tuple[Path, subprocess.Popen]] = {}
     report: dict[str, Any] = {"server": server.name, "connections": conns, "processes": {}}
-    try:
-        for name, p in server.processes().items():
-            raw = out_dir / f"pyspy_{server.name}_{name}.txt"
-            spies[name] = (raw, subprocess.Popen(
-                [pyspy, "record", "--pid", str(p.pid), "--duration", str(seconds + 1), "--rate", "200",
-                 "--format", "raw", "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        time.sleep(0.5)  # let py-spy attach
+    pids = {name: p.pid for name, p in server.processes().items()}
+    with pyspy_recording(pyspy, pids, lambda name: out_dir / f"pyspy_{server.name}_{name}.txt", seconds + 1,
+                         200) as spies:
         stats = gen.run(server.url, conns, seconds, server.processes())
         report["req_per_s_while_profiled"] = stats["req_per_s"]
-        for name, (raw, spy) in spies.items():
-            try:
-                _, err = spy.communicate(timeout=seconds + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                _, err = spy.communicate()
-            total, own, incl = _parse_collapsed(raw)
-            if total == 0:
-                report["processes"][name] = {"error": (err or b"").decode(errors="replace")[-500:]}
-                continue
-            report["processes"][name] = {
-                "samples": total,
-                "self_by_module": [[m, round(100 * c / total, 1)] for m, c in _by_module(own).most_common(15)],
-                "self_top": [[_short(f), round(100 * c / total, 1)] for f, c in own.most_common(30)],
-                "inclusive_top": [[_short(f), round(100 * c / total, 1)] for f, c in incl.most_common(50)],
-                "raw": str(raw),
-            }
-    finally:
-        for _, spy in spies.values():
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait()
+        report["processes"] = collect_pyspy(spies, seconds + 30, 30, 50, n_modules=15)
     return report
 
 
 def print_profile(report: dict[str, Any], n_self: int = 20, n_incl: int = 30) -> None:
     print(f"\n### py-spy: {report['server']} at c{report['connections']} "
-          f"({_k(report.get('req_per_s_while_profiled', float('nan')))} req/s while sampled; "
+          f"({fmt_k(report.get('req_per_s_while_profiled', float('nan')))} req/s while sampled; "
           "% of on-CPU samples of each process)")
     for name, prof in report["processes"].items():
-        if "error" in prof:
-            print(f"\n{name}: py-spy failed: {prof['error']}")
-            continue
-        print(f"\n{name} ({prof['samples']} samples) — self, by source file:")
-        for module, pct in prof["self_by_module"]:
-            print(f"  {pct:5.1f}%  {module}")
-        print(f"{name} — self, by function line:")
-        for frame, pct in prof["self_top"][:n_self]:
-            print(f"  {pct:5.1f}%  {frame}")
-        print(f"{name} — inclusive:")
-        for frame, pct in prof["inclusive_top"][:n_incl]:
-            print(f"  {pct:5.1f}%  {frame}")
+        print_process_profile(name, prof, n_self, n_incl)
 
 
 # --- summaries ----------------------------------------------------------------------------------
 
 
-def _median(values: list[float]) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else float("nan")
-
-
-def _k(v: float) -> str:
-    if v != v:
-        return "-"
-    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
-
-
-def _f(v: float, digits: int = 2) -> str:
-    return "-" if v != v else f"{v:.{digits}f}"
-
-
 def summarize(runs: list[dict[str, Any]], max_noise: float) -> dict[str, Any]:
     out: dict[str, Any] = {"reps": len(runs),
                            "clean": sum(r["noise"]["noise_cores"] <= max_noise for r in runs)}
-    for key in ("req_per_s", "p50_ms", "p99_ms"):
-        vals = [r[key] for r in runs]
-        out[key] = _median(vals)
-        out[key + "_min"] = min(vals)
-        out[key + "_max"] = max(vals)
+    out.update(spread(runs, ("req_per_s", "p50_ms", "p99_ms")))
     out["requests"] = sum(r["requests"] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
     names = runs[0]["noise"]["cpu_s"].keys()
-    out["cpu_us_per_req"] = {n: _median([r["noise"]["cpu_s"][n] / max(1, r["requests"]) * 1e6 for r in runs])
+    out["cpu_us_per_req"] = {n: median([r["noise"]["cpu_s"][n] / max(1, r["requests"]) * 1e6 for r in runs])
                              for n in names}
-    out["cpu_util"] = {n: _median([r["noise"]["cpu_s"][n] / r["noise"]["wall_s"] for r in runs]) for n in names}
-    out["noise_cores"] = _median([r["noise"]["noise_cores"] for r in runs])
-    out["steal_cores"] = _median([r["noise"]["steal_cores"] for r in runs])
+    out["cpu_util"] = {n: median([r["noise"]["cpu_s"][n] / r["noise"]["wall_s"] for r in runs]) for n in names}
+    out["noise_cores"] = median([r["noise"]["noise_cores"] for r in runs])
+    out["steal_cores"] = median([r["noise"]["steal_cores"] for r in runs])
     return out
-
-
-def _cell(s: dict[str, Any], key: str, fmt: Any, reps: int) -> str:
-    if reps > 1:
-        return f"{fmt(s[key])} [{fmt(s[key + '_min'])}–{fmt(s[key + '_max'])}]"
-    return fmt(s[key])
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
-
-
-def _git_state() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -721,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="concurrency levels, wrk -c (default: 1 32)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="what to measure (default: all available)")
-    p.add_argument("--max-noise", type=float, default=0.3,
+    p.add_argument("--max-noise", type=float, default=NOISY_CORES,
                    help="retry a run when steal + other processes took more cores than this (default 0.3)")
     p.add_argument("--retries", type=int, help="retries of a noisy run (default 1; --quick: 0)")
     p.add_argument("--quiet-wait", type=float,
@@ -850,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
                     if not best["errors"]:
                         best.pop("wrk_output", None)  # kept only to explain errors
                     raw[c][conns].append(best)
-                    print(f"  rep {rep + 1} c{conns:<3} {c:<18} {_k(best['req_per_s']):>6} req/s  "
-                          f"p50 {_f(best['p50_ms'])} ms  p99 {_f(best['p99_ms'])} ms  errors {best['errors']}  "
+                    print(f"  rep {rep + 1} c{conns:<3} {c:<18} {fmt_k(best['req_per_s']):>6} req/s  "
+                          f"p50 {fmt_f(best['p50_ms'])} ms  p99 {fmt_f(best['p99_ms'])} ms  errors {best['errors']}  "
                           f"noise {best['noise']['noise_cores']:.2f} cores (attempt {best['attempt']})", flush=True)
 
         for s in servers.values():  # a worker that restarted mid-run would invalidate the numbers
@@ -893,12 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         for c in configs:
             s = summary[c][conns]
             cpu = s["cpu_us_per_req"]
-            rows.append([f"c{conns}", c, _cell(s, "req_per_s", _k, reps), _cell(s, "p50_ms", _f, reps),
-                         _cell(s, "p99_ms", _f, reps), f"{cpu.get('server', float('nan')):.0f}",
+            rows.append([f"c{conns}", c, fmt_cell(s, "req_per_s", fmt_k, reps), fmt_cell(s, "p50_ms", fmt_f, reps),
+                         fmt_cell(s, "p99_ms", fmt_f, reps), f"{cpu.get('server', float('nan')):.0f}",
                          f"{cpu['worker']:.0f}" if "worker" in cpu else "-", f"{cpu.get('client', 0):.0f}",
                          str(s["errors"]), f"{s['noise_cores']:.2f}", f"{s['clean']}/{s['reps']}"])
-    print(_table(["c", "config", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "worker CPU µs/req",
-                  f"{gen.kind} CPU µs/req", "errors", "noise cores", "clean"], rows))
+    print(table(["c", "config", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "worker CPU µs/req",
+                 f"{gen.kind} CPU µs/req", "errors", "noise cores", "clean"], rows))
     print(f"\n(CPU columns: user+sys µs per request, median over reps; 'noise': cores taken by other processes "
           f"+ hypervisor steal during the run; 'clean': runs with noise <= {args.max_noise:g} cores.)")
 
@@ -906,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         if a not in raw or b not in raw:
             return None
         vals = [x["req_per_s"] / y["req_per_s"] for x, y in zip(raw[a][conns], raw[b][conns]) if y["req_per_s"]]
-        return {"paired": vals, "median": _median(vals), "min": min(vals, default=float("nan")),
+        return {"paired": vals, "median": median(vals), "min": min(vals, default=float("nan")),
                 "max": max(vals, default=float("nan")),
                 "ratio_of_medians": summary[a][conns]["req_per_s"] / summary[b][conns]["req_per_s"]}
 
@@ -931,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("Ratios of req/s (paired within each rep, median [min–max]; > 1: the first is faster)")
         print()
-        print(_table(["ratio", *(f"c{n}" for n in args.connections)], ratio_rows))
+        print(table(["ratio", *(f"c{n}" for n in args.connections)], ratio_rows))
 
     if profile_report:
         print_profile(profile_report)
@@ -945,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                       ours_req_per_s=summary["ours"][32]["req_per_s"],
                       uvicorn_h11_req_per_s=summary["uvicorn-h11"][32]["req_per_s"])
         print(f"Target 'ours >= 1.0x uvicorn-h11 at c32': {'MET' if met else 'NOT MET'} "
-              f"(ours {_k(target['ours_req_per_s'])} req/s vs uvicorn-h11 {_k(target['uvicorn_h11_req_per_s'])} "
+              f"(ours {fmt_k(target['ours_req_per_s'])} req/s vs uvicorn-h11 {fmt_k(target['uvicorn_h11_req_per_s'])} "
               f"req/s: {r['median']:.2f}x paired median, {r['ratio_of_medians']:.2f}x of medians)")
     else:
         print("Target 'ours >= 1.0x uvicorn-h11 at c32': not evaluated (needs ours, uvicorn-h11 and -c 32)")
@@ -959,14 +713,13 @@ def main(argv: list[str] | None = None) -> int:
                                          "psutil", "py-spy")}
     result = {
         "benchmark": "bench_http",
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg()},
+        "time": utc_timestamp(),
+        "machine": machine_info(loadavg_start=os.getloadavg()),
         "versions": versions,
         "client": {"kind": gen.kind, "version": wrk_version(wrk) if wrk else None,
                    "command": f"wrk -t1 -c<N> -d{args.duration}s --latency URL" if wrk else "PythonClient"},
-        "git": _git_state(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "git": git_state(),
+        "args": args_json(args),
         "configs": {c: CONFIGS[c] for c in configs},
         "notes": notes,
         "summary": {c: {f"c{n}": summary[c][n] for n in args.connections} for c in configs},
@@ -976,8 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": profile_report,
         "wall_s": time.perf_counter() - t_start,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.output, result)
     print(f"\nwrote {args.output} ({result['wall_s']:.0f} s)")
     return 0
 

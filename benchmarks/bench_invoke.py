@@ -60,20 +60,15 @@ directory removed, even on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
-import datetime
-import json
 import os
 import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +76,17 @@ import psutil
 
 from iii_supervisor.control import ControlClient
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import (HERE, NOISY_CORES, VENV_BIN, CpuSampler, LoggedProcess, args_json, collect_pyspy, find_pyspy,
+                     fmt_cell, fmt_k, git_state, latency_stats, machine_info, median, print_process_profile,
+                     pyspy_recording, reap, spread, stop_process, table, utc_timestamp, wait_quiet, write_json)
+
 WORKERS_DIR = HERE / "workers_invoke"
 DEFAULT_OUTPUT = HERE / "results" / "invoke.json"
-VENV_BIN = Path(sys.executable).parent
 PAYLOAD = {"x": 1}
 TARGET_RATIO = 3.0
 #: Extra py-spy flags. Default ``--gil``: count only samples of threads holding the GIL, i.e. Python work.
 #: (Without it, py-spy attributes most supervisor samples to the ``send`` line although psutil shows only
 #: a few µs of system time per call, so those samples are not CPU.) BENCH_PYSPY_ARGS="" samples all.
-#: A measurement during which other processes + steal took more than this many cores is flagged "noisy".
-NOISY_CORES = 0.3
 PYSPY_EXTRA = os.environ.get("BENCH_PYSPY_ARGS", "--gil").split()
 
 OURS = [
@@ -113,27 +107,6 @@ def echo(data: Any) -> Any:
     return data
 
 
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
-def _lat_stats(latencies: list[float], calls: int, elapsed: float, mismatches: int) -> dict[str, Any]:
-    lat = sorted(latencies)
-    return {
-        "calls": calls,
-        "elapsed_s": elapsed,
-        "calls_per_s": calls / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": _pct(lat, 50) * 1000,
-        "p99_ms": _pct(lat, 99) * 1000,
-        "max_ms": (lat[-1] if lat else 0.0) * 1000,
-        "mean_ms": (sum(lat) / len(lat) if lat else 0.0) * 1000,
-        "mismatches": mismatches,
-    }
-
-
 def peer_seq(ex: concurrent.futures.ProcessPoolExecutor, count: int, seconds: float) -> dict[str, Any]:
     perf = time.perf_counter
     latencies: list[float] = []
@@ -149,7 +122,7 @@ def peer_seq(ex: concurrent.futures.ProcessPoolExecutor, count: int, seconds: fl
         calls += 1
         if result != PAYLOAD:
             mismatches += 1
-    return _lat_stats(latencies, calls, perf() - start, mismatches)
+    return latency_stats(latencies, calls, perf() - start, mismatches)
 
 
 def peer_inflight(ex: concurrent.futures.ProcessPoolExecutor, count: int, seconds: float,
@@ -183,109 +156,9 @@ def peer_inflight(ex: concurrent.futures.ProcessPoolExecutor, count: int, second
     for _ in range(window):  # drain: wait for the last outstanding futures
         if not slots.acquire(timeout=30):
             raise RuntimeError("ProcessPoolExecutor did not finish its outstanding futures in 30 s")
-    stats = _lat_stats(latencies, state["done"], perf() - start, state["mismatches"])
+    stats = latency_stats(latencies, state["done"], perf() - start, state["mismatches"])
     stats["errors"] = state["errors"]
     return stats
-
-
-# --- machine noise and CPU accounting --------------------------------------------------------------
-
-
-def _proc_stat() -> tuple[int, int]:
-    """(busy jiffies, steal jiffies) of the whole machine, from the first line of /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, IndexError, ValueError):
-        return 0, 0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return user + nice + system + irq + softirq, steal
-
-
-def _steal_jiffies() -> int:
-    return _proc_stat()[1]
-
-
-def foreign_load(window: float = 0.5) -> float:
-    """Cores busy on the machine (plus steal) during ``window`` seconds, when we are idle."""
-    b0, s0 = _proc_stat()
-    time.sleep(window)
-    b1, s1 = _proc_stat()
-    return ((b1 - b0) + (s1 - s0)) / _HZ / window
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` cores."""
-    deadline = time.monotonic() + max_wait
-    load = foreign_load()
-    while load > threshold and time.monotonic() < deadline:
-        load = foreign_load()
-    return load
-
-
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-class CpuSampler:
-    """CPU seconds of a set of processes (and machine steal) between start() and stop()."""
-
-    def __init__(self, procs: dict[str, psutil.Process]) -> None:
-        self.procs = procs
-
-    def _read(self) -> dict[str, tuple[float, float, dict[str, float]]]:
-        """name → (user s, system s, {tid: run-queue wait s}: runnable but not running)."""
-        out = {}
-        for name, p in self.procs.items():
-            try:
-                t = p.cpu_times()
-                out[name] = (t.user, t.system, _runq_wait_s(p.pid))
-            except psutil.Error:
-                out[name] = (float("nan"), float("nan"), {})
-        return out
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._c0 = self._read()
-        self._busy0, self._s0 = _proc_stat()
-
-    def stop(self) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self._t0
-        c1 = self._read()
-        busy1, s1 = _proc_stat()
-        steal = (s1 - self._s0) / _HZ
-        d = {k: [c1[k][0] - self._c0[k][0], c1[k][1] - self._c0[k][1], _runq_delta(self._c0[k][2], c1[k][2])]
-             for k in c1}
-        ours = sum(v[0] + v[1] for v in d.values())
-        return {
-            # cores used by processes other than the measured ones (other sessions, py-spy, …)
-            "other_cores": max(0.0, ((busy1 - self._busy0) / _HZ - ours) / elapsed) if elapsed > 0 else 0.0,
-            "cpu_s": {k: v[0] + v[1] for k, v in d.items()},
-            "sys_s": {k: v[1] for k, v in d.items()},
-            "runq_wait_s": {k: v[2] for k, v in d.items()},
-            "steal_cores": steal / elapsed if elapsed > 0 else 0.0,
-            "wall_s": elapsed,
-        }
-
-
-def _runq_wait_s(pid: int) -> dict[str, float]:
-    """tid → seconds the thread spent runnable but waiting for a CPU (/proc/PID/task/TID/schedstat)."""
-    out: dict[str, float] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[tid] = int(f.read().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
-def _runq_delta(before: dict[str, float], after: dict[str, float]) -> float:
-    # threads that exited in between are lost (trio's thread cache retires idle threads): an undercount
-    return sum(v - before.get(tid, 0.0) for tid, v in after.items())
 
 
 # --- the supervisor ----------------------------------------------------------------------------
@@ -303,18 +176,19 @@ def _start_supports(flag: str) -> bool:
     return False
 
 
-class Supervisor:
+class Supervisor(LoggedProcess):
     """A real ``iii-supervisor start`` subprocess on a temporary runtime directory."""
 
+    log_lines = 40
+    no_log = "(no supervisor log)"
+
     def __init__(self, workers_dir: Path, *, cprofile: bool = False) -> None:
+        super().__init__("iii-b", "supervisor.log")  # short prefix: the control socket path has a length limit
         self.workers_dir = workers_dir
         self.cprofile = cprofile
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="iii-b"))
-        self.log_path = self.runtime_dir / "supervisor.log"
+        self.runtime_dir = self.tmp
         self.prof_path = self.runtime_dir / "supervisor.prof"
-        self.proc: subprocess.Popen | None = None
         self.worker_pids: dict[str, int] = {}
-        self._log = None
 
     @property
     def control_socket(self) -> Path:
@@ -329,261 +203,119 @@ class Supervisor:
         cmd += ["start", str(self.workers_dir), "--runtime-dir", str(self.runtime_dir), "--log-level", "warning"]
         if _start_supports("--http-port"):
             cmd += ["--http-port", "0"]  # any free port: never clash with another supervisor on the default one
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+        self.spawn(cmd)
         want = {"bench.run", "bench.echo_sync", "bench.echo_async"}
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the supervisor exited with {self.proc.returncode} during startup\n{self.log_tail()}")
-            if self.control_socket.exists():
-                try:
-                    have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
-                    if want <= have:
-                        workers = self.call("engine::workers::list", timeout=5)["workers"]
-                        self.worker_pids = {w["name"]: w["pid"] for w in workers if w["pid"]}
-                        return
-                except Exception as exc:  # noqa: BLE001 - not ready yet
-                    last_error = exc
-            time.sleep(0.05)
-        raise RuntimeError(f"the supervisor was not ready within {timeout:g}s (last error: {last_error!r})\n"
-                           f"{self.log_tail()}")
+
+        def ready() -> bool | None:
+            if not self.control_socket.exists():
+                return None
+            have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
+            if not want <= have:
+                return None
+            workers = self.call("engine::workers::list", timeout=5)["workers"]
+            self.worker_pids = {w["name"]: w["pid"] for w in workers if w["pid"]}
+            return True
+
+        self.wait_started(ready, timeout, label="the supervisor", retry_on=(Exception,),  # not ready yet
+                          not_ready=lambda last: f"the supervisor was not ready within {timeout:g}s "
+                                                 f"(last error: {last!r})")
 
     def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
         with ControlClient(self.control_socket, timeout=timeout) as client:
             return client.call(function_id, data, timeout_ms=int(timeout * 1000))
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no supervisor log)"
-        return "\n".join("  | " + line for line in lines[-n:])
-
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, wait, SIGKILL on timeout; then make sure the workers are gone too."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                print(f"bench: supervisor did not stop within {timeout:g}s; killing it", file=sys.stderr)
-                proc.kill()
-                proc.wait(timeout=5)
-        for name, pid in self.worker_pids.items():  # normally already stopped by the supervisor
-            try:
-                p = psutil.Process(pid)
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    p.wait(timeout=3)
-            except psutil.TimeoutExpired:
-                print(f"bench: worker {name} (pid {pid}) outlived the supervisor; killing it", file=sys.stderr)
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            except psutil.Error:
-                pass
-        if self._log is not None:
-            self._log.close()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        stop_process(self.proc, "supervisor", timeout)
+        reap({f"worker {name} (pid {pid})": pid for name, pid in self.worker_pids.items()}, "the supervisor")
+        self.close_log()
 
 
 # --- the measurement -----------------------------------------------------------------------------
+
+
+def _sampled(sampler: CpuSampler, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure()`` (→ stats with ``calls``) under ``sampler``; add CPU per call and the noise."""
+    sampler.start()
+    stats = measure()
+    noise = sampler.stop()
+    calls = max(1, stats["calls"])
+    stats["cpu_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["cpu_s"].items()}
+    stats["cpu_util"] = {k: v / noise["wall_s"] for k, v in noise["cpu_s"].items()}
+    stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
+    stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
+    stats["steal_cores"] = noise["steal_cores"]
+    stats["other_cores"] = noise["others_cores"]
+    return stats
 
 
 def ours_run(sup: Supervisor, sampler: CpuSampler, mode: str, target: str, count: int, seconds: float,
              concurrency: int) -> dict[str, Any]:
     params = {"mode": mode, "target": target, "count": count, "seconds": seconds,
               "concurrency": concurrency, "payload": PAYLOAD}
-    sampler.start()
-    stats = sup.call("bench.run", params, timeout=seconds + 30)
-    noise = sampler.stop()
-    calls = max(1, stats["calls"])
-    stats["cpu_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["cpu_s"].items()}
-    stats["cpu_util"] = {k: v / noise["wall_s"] for k, v in noise["cpu_s"].items()}
-    stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
-    stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
-    stats["steal_cores"] = noise["steal_cores"]
-    stats["other_cores"] = noise["other_cores"]
-    return stats
+    return _sampled(sampler, lambda: sup.call("bench.run", params, timeout=seconds + 30))
 
 
 def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mode: str, count: int,
              seconds: float, window: int) -> dict[str, Any]:
-    sampler.start()
-    stats = peer_seq(ex, count, seconds) if mode == "seq" else peer_inflight(ex, count, seconds, window)
-    noise = sampler.stop()
-    calls = max(1, stats["calls"])
-    stats["cpu_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["cpu_s"].items()}
-    stats["cpu_util"] = {k: v / noise["wall_s"] for k, v in noise["cpu_s"].items()}
-    stats["sys_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["sys_s"].items()}
-    stats["runq_wait_us_per_call"] = {k: v / calls * 1e6 for k, v in noise["runq_wait_s"].items()}
-    stats["steal_cores"] = noise["steal_cores"]
-    stats["other_cores"] = noise["other_cores"]
-    return stats
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    return _sampled(sampler, lambda: peer_seq(ex, count, seconds) if mode == "seq"
+                    else peer_inflight(ex, count, seconds, window))
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"reps": len(runs)}
-    for key in ("calls_per_s", "p50_ms", "p99_ms"):
-        vals = [r[key] for r in runs]
-        out[key] = _median(vals)
-        out[key + "_min"] = min(vals)
-        out[key + "_max"] = max(vals)
+    out.update(spread(runs, ("calls_per_s", "p50_ms", "p99_ms")))
     out["calls"] = sum(r["calls"] for r in runs)
     out["mismatches"] = sum(r.get("mismatches", 0) + r.get("errors", 0) for r in runs)
     names = runs[0]["cpu_us_per_call"].keys()
-    out["cpu_us_per_call"] = {k: _median([r["cpu_us_per_call"][k] for r in runs]) for k in names}
-    out["cpu_util"] = {k: _median([r["cpu_util"][k] for r in runs]) for k in names}
-    out["sys_us_per_call"] = {k: _median([r["sys_us_per_call"][k] for r in runs]) for k in names}
-    out["runq_wait_us_per_call"] = {k: _median([r["runq_wait_us_per_call"][k] for r in runs]) for k in names}
-    out["steal_cores"] = _median([r["steal_cores"] for r in runs])
-    out["other_cores"] = _median([r["other_cores"] for r in runs])
+    out["cpu_us_per_call"] = {k: median([r["cpu_us_per_call"][k] for r in runs]) for k in names}
+    out["cpu_util"] = {k: median([r["cpu_util"][k] for r in runs]) for k in names}
+    out["sys_us_per_call"] = {k: median([r["sys_us_per_call"][k] for r in runs]) for k in names}
+    out["runq_wait_us_per_call"] = {k: median([r["runq_wait_us_per_call"][k] for r in runs]) for k in names}
+    out["steal_cores"] = median([r["steal_cores"] for r in runs])
+    out["other_cores"] = median([r["other_cores"] for r in runs])
     out["noisy_reps"] = sum(1 for r in runs if r["other_cores"] + r["steal_cores"] > NOISY_CORES)
     return out
 
 
-def _k(v: float) -> str:
-    if v != v:  # nan
-        return "-"
-    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
-
-
 def _rate_cell(s: dict[str, Any], reps: int) -> str:
-    if reps > 1:
-        return f"{_k(s['calls_per_s'])} [{_k(s['calls_per_s_min'])}–{_k(s['calls_per_s_max'])}]"
-    return _k(s["calls_per_s"])
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
+    return fmt_cell(s, "calls_per_s", fmt_k, reps)
 
 
 # --- profiling phase -------------------------------------------------------------------------------
 
 
-def _parse_collapsed(path: Path) -> tuple[int, collections.Counter, collections.Counter]:
-    """py-spy ``--format raw`` (collapsed stacks) → (total samples, self counts, inclusive counts)."""
-    total = 0
-    own: collections.Counter = collections.Counter()
-    incl: collections.Counter = collections.Counter()
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return 0, own, incl
-    for line in text.splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
-        total += count
-        frames = stack.split(";")
-        if frames and frames[0].startswith(("process ", "thread ")):
-            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        own[frames[-1]] += count
-        for f in set(frames):
-            incl[f] += count
-    return total, own, incl
-
-
-def _short(frame: str) -> str:
-    # "func (path/to/file.py:123)" → "func (file.py:123)" with site-packages paths shortened
-    name, _, loc = frame.partition(" (")
-    loc = loc.rstrip(")")
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
-        if marker in loc:
-            loc = loc.split(marker, 1)[1]
-            break
-    return f"{name} ({loc})" if loc else name
-
-
 def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Path,
                   targets: list[str]) -> dict[str, Any]:
-    pyspy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    pyspy = find_pyspy()
     if pyspy is None:
-        print("bench: py-spy not found (install it with: .venv/bin/pip install py-spy); skipping the profile",
-              file=sys.stderr)
         return {}
     assert sup.proc is not None
     pids = {"supervisor": sup.proc.pid, "driver": sup.worker_pids.get("driver"),
             "target": sup.worker_pids.get("target")}
+    pids = {name: pid for name, pid in pids.items() if pid is not None}
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for target in targets:
         short = target.rsplit("_", 1)[-1]
-        spies = {}
         duration = max(2, int(seconds))
-        for name, pid in pids.items():
-            if pid is None:
-                continue
-            raw = out_dir / f"pyspy_{short}_{name}.txt"
-            # no --idle: sleeping threads are not sampled; --gil (PYSPY_EXTRA): only GIL holders
-            spies[name] = (raw, subprocess.Popen(
-                [pyspy, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "500",
-                 "--format", "raw", "--output", str(raw), "--nonblocking", *PYSPY_EXTRA],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        time.sleep(0.5)  # let py-spy attach
-        stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
-                                       "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
-                         timeout=duration + 30)
-        per_proc: dict[str, Any] = {}
-        for name, (raw, spy) in spies.items():
-            try:
-                _, err = spy.communicate(timeout=duration + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                _, err = spy.communicate()
-            total, own, incl = _parse_collapsed(raw)
-            if total == 0:
-                per_proc[name] = {"error": (err or b"").decode(errors="replace")[-500:]}
-                continue
-            per_proc[name] = {
-                "samples": total,
-                "self_top": [[_short(f), round(100 * c / total, 1)] for f, c in own.most_common(25)],
-                "inclusive_top": [[_short(f), round(100 * c / total, 1)] for f, c in incl.most_common(40)],
-                "raw": str(raw),
-            }
+        # --gil (PYSPY_EXTRA): only GIL holders
+        with pyspy_recording(pyspy, pids, lambda name: out_dir / f"pyspy_{short}_{name}.txt", duration, 500,
+                             PYSPY_EXTRA) as spies:
+            stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
+                                           "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
+                             timeout=duration + 30)
+            per_proc = collect_pyspy(spies, duration + 30, 25, 40)
         report[target] = {"calls_per_s_while_profiled": stats["calls_per_s"], "processes": per_proc}
     return report
 
 
 def print_pyspy(report: dict[str, Any], n_self: int = 15, n_incl: int = 20) -> None:
     for target, rep in report.items():
-        print(f"\n### py-spy, 64 in flight → {target} ({_k(rep['calls_per_s_while_profiled'])} calls/s while "
+        print(f"\n### py-spy, 64 in flight → {target} ({fmt_k(rep['calls_per_s_while_profiled'])} calls/s while "
               f"sampled; % of the samples of each process, py-spy {' '.join(PYSPY_EXTRA) or '(all non-idle)'})")
         for name, prof in rep["processes"].items():
-            if "error" in prof:
-                print(f"\n{name}: py-spy failed: {prof['error']}")
-                continue
-            print(f"\n{name} ({prof['samples']} samples) — self:")
-            for frame, pct in prof["self_top"][:n_self]:
-                print(f"  {pct:5.1f}%  {frame}")
-            print(f"{name} — inclusive:")
-            for frame, pct in prof["inclusive_top"][:n_incl]:
-                print(f"  {pct:5.1f}%  {frame}")
-
-
-def _git_revision() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
+            print_process_profile(name, prof, n_self, n_incl)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -620,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_invoke: reps={args.reps} seconds={args.seconds:g} warmup={args.warmup:g} "
           f"concurrency={args.concurrency} profile={args.profile}; loadavg {os.getloadavg()[0]:.2f}",
           flush=True)
-    load = wait_quiet(2.0 if args.quick else 5.0)
+    _, load = wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
     print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
     sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile")
     ex: concurrent.futures.ProcessPoolExecutor | None = None
@@ -635,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         if sup.call("bench.echo_async", PAYLOAD) != PAYLOAD or sup.call("bench.echo_sync", PAYLOAD) != PAYLOAD:
             raise RuntimeError("echo functions do not echo")
         ours_sampler = CpuSampler({"supervisor": psutil.Process(sup.proc.pid),
-                                   **{n: psutil.Process(pid) for n, pid in sup.worker_pids.items()}})
+                                   **{n: psutil.Process(pid) for n, pid in sup.worker_pids.items()}},
+                                  detail=True)
 
         ex = concurrent.futures.ProcessPoolExecutor(max_workers=2)
         list(ex.map(echo, range(100)))  # start both worker processes
         me = psutil.Process()
         pool_procs = [c for c in me.children() if c.pid != sup.proc.pid]
-        peer_sampler = CpuSampler({"harness": me, **{f"pool{i}": c for i, c in enumerate(pool_procs)}})
+        peer_sampler = CpuSampler({"harness": me, **{f"pool{i}": c for i, c in enumerate(pool_procs)}}, detail=True)
 
         def run_ours(key: str, mode: str, target: str, seconds: float) -> dict[str, Any]:
             count = args.seq_count if mode == "seq" else args.inflight_count
@@ -661,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [("ours", *o[:3]) for o in OURS[:2]] + [("peer", "peer_seq", "seq", None)] + \
                 [("ours", *o[:3]) for o in OURS[2:]] + [("peer", "peer_inflight", "inflight", None)]
         for rep in range(args.reps):
-            load = wait_quiet(1.0 if args.quick else 3.0)
+            _, load = wait_quiet(NOISY_CORES, 1.0 if args.quick else 3.0, interval=0.5)
             if load > NOISY_CORES:
                 print(f"  (machine not quiet before rep {rep + 1}: {load:.2f} cores busy elsewhere; measuring anyway)",
                       flush=True)
@@ -672,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_peer(mode, args.seconds)
                 r["rep"] = rep + 1
                 raw[key].append(r)
-                print(f"  rep {rep + 1} {key:<15} {_k(r['calls_per_s']):>7} calls/s  p50 {r['p50_ms']:.3f} ms  "
+                print(f"  rep {rep + 1} {key:<15} {fmt_k(r['calls_per_s']):>7} calls/s  p50 {r['p50_ms']:.3f} ms  "
                       f"p99 {r['p99_ms']:.3f} ms  ({r['calls']} calls; other processes {r['other_cores']:.2f} cores, "
                       f"steal {r['steal_cores']:.2f})" + ("  NOISY" if r["other_cores"] + r["steal_cores"] > NOISY_CORES
                                                            else ""),
@@ -717,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         s, peer = summary[key], summary["peer_" + PEER_OF[key]]
         paired = [o["calls_per_s"] / p["calls_per_s"] for o, p in zip(raw[key], raw["peer_" + PEER_OF[key]])]
         ratio = s["calls_per_s"] / peer["calls_per_s"]
-        ratios[key] = {"ratio_of_medians": ratio, "paired": paired, "paired_median": _median(paired)}
+        ratios[key] = {"ratio_of_medians": ratio, "paired": paired, "paired_median": median(paired)}
         ratio_cell = f"{ratio:.2f}x" + (f" [{min(paired):.2f}–{max(paired):.2f}]" if len(paired) > 1 else "")
         rows.append([label, _rate_cell(s, args.reps), f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
                      _rate_cell(peer, args.reps), ratio_cell])
@@ -725,14 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## Routed calls A → supervisor → B → A vs ProcessPoolExecutor(max_workers=2)  "
           f"(median of {args.reps} interleaved rep(s), {args.seconds:g} s each; [min–max])")
     print()
-    print(_table(["scenario", "ours calls/s", "p50 ms", "p99 ms", "ProcessPoolExecutor calls/s", "ratio (ours/peer)"],
-                 rows))
+    print(table(["scenario", "ours calls/s", "p50 ms", "p99 ms", "ProcessPoolExecutor calls/s", "ratio (ours/peer)"],
+                rows))
     print()
     peer_rows = [[label, _rate_cell(summary[k], args.reps), f"{summary[k]['p50_ms']:.3f}",
                   f"{summary[k]['p99_ms']:.3f}"]
                  for k, label in (("peer_seq", "ProcessPoolExecutor, one at a time"),
                                   ("peer_inflight", f"ProcessPoolExecutor, {args.concurrency} in flight"))]
-    print(_table(["peer scenario", "calls/s", "p50 ms", "p99 ms"], peer_rows))
+    print(table(["peer scenario", "calls/s", "p50 ms", "p99 ms"], peer_rows))
     print()
     cpu_rows = []
     for key in [k for k, *_ in OURS] + ["peer_seq", "peer_inflight"]:
@@ -742,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         wait = "  ".join(f"{v:.0f}" for v in s["runq_wait_us_per_call"].values())
         cpu_rows.append([key, cpu, f"{sum(s['cpu_util'].values()):.2f} ({util})", wait,
                          f"{s['other_cores']:.2f} / {s['steal_cores']:.2f}"])
-    print(_table(["scenario", "CPU µs per call (user+sys)", "cores busy: total (per process)",
-                  "run-queue wait µs/call", "other procs / steal cores"], cpu_rows))
+    print(table(["scenario", "CPU µs per call (user+sys)", "cores busy: total (per process)",
+                 "run-queue wait µs/call", "other procs / steal cores"], cpu_rows))
     noisy = sum(s["noisy_reps"] for s in summary.values())
     if noisy:
         print(f"\nWARNING: {noisy} measurement(s) ran while other processes + steal took > {NOISY_CORES} cores "
@@ -766,19 +499,19 @@ def main(argv: list[str] | None = None) -> int:
                "MET for the async handler only" if met_async else
                "MET for the sync handler only" if met_sync else "NOT MET")
     print(f"Target 'routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)': {verdict} "
-          f"(async {_k(summary['inflight_async']['calls_per_s'])}/s = "
-          f"{ratios['inflight_async']['ratio_of_medians']:.2f}x, sync {_k(summary['inflight_sync']['calls_per_s'])}/s = "
-          f"{ratios['inflight_sync']['ratio_of_medians']:.2f}x; needed >= {_k(need)}/s = 3x "
-          f"{_k(summary['peer_inflight']['calls_per_s'])}/s)")
+          f"(async {fmt_k(summary['inflight_async']['calls_per_s'])}/s = "
+          f"{ratios['inflight_async']['ratio_of_medians']:.2f}x, "
+          f"sync {fmt_k(summary['inflight_sync']['calls_per_s'])}/s = "
+          f"{ratios['inflight_sync']['ratio_of_medians']:.2f}x; needed >= {fmt_k(need)}/s = 3x "
+          f"{fmt_k(summary['peer_inflight']['calls_per_s'])}/s)")
 
     result = {
         "benchmark": "bench_invoke",
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": utc_timestamp(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                    "processor": platform.processor()},
-        "git": _git_revision(),
+        "args": args_json(args),
+        "machine": machine_info(processor=platform.processor()),
+        "git": git_state(),
         "profiled_with_cprofile": args.profile == "cprofile",
         "payload": PAYLOAD,
         "target": {"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
@@ -790,8 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "pyspy": pyspy_report,
         "duration_s": time.perf_counter() - t_start,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(f"results: {args.output}  (run took {result['duration_s']:.1f} s)")
     return 0
 

@@ -15,35 +15,24 @@ It returns the stats as JSON: calls, elapsed_s, calls_per_s, latency percentiles
 mismatches (echo results that differ from the payload) and the driver's own CPU seconds.
 """
 
+import sys
 import time
+from pathlib import Path
 
 import trio
 
 from iii_supervisor import register_worker
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the harness's shared helpers
+from _common import latency_stats  # noqa: E402
+
 iii = register_worker()
 
 
-def _pct(sorted_values, q):
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
 def _stats(latencies, calls, elapsed, mismatches, cpu):
-    lat = sorted(latencies)
-    return {
-        "calls": calls,
-        "elapsed_s": elapsed,
-        "calls_per_s": calls / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": (_pct(lat, 50) or 0.0) * 1000,
-        "p99_ms": (_pct(lat, 99) or 0.0) * 1000,
-        "max_ms": (lat[-1] if lat else 0.0) * 1000,
-        "mean_ms": (sum(lat) / len(lat) if lat else 0.0) * 1000,
-        "mismatches": mismatches,
-        "driver_cpu_s": cpu,
-    }
+    stats = latency_stats(latencies, calls, elapsed, mismatches)
+    stats["driver_cpu_s"] = cpu
+    return stats
 
 
 async def _seq(target, payload, count, seconds):
