@@ -332,9 +332,7 @@ async def test_duplicate_function_is_refused_in_the_second_worker(workers_dir: P
     """)
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=3, functions=READY)
-            while "dup.error" not in await sup.function_ids():
-                await trio.sleep(0.05)
+            await sup.start(expect_workers=3, functions=(*READY, "dup.error"))
             err = await sup.call("dup.error")
             assert err["code"] == "function_conflict"
             assert "'target.boom'" in err["message"] and "'target'" in err["message"]
@@ -487,9 +485,7 @@ async def test_unregister_and_unknown_trigger_type(workers_dir: Path) -> None:
     """)
     with trio.fail_after(30):
         async with Supervisor(workers_dir) as sup:
-            await sup.start(expect_workers=3, functions=READY)
-            while "dynamic.drop" not in await sup.function_ids():
-                await trio.sleep(0.05)
+            await sup.start(expect_workers=3, functions=(*READY, "dynamic.drop"))
             refused = await sup.call("dynamic.refused")
             assert refused["code"] == "trigger_registration_failed"
             assert "'no-such-type'" in refused["message"] and "dyn-type" not in refused["message"]
