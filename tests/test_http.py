@@ -206,6 +206,7 @@ iii.register_function("api.download", download)
 iii.register_function("api.forever", forever)
 iii.register_function("api.forever_outcome", lambda _d: _forever.get("outcome"))
 iii.register_function("api.slow_stream", slow_stream)
+iii.register_function("api.respond_as_told", lambda req: req["body"])
 iii.register_function("api.late_outcome", lambda _d: _late.get("outcome"))
 
 
@@ -232,6 +233,7 @@ route("api.stream_close", "/stream/close")
 route("api.sse", "/sse")
 route("api.download", "/download")
 route("api.forever", "/stream/forever")
+route("api.respond_as_told", "/as-told", "POST")
 temporary = route("api.echo", "/temporary")
 
 
@@ -951,3 +953,31 @@ async def test_max_connections_bound(tmp_path: Path) -> None:
                     except httpx.TransportError:
                         await trio.sleep(0.05)
             assert r.status_code == 200
+
+
+async def test_streamed_responses_keep_the_connection_alive(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with http_supervisor(tmp_path) as (sup, _client):
+            async with Raw.connect(sup.http_port) as raw:
+                for _ in range(3):
+                    await raw.send(request("GET", "/stream/writer"))
+                    head, body = await raw.response()
+                    assert head.status_code == 201 and header(head, "connection") is None
+                    assert body.count(b"line ") == 5
+
+
+async def test_invalid_handler_responses_get_500_not_a_dropped_connection(tmp_path: Path) -> None:
+    told_cases = [
+        {"status_code": 150},
+        {"status_code": 200, "headers": {"x-bad": "line\nbreak"}},
+        {"status_code": 200, "headers": {"bad name": "v"}},
+        {"status_code": 200, "headers": {"x-snow": "\u2603"}},
+        {"status_code": 200, "headers": ["no colon here"]},
+    ]
+    with trio.fail_after(30):
+        async with http_supervisor(tmp_path) as (_sup, client):
+            for told in told_cases:
+                r = await client.post("/as-told", json=told)
+                assert r.status_code == 500 and error_of(r)["code"] == "invalid_response", told
+            r = await client.post("/as-told", json={"status_code": 204, "body": {"ignored": True}})
+            assert r.status_code == 204 and r.content == b""

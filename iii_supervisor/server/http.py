@@ -26,6 +26,7 @@ client disconnecting closes the channel, and the handler's next write raises.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -94,17 +95,33 @@ def json_response(status: int, code: str, message: str, *, headers: list[tuple[s
                      error_body(code, message, **extra))
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _checked_header(name: str, value: str) -> tuple[str, str]:
+    # h11 refuses these when the response is sent, when it is too late to answer 500
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"header {name!r} has a line break in its value")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name!r} has a value that is not latin-1: {value!r:.80}") from None
+    return name, value
+
+
 def _header_list(value: Any) -> list[tuple[str, str]]:
-    """Handler headers: ``{"name": "value"}`` or ``["Name: value", ...]``."""
+    """Handler headers: ``{"name": "value"}`` or ``["Name: value", ...]``, validated."""
     if isinstance(value, dict):
-        return [(str(k), str(v)) for k, v in value.items()]
+        return [_checked_header(str(k), str(v)) for k, v in value.items()]
     if isinstance(value, list):
         pairs = []
         for item in value:
             name, sep, val = str(item).partition(":")
             if not sep:
                 raise ValueError(f"header {item!r} is not 'Name: value'")
-            pairs.append((name.strip(), val.strip()))
+            pairs.append(_checked_header(name.strip(), val.strip()))
         return pairs
     if value is None:
         return []
@@ -112,8 +129,9 @@ def _header_list(value: Any) -> list[tuple[str, str]]:
 
 
 def _valid_status(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-        raise ValueError(f"status_code must be an integer from 100 to 599, got {value!r}")
+    # 1xx are interim responses: a handler's answer must be final
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise ValueError(f"status_code must be an integer from 200 to 599, got {value!r}")
     return value
 
 
@@ -125,7 +143,7 @@ def render_result(result: Any) -> _Response:
     headers = _header_list(result.get("headers"))
     body = result.get("body")
     has_type = any(k.lower() == "content-type" for k, _ in headers)
-    if body is None:
+    if body is None or status in (204, 304):  # these responses have no body by definition
         data = b""
     elif isinstance(body, str) and has_type:
         data = body.encode()
@@ -139,8 +157,10 @@ def render_result(result: Any) -> _Response:
 class HttpConnection:
     """h11 state plus the socket, with bounded reads."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, *, write_timeout: float = 30.0) -> None:
         self.stream = stream
+        #: a client that stops reading for this long is dropped (its slot is freed)
+        self.write_timeout = write_timeout
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         # the body pump may answer "100 Continue" while the response is being sent
         self._send_lock = trio.StrictFIFOLock()
@@ -161,10 +181,13 @@ class HttpConnection:
     async def send(self, *events: Any) -> None:
         try:
             data = b"".join(self.conn.send(event) or b"" for event in events)
-            async with self._send_lock:
-                await self.stream.send_all(data)
+            with trio.CancelScope(deadline=trio.current_time() + self.write_timeout) as scope:
+                async with self._send_lock:
+                    await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as exc:
             raise _ClientGone(str(exc)) from None
+        if scope.cancelled_caught:
+            raise _ClientGone(f"the client read nothing for {self.write_timeout:g}s")
 
     def _finish_request_body(self) -> bool:
         """Consume the rest of the request body if it is already buffered (always so without a
@@ -187,7 +210,7 @@ class HttpConnection:
             # answering before the body was read (404, 413 …): say we close, so that the client
             # does not send its next request on a connection about to go away
             headers.append(("connection", "close"))
-        if not any(k.lower() == "content-length" for k, _ in response.headers):
+        if response.status not in (204, 304) and not any(k.lower() == "content-length" for k, _ in response.headers):
             headers.append(("content-length", str(len(response.body))))
         events: list[Any] = [h11.Response(status_code=response.status, headers=headers,
                                           reason=_reason(response.status))]
@@ -256,7 +279,7 @@ class HttpFront:
     # --- connections --------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        http = HttpConnection(stream)
+        http = HttpConnection(stream, write_timeout=self.config.body_timeout)
         try:
             self._connections.acquire_on_behalf_of_nowait(http)
         except trio.WouldBlock:
@@ -346,6 +369,9 @@ class HttpFront:
                 return
             except _BodyTimeout:
                 await http.respond(json_response(408, "REQUEST_TIMEOUT", "request body not received in time"))
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._bad_request(http, exc)
                 return
         data = self._request_data(request, found, body_bytes if buffered else None)
         response = await self._check_condition(found, data)
@@ -467,7 +493,9 @@ class HttpFront:
     async def _pump_body(self, http: HttpConnection, session: Session, channel_id: int,
                          too_large: trio.CancelScope) -> None:
         size = 0
-        error: ErrorBody | None = None
+        # if we are cancelled (the response is done: 504, early answer), the handler must not
+        # wait for the rest of the body forever
+        error: ErrorBody | None = ErrorBody(code="body_abandoned", message="the request body will not be sent")
         try:
             while True:
                 with trio.CancelScope(deadline=trio.current_time() + self.config.body_timeout) as scope:
@@ -485,13 +513,15 @@ class HttpFront:
                         break
                     session.send_nowait(Chunk(channel_id, bytes(event.data)))
                 elif isinstance(event, h11.EndOfMessage):
+                    error = None
                     break
                 else:
                     error = ErrorBody(code="client_disconnected", message="the client went away")
                     break
         except (_ClientGone, h11.RemoteProtocolError) as exc:
             error = ErrorBody(code="client_disconnected", message=f"the client went away: {exc}")
-        session.send_nowait(ChannelClose(channel_id=channel_id, error=error))
+        finally:
+            session.send_nowait(ChannelClose(channel_id=channel_id, error=error))
 
     async def _respond(self, http: HttpConnection, request: _Request, exchange: _Exchange, *,
                        deadline: float) -> _Response | None:
@@ -549,7 +579,10 @@ class HttpFront:
                       headers: list[tuple[str, str]], first: bytes) -> None:
         head_only = request.method == "HEAD"
         try:
-            await http.send(h11.Response(status_code=status, headers=[_SERVER, *headers], reason=_reason(status)))
+            head = [_SERVER, *headers]
+            if not http._finish_request_body():  # as respond() does: keep-alive only if the body is read
+                head.append(("connection", "close"))
+            await http.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))
             await self._forward(http, exchange, first, head_only)
             async for event in exchange.events:
                 match event:
