@@ -137,7 +137,15 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
     engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir)
-    trio.run(engine.run)
+    try:
+        trio.run(engine.run)
+    except BaseExceptionGroup as group:
+        # a startup failure inside the engine's nursery (port in use, socket path …): report
+        # it like any other EngineError instead of a traceback
+        errors = group.exceptions
+        if len(errors) == 1 and isinstance(errors[0], EngineError):
+            raise errors[0] from None
+        raise
     return 0
 
 

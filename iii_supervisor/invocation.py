@@ -104,7 +104,13 @@ class Invoker:
                 self._expire(trio.current_time())
 
     def _push_deadline(self, deadline: float, inv_id: str) -> None:
-        heapq.heappush(self._deadlines, (deadline, inv_id))
+        heap = self._deadlines
+        if len(heap) > 1024 and len(heap) > 4 * len(self.pending):
+            # entries of answered calls stay until their deadline: drop them now and then, so a
+            # long timeout_ms cannot make the heap grow with the number of calls
+            heap[:] = [(d, i) for d, i in heap if i in self.pending]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, inv_id))
         scope = self._timer_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline

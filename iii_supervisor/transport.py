@@ -53,6 +53,14 @@ class FramedStream:
         self._closed = False
         self._broken: BaseException | None = None
 
+    @property
+    def max_frame_size(self) -> int:
+        return self._conn.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._conn.max_frame_size = value
+
     # --- sending ------------------------------------------------------------------------------
 
     def send_nowait(self, event: Event) -> None:

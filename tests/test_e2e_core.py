@@ -509,3 +509,40 @@ async def test_workers_outlive_trios_idle_thread_timeout(workers_dir: Path) -> N
             workers = await sup.workers()
             assert {n: w["pid"] for n, w in workers.items()} == pids
             assert all(w["restarts"] == 0 and w["state"] == "running" for w in workers.values())
+
+
+async def test_oversize_result_fails_the_call_not_the_worker(workers_dir: Path, tmp_path: Path) -> None:
+    write_worker(workers_dir, "big", """
+    iii.register_function("big.result", lambda n: "x" * n)
+    """)
+    cfg = tmp_path / "frames.toml"
+    cfg.write_text("[supervisor]\nmax_frame_size = 100000\n")
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
+            await sup.start(expect_workers=3, functions=(*READY, "big.result"))
+            assert await sup.call("big.result", 10) == "x" * 10
+            with pytest.raises(InvocationFailed) as info:
+                await sup.call("big.result", 200_000)
+            assert "cannot be sent" in info.value.message and "100000" in info.value.message
+            workers = await sup.workers()
+            assert workers["big"]["restarts"] == 0 and workers["big"]["state"] == "running"
+            assert await sup.call("big.result", 3) == "xxx"
+
+
+async def test_start_errors_are_reported_without_traceback(workers_dir: Path, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            taken = socket.socket()
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            try:
+                port = taken.getsockname()[1]
+                busy = await run_cli(sup, "start", str(workers_dir), "--http-port", str(port))
+                assert busy.returncode == 1 and b"Traceback" not in busy.stderr, busy.stderr
+                assert f"cannot listen on http://127.0.0.1:{port}".encode() in busy.stderr
+            finally:
+                taken.close()
+            (workers_dir / "target").mkdir()
+            (workers_dir / "target" / "__main__.py").write_text("")
+            dup = await run_cli(sup, "start", str(workers_dir), "--http-port", "0")
+            assert dup.returncode == 78 and b"two worker programs named 'target'" in dup.stderr

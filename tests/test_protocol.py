@@ -98,7 +98,7 @@ ERR = ErrorBody(code="invocation_failed", message="boom", stacktrace="Traceback 
 #: One instance per message class with *every* field set to a non-default value.
 FULL_SAMPLES = [
     Hello(token="s3cr3t", name="worker-a", pid=4242),
-    WorkerRegistered(worker_id="w-1", name="worker-a"),
+    WorkerRegistered(worker_id="w-1", name="worker-a", max_frame_size=1024),
     Error(error=ERR),
     Ping(),
     Pong(),

@@ -197,6 +197,11 @@ class WorkerPool:
         slot.session = session
         slot.state = WorkerState.RUNNING
 
+    def detach(self, slot: WorkerSlot, session: Session) -> None:
+        """``session`` ended while its process may live on: it may connect again."""
+        if slot.session is session:
+            slot.session = None
+
     # --- status -------------------------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ from typing import BinaryIO
 import attrs
 import trio
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
@@ -58,6 +60,12 @@ def discover_workers(directory: Path, *, python: str = sys.executable) -> list[W
             specs.append(WorkerSpec(entry.stem, entry, (python, str(entry)), directory))
         elif entry.is_dir() and (entry / "__main__.py").is_file():
             specs.append(WorkerSpec(entry.name, entry, (python, str(entry)), directory))
+    seen: dict[str, Path] = {}
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(f"two worker programs named {spec.name!r}: {str(seen[spec.name])!r} and "
+                              f"{str(spec.path)!r}; rename one")
+        seen[spec.name] = spec.path
     return specs
 
 

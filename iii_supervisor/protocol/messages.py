@@ -82,6 +82,8 @@ class Hello:
 class WorkerRegistered:
     worker_id: str
     name: str | None = None
+    #: iii-supervisor: the largest frame the supervisor accepts
+    max_frame_size: int | None = None
 
 
 @attrs.define(kw_only=True)

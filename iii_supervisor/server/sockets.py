@@ -105,9 +105,13 @@ class SessionServer:
         session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
                           invoker=self.invoker, is_worker=True, pid=peer_pid)
         self.pool.attach(slot, session)
-        framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name))
+        framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name,
+                                            max_frame_size=self.limits.max_frame_size))
         log.info("worker %s connected (pid %d, %s)", slot.name, peer_pid, session.worker_id)
-        await session.serve()
+        try:
+            await session.serve()
+        finally:
+            self.pool.detach(slot, session)
 
     async def handle_control(self, stream: trio.SocketStream) -> None:
         framed = self._framed(stream)

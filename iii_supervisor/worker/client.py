@@ -253,6 +253,8 @@ class III:
             if not isinstance(first, WorkerRegistered):
                 raise ProtocolError(f"expected 'workerregistered' from the supervisor, got {first!r}")
             self.worker_id = first.worker_id
+            if first.max_frame_size:  # the supervisor's limit: an oversize result fails one call, not the link
+                framed.max_frame_size = first.max_frame_size
             self._trio_token = trio.lowlevel.current_trio_token()
             self._ready.set()
             try:
@@ -387,10 +389,10 @@ class III:
         try:
             self._send(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
                                         result=result, error=error))
-        except TypeError as exc:  # the result is not JSON-serializable
+        except (TypeError, ProtocolError) as exc:  # not JSON-serializable, or over the frame limit
             self._send(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
                                         error=ErrorBody(code="invocation_failed",
-                                                        message=f"result of {msg.function_id!r} is not JSON-serializable: {exc}")))
+                                                        message=f"result of {msg.function_id!r} cannot be sent: {exc}")))
         except ConnectionLost:
             pass
 
