@@ -289,20 +289,3 @@ class Invoker:
         """Stop waiting for ``pending``; a late answer is dropped."""
         if self.pending.pop(pending.id, None) is not None:
             pending.target.executing.discard(pending.id)
-
-    def call_void(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
-        """Fire and forget; a missing function is logged, not raised."""
-        entry = self.registry.lookup(function_id)
-        if entry is None:
-            log.warning("void call to unknown function %r dropped", function_id)
-        elif entry.builtin is not None:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._void_builtin, entry, data)
-        else:
-            entry.owner.send_nowait(InvokeFunction(function_id=function_id, data=data, metadata=metadata))  # type: ignore[union-attr]
-
-    async def _void_builtin(self, entry: FunctionEntry, data: Any) -> None:
-        try:
-            await self._run_builtin(entry, data, self.default_timeout)
-        except EngineError as exc:
-            log.warning("void call to %r failed: %s", entry.id, exc)

@@ -82,7 +82,6 @@ class Session:
         self.is_worker = is_worker
         self.executing: set[str] = set()
         self.started: set[str] = set()
-        self.connected_at = trio.current_time()
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
         #: streamed-body channels this session writes to us (HTTP responses), by channel id
@@ -128,7 +127,7 @@ class Session:
     def open_channel(self) -> tuple[int, trio.MemoryReceiveChannel[ChannelEvent]]:
         """A new channel id on this connection, with the stream of what the worker sends on it.
 
-        Unbounded on our side because the worker may only send what we granted it with
+        Unbounded on our side because a well-behaved writer (the SDK) only sends what we granted with
         ``channelwindow`` (see the HTTP front); it ends when the worker disconnects.
         """
         channel_id = self.new_channel_id()

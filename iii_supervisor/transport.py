@@ -7,8 +7,9 @@ and wakes one writer task, which sends everything pending with a single ``send_a
 send is in progress, further frames pile up and leave together. Measured on the target machine,
 one send per frame caps a trio pipeline at ~8k frames/s, coalescing lifts it to ~35k/s.
 
-Backpressure: when more than ``high_water`` bytes are pending, ``send`` waits until the writer
-has drained them, so a slow peer slows its senders instead of growing memory without bound.
+Backpressure: :meth:`FramedStream.send` waits while more than ``high_water`` bytes are pending.
+The engine's routing path uses :meth:`send_nowait` (it must never block on one slow peer); what
+bounds it there is the call deadline, and for streamed bodies the channel window.
 
 Trio's Broken/Closed errors are translated once, here, into :class:`ConnectionLost`.
 """
@@ -67,7 +68,7 @@ class FramedStream:
         """Queue ``event`` for sending without waiting (no backpressure)."""
         if self._closed:
             raise ConnectionLost("connection is closed") from self._broken
-        data = self._conn.send(event) if not isinstance(event, bytes) else event
+        data = self._conn.send(event)
         self._pending.append(data)
         self._pending_bytes += len(data)
         if len(self._pending) == 1:
@@ -82,10 +83,6 @@ class FramedStream:
                 raise ConnectionLost("connection closed while sending") from self._broken
         else:
             await trio.lowlevel.checkpoint()
-
-    def send_raw_nowait(self, frame: bytes) -> None:
-        """Queue an already encoded frame."""
-        self.send_nowait(frame)  # type: ignore[arg-type]
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The one task that writes to the stream. Returns when the stream is closed."""
@@ -105,7 +102,7 @@ class FramedStream:
             self._drained.unpark_all()
 
     async def flush(self) -> None:
-        """Wait until everything queued so far has been handed to the stream."""
+        """Wait until the writer has taken everything queued so far (its last ``send_all`` may still run)."""
         while self._pending and not self._closed:
             await self._drained.park()
 

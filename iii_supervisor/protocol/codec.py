@@ -231,7 +231,7 @@ class Connection:
 
     ``receive_data(bytes)`` then iterate :meth:`events`; ``send(event)`` returns the bytes to
     write. After a :class:`ProtocolError` the connection is unusable: the caller reports the
-    error to the peer (:meth:`error_frame`) and closes.
+    error to the peer (an ``error`` message) and closes.
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:

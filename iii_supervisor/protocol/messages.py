@@ -1,4 +1,4 @@
-"""Wire messages: one frozen attrs class per ``"type"`` tag, in the iii vocabulary.
+"""Wire messages: one attrs class per ``"type"`` tag, in the iii vocabulary.
 
 Field names follow the reference engine (shared/reference/iii-engine.md §1.2) so that a bridge
 for the official SDKs can reuse the same registry. Optional fields default to ``None`` and are

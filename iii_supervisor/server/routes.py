@@ -106,9 +106,6 @@ class Router:
         # segment count → routes, most specific first
         self._by_length: dict[int, list[Route]] = {}
 
-    def __len__(self) -> int:
-        return len(self._by_trigger)
-
     def add(self, route: Route) -> None:
         for other in self._by_length.get(len(route.segments), ()):
             if other.method == route.method and other.shape == route.shape:

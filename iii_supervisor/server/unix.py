@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -128,7 +127,3 @@ def check_peer_uid(stream: trio.SocketStream) -> int:
     if uid != os.getuid() and uid != 0:
         raise AuthError(f"connection from pid {pid} running as uid {uid} refused: only uid {os.getuid()} may connect")
     return pid
-
-
-def is_connection_refused(exc: OSError) -> bool:
-    return exc.errno in (errno.ECONNREFUSED, errno.ENOENT)
