@@ -17,6 +17,10 @@ import cattrs
 from .errors import ConfigError
 from .process.policy import BackoffPolicy
 from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .protocol.frames import ABSOLUTE_MAX_FRAME_SIZE
+
+#: room for the rest of an HTTP call (headers, params) in the frame that carries a JSON body
+_FRAME_OVERHEAD = 256 * 1024
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
@@ -109,12 +113,21 @@ _CONVERTER = _converter()
 
 def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
     try:
-        return _CONVERTER.structure(data, Config)
+        config = _CONVERTER.structure(data, Config)
     except cattrs.BaseValidationError as exc:
         problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$", format_exception=_format_problem))
         raise ConfigError(f"invalid {source}: {problems}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None
+    frame, body = config.supervisor.max_frame_size, config.http.max_body_size
+    if frame > ABSOLUTE_MAX_FRAME_SIZE:
+        raise ConfigError(f"invalid {source}: supervisor.max_frame_size {frame} is over the 4-byte length "
+                          f"prefix's limit of {ABSOLUTE_MAX_FRAME_SIZE}")
+    if body + _FRAME_OVERHEAD > frame:
+        # a JSON body travels inside the call's frame: it must fit with the request around it
+        raise ConfigError(f"invalid {source}: http.max_body_size ({body}) must be at least {_FRAME_OVERHEAD} "
+                          f"bytes below supervisor.max_frame_size ({frame})")
+    return config
 
 
 def load_config(path: Path | None) -> Config:

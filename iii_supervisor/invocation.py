@@ -74,9 +74,6 @@ class Pending:
     notify: trio.MemorySendChannel[Any] | None = None
 
 
-def _error(exc: EngineError) -> ErrorBody:
-    return ErrorBody(code=exc.code, message=exc.message, stacktrace=exc.stacktrace)
-
 
 class Invoker:
     def __init__(self, registry: Registry, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -123,7 +120,7 @@ class Invoker:
             if pending is not None and pending.deadline <= now:  # (a cleared deadline is inf)
                 timeout = InvocationTimeout(f"function {pending.function_id!r} did not answer in time")
                 self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
-                                                       error=_error(timeout)))
+                                                       error=ErrorBody.of(timeout)))
 
     def _timeout_of(self, msg: InvokeFunction) -> float:
         if msg.timeout_ms is not None and msg.timeout_ms > 0:
@@ -162,7 +159,7 @@ class Invoker:
                 log.warning("void call from %s to %r failed: %s", caller.name, msg.function_id, error)
             return
         caller.send_nowait(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
-                                            result=result, error=_error(error) if error else None))
+                                            result=result, error=ErrorBody.of(error) if error else None))
 
     async def _relay_builtin(self, caller: Peer, msg: InvokeFunction, entry: FunctionEntry) -> None:
         try:
@@ -230,7 +227,7 @@ class Invoker:
                 stopped = InvocationStopped(
                     f"worker {peer.name!r} stopped while executing {pending.function_id!r}")
                 self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
-                                                       error=_error(stopped)))
+                                                       error=ErrorBody.of(stopped)))
         peer.executing.clear()
         for inv_id in list(peer.started):
             pending = self.pending.pop(inv_id, None)

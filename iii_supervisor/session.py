@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from .errors import ConnectionLost, EngineError, ProtocolError, RegistrationError
+from .errors import ConnectionLost, ProtocolError, RegistrationError
 from .invocation import Invoker
 from .protocol import (
     ChannelClose,
@@ -50,9 +50,6 @@ ChannelEvent = Chunk | ChannelControl | ChannelClose | ChannelWindow
 #: pipeline A → supervisor → B; slices of 16 keep every process busy)
 DISPATCH_SLICE = 16
 
-
-def _body(exc: EngineError) -> ErrorBody:
-    return ErrorBody(code=exc.code, message=exc.message)
 
 
 class WorkerTriggerProvider:
@@ -199,7 +196,7 @@ class Session:
                         error = exc
                 if error is not None:
                     log.warning("%s: registerfunction %r refused: %s", self.name, msg.id, error.message)
-                self.send_nowait(FunctionRegistered(id=msg.id, error=_body(error) if error else None))
+                self.send_nowait(FunctionRegistered(id=msg.id, error=ErrorBody.of(error) if error else None))
             case UnregisterFunction():
                 registry.remove_function(msg.id, self)
             case RegisterTrigger():
@@ -214,7 +211,7 @@ class Session:
                                 msg.trigger_type, msg.function_id, exc.message)
                 self.send_nowait(TriggerRegistrationResult(id=msg.id, trigger_type=msg.trigger_type,
                                                            function_id=msg.function_id,
-                                                           error=_body(error) if error else None))
+                                                           error=ErrorBody.of(error) if error else None))
             case UnregisterTrigger():
                 registry.remove_trigger(msg.id, self)
             case RegisterTriggerType():
@@ -228,8 +225,11 @@ class Session:
             case TriggerRegistrationResult():
                 # A worker provider refused a binding: tell the worker that asked for it.
                 trigger = registry.triggers.get(msg.id)
-                if msg.error is not None and trigger is not None:
-                    log.warning("trigger %s refused by provider %s: %s", msg.id, self.name, msg.error.message)
-                    owner = trigger.owner
-                    if isinstance(owner, Session):
-                        owner.send_nowait(msg)
+                type_entry = registry.trigger_types.get(trigger.trigger_type) if trigger else None
+                if msg.error is None or trigger is None or type_entry is None or type_entry.owner is not self:
+                    return  # only the provider of the binding's type may refuse it
+                log.warning("trigger %s refused by provider %s: %s", msg.id, self.name, msg.error.message)
+                registry.remove_trigger(trigger.id, trigger.owner)  # refused: not listed as active
+                owner = trigger.owner
+                if isinstance(owner, Session):
+                    owner.send_nowait(msg)

@@ -41,7 +41,7 @@ def test_valid_file_overrides_values(tmp_path: Path) -> None:
 [supervisor]
 runtime_dir = "/run/iii"
 grace_period = 3.5
-max_frame_size = 1048576
+max_frame_size = 8388608
 invocation_timeout_ms = 2500
 log_level = "debug"
 
@@ -54,7 +54,7 @@ factor = 3
     s = cfg.supervisor
     assert s.runtime_dir == "/run/iii"
     assert s.grace_period == 3.5
-    assert s.max_frame_size == 1048576
+    assert s.max_frame_size == 8388608
     assert s.invocation_timeout_ms == 2500
     assert s.log_level == "debug"
     assert s.handshake_timeout == SupervisorConfig().handshake_timeout  # untouched key keeps its default
@@ -177,3 +177,11 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         cfg.supervisor.grace_period = 1.0  # type: ignore[misc]
+
+
+def test_frame_size_limits_are_checked_together() -> None:
+    with pytest.raises(ConfigError, match="4-byte length"):
+        parse_config({"supervisor": {"max_frame_size": 2**33}})
+    with pytest.raises(ConfigError, match=r"http.max_body_size \(1000000\) .* supervisor.max_frame_size \(1048576\)"):
+        parse_config({"supervisor": {"max_frame_size": 1048576}, "http": {"max_body_size": 1_000_000}})
+    assert parse_config({"supervisor": {"max_frame_size": 2**21}, "http": {"max_body_size": 2**20}})

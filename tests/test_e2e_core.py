@@ -516,14 +516,14 @@ async def test_oversize_result_fails_the_call_not_the_worker(workers_dir: Path, 
     iii.register_function("big.result", lambda n: "x" * n)
     """)
     cfg = tmp_path / "frames.toml"
-    cfg.write_text("[supervisor]\nmax_frame_size = 100000\n")
+    cfg.write_text("[supervisor]\nmax_frame_size = 400000\n[http]\nmax_body_size = 1000\n")
     with trio.fail_after(30):
         async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
             await sup.start(expect_workers=3, functions=(*READY, "big.result"))
             assert await sup.call("big.result", 10) == "x" * 10
             with pytest.raises(InvocationFailed) as info:
-                await sup.call("big.result", 200_000)
-            assert "cannot be sent" in info.value.message and "100000" in info.value.message
+                await sup.call("big.result", 500_000)
+            assert "cannot be sent" in info.value.message and "400000" in info.value.message
             workers = await sup.workers()
             assert workers["big"]["restarts"] == 0 and workers["big"]["state"] == "running"
             assert await sup.call("big.result", 3) == "xxx"

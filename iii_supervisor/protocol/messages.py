@@ -19,6 +19,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from ..errors import EngineError
+
 JSONObject = dict[str, Any]
 
 __all__ = [
@@ -56,6 +58,11 @@ class ErrorBody:
     code: str
     message: str
     stacktrace: str | None = None
+
+    @classmethod
+    def of(cls, exc: EngineError) -> ErrorBody:
+        """The wire form of an engine error."""
+        return cls(code=exc.code, message=exc.message, stacktrace=exc.stacktrace)
 
 
 @attrs.define(kw_only=True)
