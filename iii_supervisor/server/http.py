@@ -374,9 +374,11 @@ class HttpFront:
                 await self._bad_request(http, exc)
                 return
         data = self._request_data(request, found, body_bytes if buffered else None)
-        response = await self._check_condition(found, data)
+        # one deadline for the condition and the handler together: the response must start in time
+        deadline = trio.current_time() + self.config.request_timeout_ms / 1000
+        response = await self._check_condition(found, data, deadline)
         if response is None:
-            response = await self._invoke(http, request, found, data, body_bytes, stream_body=not buffered)
+            response = await self._invoke(http, request, found, data, body_bytes, deadline, stream_body=not buffered)
         if response is not None:
             await http.respond(response, head_only=head_only)
 
@@ -423,12 +425,12 @@ class HttpFront:
             "trigger": {"type": "http", "path": route.pattern, "method": route.method},
         }
 
-    async def _check_condition(self, found: Match, data: dict[str, Any]) -> _Response | None:
+    async def _check_condition(self, found: Match, data: dict[str, Any], deadline: float) -> _Response | None:
         condition = found.route.condition_function_id
         if condition is None:
             return None
         try:
-            allowed = await self.invoker.call(condition, data, timeout=self.config.request_timeout_ms / 1000)
+            allowed = await self.invoker.call(condition, data, timeout=max(deadline - trio.current_time(), 0.001))
         except InvocationError as exc:
             return self._error_response(exc.code, f"condition {condition!r} failed: {exc.message}", exc.stacktrace)
         if not allowed:
@@ -441,10 +443,10 @@ class HttpFront:
         return json_response(_STATUS_OF_ERROR.get(code, 500), code, message, **extra)
 
     async def _invoke(self, http: HttpConnection, request: _Request, found: Match, data: dict[str, Any],
-                      body: bytes, *, stream_body: bool) -> _Response | None:
+                      body: bytes, deadline: float, *, stream_body: bool) -> _Response | None:
         """Call the function; returns a buffered response, or None once a stream was sent."""
         function_id = found.route.trigger.function_id
-        timeout = self.config.request_timeout_ms / 1000
+        timeout = max(deadline - trio.current_time(), 0.001)
         entry = self.registry.lookup(function_id)
         if entry is None:
             return json_response(503, "function_not_found",
@@ -465,7 +467,6 @@ class HttpFront:
         data["response"] = {"channel_id": response_channel, "direction": "write"}
         pending = self.invoker.start_local(entry, data, timeout=timeout, notify=session.channels[response_channel])
         exchange = _Exchange(session, response_channel, events, pending)
-        deadline = trio.current_time() + timeout
         try:
             if not stream_body:
                 if body:
