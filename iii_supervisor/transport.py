@@ -116,19 +116,11 @@ class FramedStream:
         if the stream breaks; a clean EOF between frames just ends the iteration.
         """
         conn = self._conn
-        receive_some = self.stream.receive_some
         while True:
             batch = list(conn.events())  # frames already buffered come first
             if batch:
                 yield batch
-                continue
-            try:
-                data = await receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._mark_closed(exc)
-                raise ConnectionLost(f"connection lost: {exc}") from exc
-            conn.receive_data(data)
-            if not data:
+            elif not await self._read_more():
                 return
 
     async def events(self) -> AsyncIterator[Event]:
@@ -139,18 +131,21 @@ class FramedStream:
 
     async def receive(self) -> Event:
         """Receive exactly one event (used for handshakes); later ones stay buffered."""
-        conn = self._conn
         while True:
-            for event in conn.events():
+            for event in self._conn.events():
                 return event
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._mark_closed(exc)
-                raise ConnectionLost(f"connection lost: {exc}") from exc
-            conn.receive_data(data)
-            if not data:
+            if not await self._read_more():
                 raise ConnectionLost("peer closed the connection")
+
+    async def _read_more(self) -> bool:
+        """Feed one read to the decoder; False at a clean end of stream."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._mark_closed(exc)
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        self._conn.receive_data(data)
+        return bool(data)
 
     # --- closing ------------------------------------------------------------------------------
 
