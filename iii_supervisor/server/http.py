@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -362,7 +364,7 @@ class HttpFront:
         body_bytes = b""
         if request.has_body and buffered:
             try:
-                body_bytes = await self._read_body(http, limit)
+                body_bytes = await self._read_body(http)
             except _TooLarge:
                 await http.respond(json_response(413, "PAYLOAD_TOO_LARGE",
                                                  f"request body exceeds the limit of {limit} bytes"))
@@ -382,8 +384,9 @@ class HttpFront:
         if response is not None:
             await http.respond(response, head_only=head_only)
 
-    async def _read_body(self, http: HttpConnection, limit: int) -> bytes:
-        chunks: list[bytes] = []
+    async def _body_chunks(self, http: HttpConnection) -> AsyncIterator[bytes]:
+        """The request body as it arrives, bounded in size (:class:`_TooLarge`) and in silence
+        (:class:`_BodyTimeout`); ends at the end of the body."""
         size = 0
         while True:
             with trio.CancelScope(deadline=trio.current_time() + self.config.body_timeout) as scope:
@@ -392,13 +395,17 @@ class HttpFront:
                 raise _BodyTimeout
             if isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > limit:
+                if size > self.config.max_body_size:
                     raise _TooLarge
-                chunks.append(bytes(event.data))
+                yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
+                return
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} while reading a body")
+
+    async def _read_body(self, http: HttpConnection) -> bytes:
+        async with aclosing(self._body_chunks(http)) as chunks:
+            return b"".join([chunk async for chunk in chunks])
 
     def _request_data(self, request: _Request, found: Match, body: bytes | None) -> dict[str, Any]:
         parsed: Any = None
@@ -493,32 +500,21 @@ class HttpFront:
 
     async def _pump_body(self, http: HttpConnection, session: Session, channel_id: int,
                          too_large: trio.CancelScope) -> None:
-        size = 0
         # if we are cancelled (the response is done: 504, early answer), the handler must not
         # wait for the rest of the body forever
         error: ErrorBody | None = ErrorBody(code="body_abandoned", message="the request body will not be sent")
         try:
-            while True:
-                with trio.CancelScope(deadline=trio.current_time() + self.config.body_timeout) as scope:
-                    event = await http.next_event()
-                if scope.cancelled_caught:
-                    error = ErrorBody(code="body_timeout", message="the client stopped sending the body")
-                    break
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self.config.max_body_size:
-                        error = ErrorBody(code="payload_too_large",
-                                          message=f"request body exceeds {self.config.max_body_size} bytes")
-                        if http.conn.our_state is h11.SEND_RESPONSE:  # no response started yet: 413
-                            too_large.cancel()
-                        break
-                    session.send_nowait(Chunk(channel_id, bytes(event.data)))
-                elif isinstance(event, h11.EndOfMessage):
-                    error = None
-                    break
-                else:
-                    error = ErrorBody(code="client_disconnected", message="the client went away")
-                    break
+            async with aclosing(self._body_chunks(http)) as chunks:
+                async for chunk in chunks:
+                    session.send_nowait(Chunk(channel_id, chunk))
+            error = None
+        except _BodyTimeout:
+            error = ErrorBody(code="body_timeout", message="the client stopped sending the body")
+        except _TooLarge:
+            error = ErrorBody(code="payload_too_large",
+                              message=f"request body exceeds {self.config.max_body_size} bytes")
+            if http.conn.our_state is h11.SEND_RESPONSE:  # no response started yet: 413
+                too_large.cancel()
         except (_ClientGone, h11.RemoteProtocolError) as exc:
             error = ErrorBody(code="client_disconnected", message=f"the client went away: {exc}")
         finally:
