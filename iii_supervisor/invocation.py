@@ -39,6 +39,7 @@ from .errors import (
     InvocationTimeout,
     error_from_wire,
 )
+from .inbox import Inbox
 from .protocol import ErrorBody, InvocationResult, InvokeFunction, Message
 from .registry import FunctionEntry, Registry
 
@@ -69,9 +70,9 @@ class Pending:
     caller_invocation_id: str | None = None
     done: trio.Event | None = None
     outcome: InvocationResult | None = None
-    #: instead of ``done``: the result is sent into this channel (the HTTP front merges it with
-    #: the response channel so one task reads both, in the order the worker sent them)
-    notify: trio.MemorySendChannel[Any] | None = None
+    #: instead of ``done``: the result is put into this inbox (the HTTP front's response channel,
+    #: so one task reads both, in the order the worker sent them)
+    notify: Inbox[Any] | None = None
 
 
 
@@ -214,10 +215,7 @@ class Invoker:
             pending.outcome = result
             pending.done.set()
         elif pending.notify is not None:
-            try:
-                pending.notify.send_nowait(result)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+            pending.notify.put(result)
 
     def session_closed(self, peer: Peer) -> None:
         """``peer`` is gone: fail what it was executing, forget what it had started."""
@@ -254,11 +252,11 @@ class Invoker:
 
     def start_local(self, entry: FunctionEntry, data: Any, *, timeout: float,
                     metadata: dict[str, Any] | None = None,
-                    notify: trio.MemorySendChannel[Any] | None = None) -> Pending:
+                    notify: Inbox[Any] | None = None) -> Pending:
         """Send a call to the worker owning ``entry``.
 
-        The answer comes from :meth:`wait`, or, with ``notify``, as an ``InvocationResult`` sent
-        into that channel.
+        The answer comes from :meth:`wait`, or, with ``notify``, as an ``InvocationResult`` put
+        into that inbox.
         """
         assert entry.owner is not None, "built-ins are called with call()"
         inv_id = str(next(self._ids))

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from typing import Any
 
 import trio
 
 from .errors import ConnectionLost, ProtocolError, RegistrationError
+from .inbox import Inbox
 from .invocation import Invoker
 from .protocol import (
     ChannelClose,
@@ -82,7 +82,7 @@ class Session:
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
         #: streamed-body channels this session writes to us (HTTP responses), by channel id
-        self.channels: dict[int, trio.MemorySendChannel[ChannelEvent]] = {}
+        self.channels: dict[int, Inbox[Any]] = {}
         self._channel_ids = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -121,28 +121,28 @@ class Session:
         except ConnectionLost:
             pass
 
-    def open_channel(self) -> tuple[int, trio.MemoryReceiveChannel[ChannelEvent]]:
-        """A new channel id on this connection, with the stream of what the worker sends on it.
+    def open_channel(self) -> tuple[int, Inbox[Any]]:
+        """A new channel id on this connection, with the inbox of what the worker sends on it.
 
         Unbounded on our side because a well-behaved writer (the SDK) only sends what we granted with
-        ``channelwindow`` (see the HTTP front); it ends when the worker disconnects.
+        ``channelwindow`` (see the HTTP front); the inbox is closed when the worker disconnects.
         """
         channel_id = self.new_channel_id()
-        send, receive = trio.open_memory_channel(math.inf)  # (no runtime subscript: it costs per call)
+        inbox: Inbox[Any] = Inbox()
         if self.closed.is_set():
-            send.close()
+            inbox.close()
         else:
-            self.channels[channel_id] = send
-        return channel_id, receive
+            self.channels[channel_id] = inbox
+        return channel_id, inbox
 
     def new_channel_id(self) -> int:
         """A channel id for a channel we write to the worker (nothing is received on it)."""
         return next(self._channel_ids) % 2**32
 
     def close_channel(self, channel_id: int) -> None:
-        send = self.channels.pop(channel_id, None)
-        if send is not None:
-            send.close()
+        inbox = self.channels.pop(channel_id, None)
+        if inbox is not None:
+            inbox.close()
 
     def close(self) -> None:
         """Remove everything this session owns and fail its calls. Idempotent, synchronous."""
@@ -170,9 +170,9 @@ class Session:
             case Pong():
                 pass
             case Chunk() | ChannelControl() | ChannelClose() | ChannelWindow():
-                channel = self.channels.get(event.channel_id)
-                if channel is not None:
-                    channel.send_nowait(event)
+                inbox = self.channels.get(event.channel_id)
+                if inbox is not None:
+                    inbox.put(event)
             case RegisterFunction() | UnregisterFunction() | RegisterTrigger() | UnregisterTrigger() | \
                     RegisterTriggerType() | UnregisterTriggerType() | TriggerRegistrationResult():
                 if not self.is_worker:

@@ -1,7 +1,7 @@
 """The HTTP front: h11 over trio, serving the routes of ``http`` triggers.
 
-One task per connection, one request at a time per connection (HTTP/1.1 keep-alive and
-pipelining come from h11, which buffers what a client sends ahead). For each request:
+One task per connection, one request at a time per connection (HTTP/1.1 keep-alive, and
+pipelining: h11 buffers what a client sends ahead). For each request:
 
 1. resolve the route (404 / 405 with ``Allow``); refuse a declared body over the limit with 413
    before reading it;
@@ -18,25 +18,32 @@ the client is granted back with ``channelwindow``. A slow client therefore slows
 down instead of growing the supervisor's memory: a multi-GiB download costs at most one window.
 
 Every wait is bounded: request heads (``header_timeout``, also the keep-alive idle time), body
-reads (``body_timeout``), and the handler until the response starts (``request_timeout_ms``,
-then 504). Once a response is streaming it may last as long as the handler writes (SSE); the
+reads (``body_timeout``), writes to a client that does not read (``body_timeout``), and the
+handler until the response starts (``request_timeout_ms``, then 504, from the invoker's
+deadline). Once a response is streaming it may last as long as the handler writes (SSE); the
 client disconnecting closes the channel, and the handler's next write raises.
+
+Cost per request (measured, see docs/performance.md) shaped this module: h11 parses, responses
+are serialised by :mod:`.http_messages`; the socket is used directly (a ``recv``/``send`` that
+can complete does so without a trip through trio's scheduler; only a wait parks the task); read
+deadlines are one float per connection checked by one timer task (:meth:`HttpFront._expire_reads`)
+instead of a cancel scope per read; the answer arrives in an :class:`~iii_supervisor.inbox.Inbox`.
+A request therefore parks its task twice (for the request, for the answer) and nowhere else.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import orjson
 
-try:  # the compiled build of h11, if installed (pip install 'iii-supervisor[fast]'): ~1.1-1.2x
+try:  # the compiled build of h11, if installed (pip install 'iii-supervisor[fast]')
     import h11_mypyc as h11  # type: ignore[import-not-found]
 except ImportError:
     import h11
@@ -44,6 +51,7 @@ import trio
 
 from ..config import HttpConfig
 from ..errors import EngineError, InvocationError
+from ..inbox import Inbox
 from ..invocation import Invoker, Pending
 from ..protocol import (
     CHANNEL_WINDOW,
@@ -56,6 +64,21 @@ from ..protocol import (
 )
 from ..registry import Registry
 from ..session import Session
+from .http_messages import (
+    CONTINUE,
+    LAST_CHUNK,
+    NO_BODY_STATUSES,
+    Request,
+    Response,
+    encode_chunk,
+    encode_head,
+    encode_response,
+    handler_headers,
+    json_response,
+    parse_request,
+    render_result,
+    valid_status,
+)
 from .routes import Match, MethodNotAllowed, Router
 
 log = logging.getLogger(__name__)
@@ -64,7 +87,6 @@ RECEIVE_SIZE = 64 * 1024
 MAX_HEAD_SIZE = 64 * 1024
 #: Non-JSON bodies up to this size are also handed over inline, as text, in ``body``.
 INLINE_TEXT_LIMIT = 64 * 1024
-_SERVER = ("server", "iii-supervisor")
 
 #: HTTP status for an invocation error code.
 _STATUS_OF_ERROR = {
@@ -78,184 +100,141 @@ class _ClientGone(Exception):
     """The client closed the connection or broke the protocol; nothing more can be sent."""
 
 
-def error_body(code: str, message: str, **extra: Any) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message, **extra}})
+class _TooLarge(Exception):
+    pass
 
 
-@attrs.define
-class _Response:
-    """A buffered response."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-def json_response(status: int, code: str, message: str, *, headers: list[tuple[str, str]] | None = None,
-                  **extra: Any) -> _Response:
-    return _Response(status, [("content-type", "application/json"), *(headers or [])],
-                     error_body(code, message, **extra))
-
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def _checked_header(name: str, value: str) -> tuple[str, str]:
-    # h11 refuses these when the response is sent, when it is too late to answer 500
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"invalid header name {name!r}")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"header {name!r} has a line break in its value")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"header {name!r} has a value that is not latin-1: {value!r:.80}") from None
-    return name, value
-
-
-def _header_list(value: Any) -> list[tuple[str, str]]:
-    """Handler headers: ``{"name": "value"}`` or ``["Name: value", ...]``, validated."""
-    if isinstance(value, dict):
-        return [_checked_header(str(k), str(v)) for k, v in value.items()]
-    if isinstance(value, list):
-        pairs = []
-        for item in value:
-            name, sep, val = str(item).partition(":")
-            if not sep:
-                raise ValueError(f"header {item!r} is not 'Name: value'")
-            pairs.append(_checked_header(name.strip(), val.strip()))
-        return pairs
-    if value is None:
-        return []
-    raise ValueError(f"headers must be an object or a list of 'Name: value' strings, got {type(value).__name__}")
-
-
-def _valid_status(value: Any) -> int:
-    # 1xx are interim responses: a handler's answer must be final
-    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
-        raise ValueError(f"status_code must be an integer from 200 to 599, got {value!r}")
-    return value
-
-
-def render_result(result: Any) -> _Response:
-    """A handler's return value as an HTTP response (see docs/http.md for the rules)."""
-    if not isinstance(result, dict) or not ({"status_code", "statusCode", "body", "headers"} & result.keys()):
-        return _Response(200, [("content-type", "application/json")], orjson.dumps(result))
-    status = _valid_status(result.get("status_code", result.get("statusCode", 200)))
-    headers = _header_list(result.get("headers"))
-    body = result.get("body")
-    has_type = any(k.lower() == "content-type" for k, _ in headers)
-    if body is None or status in (204, 304):  # these responses have no body by definition
-        data = b""
-    elif isinstance(body, str) and has_type:
-        data = body.encode()
-    else:
-        data = orjson.dumps(body)
-        if not has_type:
-            headers.append(("content-type", "application/json"))
-    return _Response(status, headers, data)
+def _new_parser() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
 
 
 class HttpConnection:
-    """h11 state plus the socket, with bounded reads."""
+    """One client: h11 parses what it sends, our own writes answer it.
 
-    def __init__(self, stream: trio.SocketStream, *, write_timeout: float = 30.0) -> None:
-        self.stream = stream
-        #: a client that stops reading for this long is dropped (its slot is freed)
+    The h11 connection is replaced for every request (its unread bytes carried over): h11 tracks
+    responses only through its own send path, which we do not use (see :mod:`.http_messages`).
+    """
+
+    def __init__(self, sock: socket.socket, *, write_timeout: float) -> None:
+        self.sock = sock
+        #: a client that reads nothing for this long while we write is dropped
         self.write_timeout = write_timeout
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
-        # the body pump may answer "100 Continue" while the response is being sent
-        self._send_lock = trio.StrictFIFOLock()
+        self.parser = _new_parser()
+        #: covers the whole connection; cancelled when a read deadline passes (see HttpFront)
+        self.scope = trio.CancelScope()
+        #: when the read in progress (request head or body) times out; inf when not reading
+        self.read_deadline = math.inf
+        self.timed_out = False
+        #: the last receive had to wait (the task yielded to others)
+        self.waited = False
+        #: bytes of the response to the current request went out
+        self.response_started = False
+        #: the connection ends after the current response
+        self.must_close = False
+        self._continue_sent = False
+        self._write_lock = trio.StrictFIFOLock()
 
-    async def next_event(self) -> Any:
+    def expire(self) -> None:
+        self.timed_out = True
+        self.scope.cancel()
+
+    def next_cycle(self) -> None:
+        data, closed = self.parser.trailing_data
+        self.parser = parser = _new_parser()
+        if data:
+            parser.receive_data(data)
+        if closed:
+            parser.receive_data(b"")
+        self.response_started = self._continue_sent = False
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def next_event(self, timeout: float) -> Any:
+        """The next h11 event; waits at most ``timeout`` seconds for each piece of data."""
+        parser = self.parser
         while True:
-            event = self.conn.next_event()
+            event = parser.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            if self.conn.they_are_waiting_for_100_continue:
-                await self.send(h11.InformationalResponse(status_code=100, headers=[_SERVER]))
+            if parser.they_are_waiting_for_100_continue and not (self._continue_sent or self.response_started):
+                self._continue_sent = True
+                await self.write(CONTINUE)
+            self.read_deadline = trio.current_time() + timeout
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = await self._receive()
+            finally:
+                self.read_deadline = math.inf
+            parser.receive_data(data)
+
+    async def _receive(self) -> bytes:
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
                 raise _ClientGone(str(exc)) from None
-            self.conn.receive_data(data)
+            self.waited = True
+            await trio.lowlevel.wait_readable(sock)
 
-    async def send(self, *events: Any) -> None:
-        try:
-            data = b"".join(self.conn.send(event) or b"" for event in events)
-            with trio.CancelScope(deadline=trio.current_time() + self.write_timeout) as scope:
-                async with self._send_lock:
-                    await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as exc:
-            raise _ClientGone(str(exc)) from None
-        if scope.cancelled_caught:
-            raise _ClientGone(f"the client read nothing for {self.write_timeout:g}s")
-
-    def _finish_request_body(self) -> bool:
+    def finish_request_body(self) -> bool:
         """Consume the rest of the request body if it is already buffered (always so without a
         body); False if some of it is still to come, or the request was malformed: the connection
         must then close."""
-        if self.conn.their_state is h11.ERROR:
+        parser = self.parser
+        if parser.their_state is h11.ERROR:
             return False
         try:
-            while self.conn.their_state is h11.SEND_BODY:
-                event = self.conn.next_event()
-                if event is h11.NEED_DATA:
+            while parser.their_state is h11.SEND_BODY:
+                if parser.next_event() is h11.NEED_DATA:
                     return False
         except h11.RemoteProtocolError:
             return False
         return True
 
-    async def respond(self, response: _Response, *, head_only: bool = False) -> None:
-        headers = [_SERVER, *response.headers]
-        if not self._finish_request_body():
-            # answering before the body was read (404, 413 …): say we close, so that the client
-            # does not send its next request on a connection about to go away
-            headers.append(("connection", "close"))
-        if response.status not in (204, 304) and not any(k.lower() == "content-length" for k, _ in response.headers):
-            headers.append(("content-length", str(len(response.body))))
-        events: list[Any] = [h11.Response(status_code=response.status, headers=headers,
-                                          reason=_reason(response.status))]
-        if response.body and not head_only:
-            events.append(h11.Data(data=response.body))
-        events.append(h11.EndOfMessage())
-        await self.send(*events)
+    # --- writing --------------------------------------------------------------------------
 
+    async def write(self, data: bytes) -> None:
+        if not self._write_lock.locked():  # as much as the socket takes, now, without a checkpoint
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise _ClientGone(str(exc)) from None
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]  # type: ignore[assignment]
+        async with self._write_lock:
+            await self._write_slowly(memoryview(data))
 
-@attrs.define
-class _Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    content_length: int | None
-    chunked: bool
+    async def _write_slowly(self, view: memoryview) -> None:
+        with trio.CancelScope(deadline=trio.current_time() + self.write_timeout) as scope:
+            while view:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    view = view[self.sock.send(view):]
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise _ClientGone(str(exc)) from None
+        if scope.cancelled_caught:
+            raise _ClientGone(f"the client read nothing for {self.write_timeout:g}s")
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    async def respond(self, response: Response, request: Request | None) -> None:
+        """Send a buffered response. Closes after it unless the request was read to its end
+        and both sides allow keep-alive."""
+        close = (request is None or not request.keep_alive or response.close
+                 or not self.finish_request_body())
+        self.must_close = self.must_close or close
+        self.response_started = True
+        await self.write(encode_response(response, head_only=request is not None and request.head_only,
+                                         close=close))
 
-    @property
-    def is_json(self) -> bool:
-        return "application/json" in self.headers.get("content-type", "")
-
-
-def parse_request(event: h11.Request) -> _Request:
-    target = event.target.decode("latin-1")
-    parts = urlsplit(target)
-    headers: dict[str, str] = {}
-    for name, value in event.headers:
-        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {val}" if key in headers else val
-    length = headers.get("content-length")
-    return _Request(
-        method=event.method.decode("ascii").upper(),
-        path=parts.path or "/",
-        query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-        headers=headers,
-        content_length=int(length) if length is not None else None,  # h11 validated it
-        chunked="chunked" in headers.get("transfer-encoding", "").lower(),
-    )
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
 
 
 class HttpFront:
@@ -264,8 +243,9 @@ class HttpFront:
         self.router = router
         self.registry = registry
         self.invoker = invoker
-        self._connections = trio.CapacityLimiter(config.max_connections)
         self.port: int | None = None
+        self._live: set[HttpConnection] = set()
+        self._some_live = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -275,90 +255,112 @@ class HttpFront:
                               code="http_bind_failed") from exc
         sockname = listeners[0].socket.getsockname()
         self.port = sockname[1]
-        log.info("HTTP front listening on http://%s:%d", _host_for_url(sockname[0]), self.port)
-        await trio.serve_listeners(self._serve_connection, listeners, task_status=task_status)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._expire_reads)
+            await nursery.start(trio.serve_listeners, self._serve_connection, listeners)
+            log.info("HTTP front listening on http://%s:%d", _host_for_url(sockname[0]), self.port)
+            task_status.started(self.port)
+
+    async def _expire_reads(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """End connections whose read deadline passed: one timer for all of them.
+
+        A cancel scope per read cost ~17 µs per request; a deadline checked every ``tick``
+        costs a float per read, and the timeouts fire up to one tick late. No connections, no
+        wake-ups.
+        """
+        tick = min(max(min(self.config.header_timeout, self.config.body_timeout) / 10, 0.01), 0.5)
+        task_status.started()
+        while True:
+            if not self._live:
+                self._some_live = trio.Event()
+                await self._some_live.wait()
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for http in self._live:
+                if http.read_deadline <= now:
+                    http.expire()
 
     # --- connections --------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        http = HttpConnection(stream, write_timeout=self.config.body_timeout)
+        # the trio socket's file descriptor, as a plain non-blocking socket: see HttpConnection
+        sock = socket.socket(fileno=stream.socket.detach())
+        sock.setblocking(False)
+        http = HttpConnection(sock, write_timeout=self.config.body_timeout)
         try:
-            self._connections.acquire_on_behalf_of_nowait(http)
-        except trio.WouldBlock:
-            with trio.move_on_after(1):
-                try:
-                    await http.respond(json_response(503, "SERVICE_UNAVAILABLE", "too many connections"))
-                except _ClientGone:
-                    pass
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            await self._connection_loop(http)
+            if len(self._live) >= self.config.max_connections:
+                with trio.move_on_after(1):
+                    await http.respond(json_response(503, "SERVICE_UNAVAILABLE", "too many connections"), None)
+                return
+            self._live.add(http)
+            self._some_live.set()
+            with http.scope:
+                await self._connection_loop(http)
+            if http.timed_out and not http.response_started and (
+                    http.parser.their_state is h11.SEND_BODY or http.parser.trailing_data[0]):
+                await self._safe_respond(http, json_response(408, "REQUEST_TIMEOUT", "request not received in time"))
+            # else: an idle keep-alive connection, or a client gone silent mid-response: dropped
         except _ClientGone:
             pass
         except Exception:
             log.exception("HTTP connection failed")
         finally:
-            self._connections.release_on_behalf_of(http)
-            await trio.aclose_forcefully(stream)
+            self._live.discard(http)
+            http.close()
 
     async def _connection_loop(self, http: HttpConnection) -> None:
-        conn = http.conn
         while True:
-            # a bare CancelScope: trio's move_on_* helpers go through contextlib, measurable per request
-            with trio.CancelScope(deadline=trio.current_time() + self.config.header_timeout) as head_scope:
-                try:
-                    event = await http.next_event()
-                except h11.RemoteProtocolError as exc:
-                    await self._bad_request(http, exc)
-                    return
-            if head_scope.cancelled_caught:
-                if conn.their_state is h11.SEND_BODY or conn.trailing_data[0]:
-                    await self._safe_respond(http, json_response(408, "REQUEST_TIMEOUT", "request head not received in time"))
-                return  # an idle keep-alive connection, or a slow client: dropped
-            if isinstance(event, h11.ConnectionClosed):
+            http.waited = False
+            try:
+                event = await http.next_event(self.config.header_timeout)
+            except h11.RemoteProtocolError as exc:
+                await self._bad_request(http, exc)
                 return
-            assert isinstance(event, h11.Request)
+            if type(event) is not h11.Request:
+                return  # ConnectionClosed
+            if not http.waited:
+                # the request was already buffered (pipelining): yield once per request anyway,
+                # so that a client that never pauses cannot starve the other connections
+                await trio.lowlevel.checkpoint()
             await self._handle(http, event)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE or conn.our_state is not h11.DONE:
+            if http.must_close or http.parser.their_state is not h11.DONE:
                 return
-            conn.start_next_cycle()
+            http.next_cycle()
 
     async def _bad_request(self, http: HttpConnection, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
         code = "REQUEST_HEADER_FIELDS_TOO_LARGE" if status == 431 else "BAD_REQUEST"
         await self._safe_respond(http, json_response(status, code, f"malformed request: {exc}"))
 
-    async def _safe_respond(self, http: HttpConnection, response: _Response) -> None:
-        if http.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+    async def _safe_respond(self, http: HttpConnection, response: Response) -> None:
+        if not http.response_started:
             try:
                 with trio.move_on_after(self.config.body_timeout):
-                    await http.respond(response)
+                    await http.respond(response, None)
             except _ClientGone:
                 pass
 
     # --- one request --------------------------------------------------------------------------
 
     async def _handle(self, http: HttpConnection, event: h11.Request) -> None:
-        request = parse_request(event)
-        head_only = request.method == "HEAD"
+        request = parse_request(event.method, event.target, event.headers, event.http_version)
         found = self.router.resolve(request.method, request.path)
         if found is None:
             await http.respond(json_response(404, "NOT_FOUND", f"no route for {request.method} {request.path}"),
-                               head_only=head_only)
+                               request)
             return
         if isinstance(found, MethodNotAllowed):
             allow = ", ".join(found.allowed)
             await http.respond(json_response(405, "METHOD_NOT_ALLOWED",
                                              f"{request.method} is not allowed on {request.path} (allowed: {allow})",
-                                             headers=[("allow", allow)]), head_only=head_only)
+                                             headers=[("allow", allow)]), request)
             return
         limit = self.config.max_body_size
         if request.content_length is not None and request.content_length > limit:
             await http.respond(json_response(413, "PAYLOAD_TOO_LARGE",
                                              f"request body of {request.content_length} bytes exceeds the limit "
-                                             f"of {limit} bytes"))
-            return  # the body was never read: h11 leaves their state in SEND_BODY, we close
+                                             f"of {limit} bytes"), request)
+            return  # the body was never read: respond() closes the connection
         buffered = not request.has_body or request.is_json or (
             not request.chunked and (request.content_length or 0) <= INLINE_TEXT_LIMIT)
         body_bytes = b""
@@ -367,10 +369,7 @@ class HttpFront:
                 body_bytes = await self._read_body(http)
             except _TooLarge:
                 await http.respond(json_response(413, "PAYLOAD_TOO_LARGE",
-                                                 f"request body exceeds the limit of {limit} bytes"))
-                return
-            except _BodyTimeout:
-                await http.respond(json_response(408, "REQUEST_TIMEOUT", "request body not received in time"))
+                                                 f"request body exceeds the limit of {limit} bytes"), request)
                 return
             except h11.RemoteProtocolError as exc:
                 await self._bad_request(http, exc)
@@ -382,23 +381,20 @@ class HttpFront:
         if response is None:
             response = await self._invoke(http, request, found, data, body_bytes, deadline, stream_body=not buffered)
         if response is not None:
-            await http.respond(response, head_only=head_only)
+            await http.respond(response, request)
 
     async def _body_chunks(self, http: HttpConnection) -> AsyncIterator[bytes]:
-        """The request body as it arrives, bounded in size (:class:`_TooLarge`) and in silence
-        (:class:`_BodyTimeout`); ends at the end of the body."""
+        """The request body as it arrives, bounded in size (:class:`_TooLarge`); a silence of
+        ``body_timeout`` ends the connection."""
         size = 0
         while True:
-            with trio.CancelScope(deadline=trio.current_time() + self.config.body_timeout) as scope:
-                event = await http.next_event()
-            if scope.cancelled_caught:
-                raise _BodyTimeout
-            if isinstance(event, h11.Data):
+            event = await http.next_event(self.config.body_timeout)
+            if type(event) is h11.Data:
                 size += len(event.data)
                 if size > self.config.max_body_size:
                     raise _TooLarge
                 yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            elif type(event) is h11.EndOfMessage:
                 return
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} while reading a body")
@@ -407,9 +403,9 @@ class HttpFront:
         async with aclosing(self._body_chunks(http)) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
-    def _request_data(self, request: _Request, found: Match, body: bytes | None) -> dict[str, Any]:
+    def _request_data(self, request: Request, found: Match, body: bytes | None) -> dict[str, Any]:
         parsed: Any = None
-        if body is not None and body:
+        if body:
             if request.is_json:
                 try:
                     parsed = orjson.loads(body)
@@ -432,7 +428,7 @@ class HttpFront:
             "trigger": {"type": "http", "path": route.pattern, "method": route.method},
         }
 
-    async def _check_condition(self, found: Match, data: dict[str, Any], deadline: float) -> _Response | None:
+    async def _check_condition(self, found: Match, data: dict[str, Any], deadline: float) -> Response | None:
         condition = found.route.condition_function_id
         if condition is None:
             return None
@@ -445,12 +441,12 @@ class HttpFront:
                                  skipped=True)
         return None
 
-    def _error_response(self, code: str, message: str, stacktrace: str | None) -> _Response:
+    def _error_response(self, code: str, message: str, stacktrace: str | None) -> Response:
         extra = {"stacktrace": stacktrace} if self.config.debug and stacktrace else {}
         return json_response(_STATUS_OF_ERROR.get(code, 500), code, message, **extra)
 
-    async def _invoke(self, http: HttpConnection, request: _Request, found: Match, data: dict[str, Any],
-                      body: bytes, deadline: float, *, stream_body: bool) -> _Response | None:
+    async def _invoke(self, http: HttpConnection, request: Request, found: Match, data: dict[str, Any],
+                      body: bytes, deadline: float, *, stream_body: bool) -> Response | None:
         """Call the function; returns a buffered response, or None once a stream was sent."""
         function_id = found.route.trigger.function_id
         timeout = max(deadline - trio.current_time(), 0.001)
@@ -466,26 +462,27 @@ class HttpFront:
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
         session: Session = entry.owner  # type: ignore[assignment]
         body_channel = session.new_channel_id()  # we write it; nothing comes back on it
-        response_channel, events = session.open_channel()
+        response_channel, inbox = session.open_channel()
         body_ref: dict[str, Any] = {"channel_id": body_channel, "direction": "read"}
         if not stream_body and not body:
             body_ref["eof"] = True  # an empty body: the worker's reader starts at its end, no frame needed
         data["request_body"] = body_ref
         data["response"] = {"channel_id": response_channel, "direction": "write"}
-        pending = self.invoker.start_local(entry, data, timeout=timeout, notify=session.channels[response_channel])
-        exchange = _Exchange(session, response_channel, events, pending)
+        # the invoker's deadline ends the wait: an invocation_timeout result arrives in the inbox
+        pending = self.invoker.start_local(entry, data, timeout=timeout, notify=inbox)
+        exchange = _Exchange(session, response_channel, inbox, pending)
         try:
             if not stream_body:
                 if body:
                     session.send_nowait(Chunk(body_channel, body))
                     session.send_nowait(ChannelClose(channel_id=body_channel))
-                return await self._respond(http, request, exchange, deadline=deadline)
+                return await self._respond(http, request, exchange)
             too_large = trio.CancelScope()  # cancelled by the pump if the body crosses the limit in time
             result = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_body, http, session, body_channel, too_large)
                 with too_large:
-                    result = await self._respond(http, request, exchange, deadline=deadline)
+                    result = await self._respond(http, request, exchange)
                 nursery.cancel_scope.cancel()
             if too_large.cancelled_caught:
                 return json_response(413, "PAYLOAD_TOO_LARGE",
@@ -507,103 +504,114 @@ class HttpFront:
             async with aclosing(self._body_chunks(http)) as chunks:
                 async for chunk in chunks:
                     session.send_nowait(Chunk(channel_id, chunk))
+                    await trio.lowlevel.checkpoint()  # a fast client must not starve the others
             error = None
-        except _BodyTimeout:
-            error = ErrorBody(code="body_timeout", message="the client stopped sending the body")
         except _TooLarge:
             error = ErrorBody(code="payload_too_large",
                               message=f"request body exceeds {self.config.max_body_size} bytes")
-            if http.conn.our_state is h11.SEND_RESPONSE:  # no response started yet: 413
+            if not http.response_started:  # no response started yet: 413
                 too_large.cancel()
         except (_ClientGone, h11.RemoteProtocolError) as exc:
             error = ErrorBody(code="client_disconnected", message=f"the client went away: {exc}")
         finally:
+            if http.timed_out:
+                error = ErrorBody(code="body_timeout", message="the client stopped sending the body")
             session.send_nowait(ChannelClose(channel_id=channel_id, error=error))
 
-    async def _respond(self, http: HttpConnection, request: _Request, exchange: _Exchange, *,
-                       deadline: float) -> _Response | None:
-        """Wait (until ``deadline``) for the start of the answer; stream it or return it."""
-        status = 200
-        headers: list[tuple[str, str]] = []
+    async def _respond(self, http: HttpConnection, request: Request, exchange: _Exchange) -> Response | None:
+        """Wait for the start of the answer; stream it or return it."""
+        head = Response(200, [])
         touched = False  # did the handler use the response channel at all?
-        first: bytes | None = None
-        with trio.CancelScope(deadline=deadline) as scope:
-            async for event in exchange.events:
-                match event:
-                    case ChannelControl(data={"type": "set_status", "status_code": code}):
-                        touched = True
-                        try:
-                            status = _valid_status(code)
-                        except ValueError as exc:
-                            return json_response(500, "invalid_response", str(exc))
-                    case ChannelControl(data={"type": "set_headers", "headers": value}):
-                        touched = True
-                        try:
-                            headers.extend(_header_list(value))
-                        except ValueError as exc:
-                            return json_response(500, "invalid_response", str(exc))
-                    case Chunk(data=data):
-                        first = data
-                        break
-                    case ChannelClose(error=error):
-                        exchange.writer_done = touched = True
-                        if error is not None:
-                            return self._error_response(error.code, error.message, error.stacktrace)
-                    case InvocationResult(error=error, result=result):
-                        # a timeout comes from the engine: the handler itself may still run
-                        if error is None or error.code != "invocation_timeout":
-                            exchange.writer_done = True
-                        if error is not None:
-                            return self._error_response(error.code, error.message, error.stacktrace)
-                        if result is not None:
-                            try:
-                                return render_result(result)
-                            except ValueError as exc:
-                                return json_response(500, "invalid_response", f"invalid response: {exc}")
-                        return _Response(status if touched else 204, headers, b"")
-            else:
+        inbox = exchange.inbox
+        while True:
+            try:
+                event = await inbox.get()
+            except trio.EndOfChannel:
                 return json_response(502, "invocation_stopped", "the worker went away")
-        if scope.cancelled_caught:
-            return json_response(504, "invocation_timeout", f"no response within {self.config.request_timeout_ms} ms")
-        assert first is not None
+            kind = type(event)
+            if kind is InvocationResult:
+                error = event.error
+                # a timeout comes from the engine: the handler itself may still run
+                if error is None or error.code != "invocation_timeout":
+                    exchange.writer_done = True
+                if error is not None:
+                    return self._error_response(error.code, error.message, error.stacktrace)
+                if event.result is not None:
+                    try:
+                        return render_result(event.result)
+                    except ValueError as exc:
+                        return json_response(500, "invalid_response", f"invalid response: {exc}")
+                if not touched:
+                    head.status = 204
+                return head
+            if kind is Chunk:
+                break
+            if kind is ChannelControl:
+                touched = True
+                control = event.data
+                try:
+                    if control.get("type") == "set_status":
+                        head.status = valid_status(control.get("status_code"))
+                    elif control.get("type") == "set_headers":
+                        handler_headers(control.get("headers"), head)
+                except ValueError as exc:
+                    return json_response(500, "invalid_response", str(exc))
+            elif kind is ChannelClose:
+                exchange.writer_done = touched = True
+                error = event.error
+                if error is not None:
+                    return self._error_response(error.code, error.message, error.stacktrace)
         # Streaming has no overall deadline (think SSE); it ends when the handler closes the
         # writer, the worker goes away, or the client does.
         self.invoker.clear_deadline(exchange.pending)
-        await self._stream(http, request, exchange, status, headers, first)
+        await self._stream(http, request, exchange, head, event.data)
         return None
 
-    async def _stream(self, http: HttpConnection, request: _Request, exchange: _Exchange, status: int,
-                      headers: list[tuple[str, str]], first: bytes) -> None:
-        head_only = request.method == "HEAD"
+    async def _stream(self, http: HttpConnection, request: Request, exchange: _Exchange, head: Response,
+                      first: bytes) -> None:
+        no_body = request.head_only or head.status in NO_BODY_STATUSES
+        length = None if head.status in NO_BODY_STATUSES else head.content_length
+        chunked = length is None and request.http_11 and head.status not in NO_BODY_STATUSES
+        # keep-alive only if the request body is read and the body's end can be told without closing
+        close = (not request.keep_alive or head.close or not http.finish_request_body()
+                 or (length is None and not chunked and head.status not in NO_BODY_STATUSES))
+        http.must_close = http.must_close or close
+        sent = 0
+
+        async def forward(data: bytes) -> None:
+            nonlocal sent
+            sent += len(data)
+            if length is not None and sent > length:
+                raise _ClientGone(f"the handler wrote more than the {length} bytes it declared")
+            if data and not no_body:
+                await http.write(encode_chunk(data) if chunked else data)
+            exchange.grant(len(data))
+
         try:
-            head = [_SERVER, *headers]
-            if not http._finish_request_body():  # as respond() does: keep-alive only if the body is read
-                head.append(("connection", "close"))
-            await http.send(h11.Response(status_code=status, headers=head, reason=_reason(status)))
-            await self._forward(http, exchange, first, head_only)
-            async for event in exchange.events:
-                match event:
-                    case Chunk(data=data):
-                        await self._forward(http, exchange, data, head_only)
-                    case ChannelClose(error=None):
-                        exchange.writer_done = True
-                        await http.send(h11.EndOfMessage())
+            http.response_started = True
+            await http.write(encode_head(head, length=length, chunked=chunked, close=close))
+            await forward(first)
+            while True:
+                try:
+                    event = await exchange.inbox.get()
+                except trio.EndOfChannel:
+                    break  # the worker went away
+                kind = type(event)
+                if kind is Chunk:
+                    await forward(event.data)
+                elif kind is ChannelClose or (kind is InvocationResult and event.error is not None):
+                    exchange.writer_done = True
+                    if kind is ChannelClose and event.error is None:
+                        if length is not None and sent < length and not no_body:
+                            raise _ClientGone(f"the handler wrote {sent} of the {length} bytes it declared")
+                        if chunked and not no_body:
+                            await http.write(LAST_CHUNK)
                         return
-                    case ChannelClose() | InvocationResult(error=ErrorBody()):
-                        exchange.writer_done = True
-                        break  # the handler failed mid-stream: abort, the client sees a cut body
-                    case _:
-                        pass
-            # worker gone or handler failed: close without the final chunk
+                    break  # the handler failed mid-stream: abort, the client sees a cut body
             raise _ClientGone("response aborted")
         except _ClientGone:
             exchange.abandon("client_disconnected", "the HTTP client went away")
             raise
-
-    async def _forward(self, http: HttpConnection, exchange: _Exchange, data: bytes, head_only: bool) -> None:
-        if not head_only:
-            await http.send(h11.Data(data=data))
-        exchange.grant(len(data))
 
 
 @attrs.define(eq=False)
@@ -612,7 +620,7 @@ class _Exchange:
 
     session: Session
     channel_id: int
-    events: trio.MemoryReceiveChannel[Any]
+    inbox: Inbox[Any]
     pending: Pending
     #: the worker will not write on the channel any more (it closed it, or its handler returned)
     writer_done: bool = False
@@ -625,21 +633,6 @@ class _Exchange:
         if not self.writer_done:
             self.writer_done = True
             self.session.send_nowait(ChannelClose(channel_id=self.channel_id, error=ErrorBody(code=code, message=message)))
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _BodyTimeout(Exception):
-    pass
-
-
-_REASONS = {int(status): status.phrase.encode() for status in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
 
 
 def _host_for_url(host: str) -> str:
