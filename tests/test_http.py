@@ -172,6 +172,15 @@ async def download(req: HttpRequest, response: HttpResponse):
     await response.writer.close_async()
 
 
+@http
+async def declared(req: HttpRequest, response: HttpResponse):
+    # declares content-length 10 but writes the "wrote" query parameter's number of bytes
+    await response.status(200)
+    await response.headers({"content-type": "text/plain", "content-length": "10"})
+    await response.writer.write(b"x" * int(req.query_params["wrote"]))
+    await response.writer.close_async()
+
+
 _forever = {}
 
 
@@ -204,6 +213,7 @@ iii.register_function("api.stream_close", stream_close)
 iii.register_function("api.sse", sse)
 iii.register_function("api.download", download)
 iii.register_function("api.forever", forever)
+iii.register_function("api.declared", declared)
 iii.register_function("api.forever_outcome", lambda _d: _forever.get("outcome"))
 iii.register_function("api.slow_stream", slow_stream)
 iii.register_function("api.respond_as_told", lambda req: req["body"])
@@ -233,6 +243,7 @@ route("api.stream_close", "/stream/close")
 route("api.sse", "/sse")
 route("api.download", "/download")
 route("api.forever", "/stream/forever")
+route("api.declared", "/stream/declared")
 route("api.respond_as_told", "/as-told", "POST")
 temporary = route("api.echo", "/temporary")
 
@@ -964,6 +975,84 @@ async def test_streamed_responses_keep_the_connection_alive(tmp_path: Path) -> N
                     head, body = await raw.response()
                     assert head.status_code == 201 and header(head, "connection") is None
                     assert body.count(b"line ") == 5
+
+
+async def test_response_framing_follows_the_client_and_the_handler(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with http_supervisor(tmp_path) as (sup, client):
+            port = sup.http_port
+            r = await client.get("/users/1")  # every response says who answers and when
+            assert r.headers["server"] == "iii-supervisor" and r.headers["date"].endswith(" GMT")
+
+            # HTTP/1.0: no keep-alive, no chunked encoding (a stream ends when the connection does)
+            async def http10(target: str) -> tuple[int, dict[str, str], bytes]:
+                async with Raw.connect(port) as raw:
+                    await raw.send(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+                    return parse_raw_response(await raw.read_until_closed())
+
+            status, headers, body = await http10("/users/1")
+            assert status == 200 and headers["connection"] == "close"
+            assert headers["content-length"] == str(len(body)) and orjson.loads(body)["path_params"] == {"id": "1"}
+            status, headers, body = await http10("/stream/writer")
+            assert status == 201 and headers["connection"] == "close"
+            assert "transfer-encoding" not in headers and "content-length" not in headers
+            assert body == b"".join(f"line {i}\n".encode() for i in range(5))
+
+            # an HTTP/1.1 client that says Connection: close
+            async with Raw.connect(port) as raw:
+                await raw.send(request("GET", "/users/2", headers="Connection: close\r\n"))
+                head, body = await raw.response()
+                assert head.status_code == 200 and header(head, "connection") == "close"
+                assert await raw.read_until_closed() == b""
+
+            # framing headers from a handler are not copied; its "connection: close" is honoured
+            told = {"status_code": 200, "body": "short", "headers": {
+                "content-type": "text/plain", "content-length": "999", "transfer-encoding": "chunked",
+                "connection": "close"}}
+            async with Raw.connect(port) as raw:
+                await raw.send(request("POST", "/as-told", orjson.dumps(told), "Content-Type: application/json\r\n"))
+                head, body = await raw.response("POST")
+                assert body == b"short" and header(head, "content-length") == "5"
+                assert header(head, "transfer-encoding") is None and header(head, "connection") == "close"
+                assert await raw.read_until_closed() == b""
+
+            # a stream sent with the length its handler declared; a handler that writes less or
+            # more than it declared gets the connection cut, not a client waiting forever
+            async with Raw.connect(port) as raw:
+                await raw.send(request("GET", "/stream/declared?wrote=10"))
+                head, body = await raw.response()
+                assert header(head, "content-length") == "10" and header(head, "transfer-encoding") is None
+                assert body == b"x" * 10
+            for wrote in (4, 20):
+                async with Raw.connect(port) as raw:
+                    await raw.send(request("GET", f"/stream/declared?wrote={wrote}"))
+                    with trio.fail_after(5):
+                        data = await raw.read_until_closed()
+                    status, headers, body = parse_raw_response(data)
+                    assert status == 200 and headers["content-length"] == "10" and len(body) < 10, (wrote, data)
+            assert (await client.get("/users/3")).status_code == 200
+
+
+async def test_clients_that_stall_while_sending_a_body_get_408(tmp_path: Path) -> None:
+    stalled = [
+        # a JSON body, read whole before the handler is called
+        request("POST", "/json", headers="Content-Type: application/json\r\nContent-Length: 100\r\n")
+        + b'{"partial',
+        # a chunked body, streamed to an @http handler that reads it
+        b"POST /upload/iter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ]
+    with trio.fail_after(30):
+        async with http_supervisor(tmp_path, body_timeout=1.0) as (sup, client):
+            for data in stalled:
+                async with Raw.connect(sup.http_port) as raw:
+                    start = trio.current_time()
+                    await raw.send(data)
+                    rest = await raw.read_until_closed()
+                    after = trio.current_time() - start
+                status, _headers, body = parse_raw_response(rest)
+                assert status == 408 and orjson.loads(body)["error"]["code"] == "REQUEST_TIMEOUT", rest
+                assert 0.9 <= after < 3.0, after
+            assert (await client.get("/users/1")).status_code == 200
 
 
 async def test_invalid_handler_responses_get_500_not_a_dropped_connection(tmp_path: Path) -> None:

@@ -132,7 +132,9 @@ class HttpConnection:
         #: the connection ends after the current response
         self.must_close = False
         self._continue_sent = False
+        #: a write is waiting for the socket: later writes queue behind it (keeps the order)
         self._write_lock = trio.StrictFIFOLock()
+        self._writing = False
 
     def expire(self) -> None:
         self.timed_out = True
@@ -196,7 +198,7 @@ class HttpConnection:
     # --- writing --------------------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        if not self._write_lock.locked():  # as much as the socket takes, now, without a checkpoint
+        if not self._writing:  # as much as the socket takes, now, without a checkpoint
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:
@@ -206,8 +208,12 @@ class HttpConnection:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]  # type: ignore[assignment]
-        async with self._write_lock:
-            await self._write_slowly(memoryview(data))
+        self._writing = True  # before the lock: acquiring it may let another task run
+        try:
+            async with self._write_lock:
+                await self._write_slowly(memoryview(data))
+        finally:
+            self._writing = self._write_lock.locked()  # handed over to a queued writer, or free
 
     async def _write_slowly(self, view: memoryview) -> None:
         with trio.CancelScope(deadline=trio.current_time() + self.write_timeout) as scope:
@@ -582,7 +588,7 @@ class HttpFront:
             nonlocal sent
             sent += len(data)
             if length is not None and sent > length:
-                raise _ClientGone(f"the handler wrote more than the {length} bytes it declared")
+                raise _ClientGone(_broken_length(request, exchange, f"more than the {length} bytes"))
             if data and not no_body:
                 await http.write(encode_chunk(data) if chunked else data)
             exchange.grant(len(data))
@@ -603,7 +609,7 @@ class HttpFront:
                     exchange.writer_done = True
                     if kind is ChannelClose and event.error is None:
                         if length is not None and sent < length and not no_body:
-                            raise _ClientGone(f"the handler wrote {sent} of the {length} bytes it declared")
+                            raise _ClientGone(_broken_length(request, exchange, f"{sent} of the {length} bytes"))
                         if chunked and not no_body:
                             await http.write(LAST_CHUNK)
                         return
@@ -633,6 +639,13 @@ class _Exchange:
         if not self.writer_done:
             self.writer_done = True
             self.session.send_nowait(ChannelClose(channel_id=self.channel_id, error=ErrorBody(code=code, message=message)))
+
+
+def _broken_length(request: Request, exchange: _Exchange, wrote: str) -> str:
+    message = (f"{request.method} {request.path}: function {exchange.pending.function_id!r} wrote {wrote} "
+               f"its content-length declared; connection cut")
+    log.warning("%s", message)
+    return message
 
 
 def _host_for_url(host: str) -> str:

@@ -68,7 +68,14 @@ class Request:
 
 def parse_request(method: bytes, target: bytes, headers: Any, http_version: bytes) -> Request:
     """A request from the fields of an ``h11.Request`` (which validated them)."""
-    parts = urlsplit(target.decode("latin-1"))
+    text = target.decode("latin-1")
+    if text.startswith("/"):  # origin-form, as good as every request: no need for urlsplit
+        path, _, query = text.partition("?")
+        path = path.partition("#")[0]
+        query = query.partition("#")[0]
+    else:  # absolute-form (http://host/path?q), or "*"
+        parts = urlsplit(text)
+        path, query = parts.path, parts.query
     fields: dict[str, str] = {}
     for name, value in headers:  # h11 gives lower-case names
         key, val = name.decode("latin-1"), value.decode("latin-1")
@@ -77,8 +84,8 @@ def parse_request(method: bytes, target: bytes, headers: Any, http_version: byte
     http_11 = http_version == b"1.1"
     return Request(
         method=method.decode("ascii").upper(),
-        path=parts.path or "/",
-        query=dict(parse_qsl(parts.query, keep_blank_values=True)) if parts.query else {},
+        path=path or "/",
+        query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
         headers=fields,
         content_length=int(length) if length is not None else None,
         chunked="chunked" in fields.get("transfer-encoding", "").lower(),

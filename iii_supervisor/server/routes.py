@@ -38,23 +38,37 @@ class Route:
         # static segments sort before parameters, position by position
         return tuple(s.startswith(":") for s in self.segments)
 
+    #: (position, name) of each parameter segment, and (position, text) of each static one
+    _params: tuple[tuple[int, str], ...] = attrs.field(init=False, eq=False, repr=False)
+    _static: tuple[tuple[int, str], ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @_params.default
+    def _params_default(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, s[1:]) for i, s in enumerate(self.segments) if s.startswith(":"))
+
+    @_static.default
+    def _static_default(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, s) for i, s in enumerate(self.segments) if not s.startswith(":"))
+
     def match(self, parts: list[str]) -> dict[str, str] | None:
         if len(parts) != len(self.segments):
             return None
-        params: dict[str, str] = {}
-        for seg, part in zip(self.segments, parts, strict=True):
-            if seg.startswith(":"):
-                if not part:
-                    return None
-                params[seg[1:]] = part
-            elif seg != part:
+        for i, text in self._static:
+            if parts[i] != text:
                 return None
+        params: dict[str, str] = {}
+        for i, name in self._params:
+            part = parts[i]
+            if not part:
+                return None
+            params[name] = part
         return params
 
 
 def split_path(path: str) -> list[str]:
     """``/a/b/`` → ``["a", "b"]``; the root is ``[]``."""
-    return [p for p in path.strip("/").split("/")] if path.strip("/") else []
+    stripped = path.strip("/")
+    return stripped.split("/") if stripped else []
 
 
 def normalise_pattern(api_path: str) -> tuple[str, tuple[str, ...]]:
