@@ -1033,6 +1033,22 @@ async def test_response_framing_follows_the_client_and_the_handler(tmp_path: Pat
             assert (await client.get("/users/3")).status_code == 200
 
 
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with http_supervisor(tmp_path) as (sup, _client):
+            async with Raw.connect(sup.http_port) as raw:
+                body = b'{"k": 2}'
+                await raw.send(request("POST", "/json", headers="Content-Type: application/json\r\n"
+                                       f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n"))
+                while b"\r\n\r\n" not in raw.buffer:
+                    raw.buffer += await raw._receive()
+                interim, _, raw.buffer = raw.buffer.partition(b"\r\n\r\n")
+                assert interim == b"HTTP/1.1 100 Continue"
+                await raw.send(body)
+                head, got = await raw.response("POST")
+                assert head.status_code == 200 and orjson.loads(got)["body"] == {"k": 2}
+
+
 async def test_clients_that_stall_while_sending_a_body_get_408(tmp_path: Path) -> None:
     stalled = [
         # a JSON body, read whole before the handler is called
