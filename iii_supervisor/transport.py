@@ -1,17 +1,20 @@
-"""A framed, coalescing message stream over any ``trio.abc.Stream``.
+"""A framed, coalescing message stream over a connected socket.
 
-Used by both ends of the worker socket (engine and SDK) and by the control-socket client.
+Used by both ends of the worker socket (engine and SDK) and by the test harness's control client.
 
 Writes are *coalesced*: :meth:`FramedStream.send` appends the encoded frame to a pending list
-and wakes one writer task, which sends everything pending with a single ``send_all``. While a
+and wakes one writer task, which sends everything pending with a single ``send``. While a
 send is in progress, further frames pile up and leave together. Measured on the target machine,
 one send per frame caps a trio pipeline at ~8k frames/s, coalescing lifts it to ~35k/s.
+
+Reads and writes are plain non-blocking socket calls (:class:`~iii_supervisor.plainsocket.PlainSocket`):
+the task parks only when the socket would block.
 
 Backpressure: :meth:`FramedStream.send` waits while more than ``high_water`` bytes are pending.
 The engine's routing path uses :meth:`send_nowait` (it must never block on one slow peer); what
 bounds it there is the call deadline, and for streamed bodies the channel window.
 
-Trio's Broken/Closed errors are translated once, here, into :class:`ConnectionLost`.
+Socket errors are translated once, here, into :class:`ConnectionLost`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from .errors import ConnectionLost, ProtocolError
+from .plainsocket import PlainSocket
 from .protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Event, Message
 from .protocol.codec import encode
 
@@ -32,19 +36,20 @@ DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 
 
 class FramedStream:
-    """Send and receive protocol events over ``stream``.
+    """Send and receive protocol events over the socket of ``stream`` (taken over: see
+    :meth:`PlainSocket.take`; read anything else you need from ``stream`` first).
 
     Run :meth:`run_writer` in a nursery (``await nursery.start(fs.run_writer)``) before sending.
     """
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        stream: trio.SocketStream,
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
-        self.stream = stream
+        self._sock = PlainSocket.take(stream)
         self._conn = Connection(max_frame_size)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -95,8 +100,8 @@ class FramedStream:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
                 self._drained.unpark_all()
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._sock.send_all(data)
+        except (OSError, trio.ClosedResourceError) as exc:
             self._mark_closed(exc)
         finally:
             self._drained.unpark_all()
@@ -139,11 +144,17 @@ class FramedStream:
 
     async def _read_more(self) -> bool:
         """Feed one read to the decoder; False at a clean end of stream."""
+        sock = self._sock
+        sock.waited = False
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            data = await sock.receive_some(RECEIVE_SIZE)
+        except (OSError, trio.ClosedResourceError) as exc:
             self._mark_closed(exc)
             raise ConnectionLost(f"connection lost: {exc}") from exc
+        if not sock.waited:
+            # the data was there already: yield anyway, so that a peer that never pauses cannot
+            # starve the other tasks (and the writers forward what was dispatched)
+            await trio.lowlevel.checkpoint()
         self._conn.receive_data(data)
         return bool(data)
 
@@ -162,7 +173,8 @@ class FramedStream:
 
     async def aclose(self) -> None:
         self._mark_closed()
-        await self.stream.aclose()
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
 
     async def send_error_and_close(self, error: ProtocolError | Message, *, timeout: float = 1.0) -> None:
         """Best effort: tell the peer why, then close. Never raises for a dead peer."""
@@ -174,9 +186,8 @@ class FramedStream:
                 data = self._conn.send(msg)
                 # Bypass the writer: it may be blocked or gone, and this is the last frame.
                 pending, self._pending = b"".join(self._pending), []
-                await self.stream.send_all(pending + data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                await self._sock.send_all(pending + data)
+            except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
         self._mark_closed()
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(self.stream)
+        self._sock.close()

@@ -24,8 +24,8 @@ deadline). Once a response is streaming it may last as long as the handler write
 client disconnecting closes the channel, and the handler's next write raises.
 
 Cost per request (measured, see docs/performance.md) shaped this module: h11 parses, responses
-are serialised by :mod:`.http_messages`; the socket is used directly (a ``recv``/``send`` that
-can complete does so without a trip through trio's scheduler; only a wait parks the task); read
+are serialised by :mod:`.http_messages`; the socket is a :class:`~iii_supervisor.plainsocket.PlainSocket`
+(a ``recv``/``send`` that can complete does so without a trip through trio's scheduler); read
 deadlines are one float per connection checked by one timer task (:meth:`HttpFront._expire_reads`)
 instead of a cancel scope per read; the answer arrives in an :class:`~iii_supervisor.inbox.Inbox`.
 A request therefore parks its task twice (for the request, for the answer) and nowhere else.
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -53,6 +52,7 @@ from ..config import HttpConfig
 from ..errors import EngineError, InvocationError
 from ..inbox import Inbox
 from ..invocation import Invoker, Pending
+from ..plainsocket import PlainSocket
 from ..protocol import (
     CHANNEL_WINDOW,
     ChannelClose,
@@ -115,7 +115,7 @@ class HttpConnection:
     responses only through its own send path, which we do not use (see :mod:`.http_messages`).
     """
 
-    def __init__(self, sock: socket.socket, *, write_timeout: float) -> None:
+    def __init__(self, sock: PlainSocket, *, write_timeout: float) -> None:
         self.sock = sock
         #: a client that reads nothing for this long while we write is dropped
         self.write_timeout = write_timeout
@@ -125,8 +125,6 @@ class HttpConnection:
         #: when the read in progress (request head or body) times out; inf when not reading
         self.read_deadline = math.inf
         self.timed_out = False
-        #: the last receive had to wait (the task yielded to others)
-        self.waited = False
         #: bytes of the response to the current request went out
         self.response_started = False
         #: the connection ends after the current response
@@ -169,16 +167,10 @@ class HttpConnection:
             parser.receive_data(data)
 
     async def _receive(self) -> bytes:
-        sock = self.sock
-        while True:
-            try:
-                return sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _ClientGone(str(exc)) from None
-            self.waited = True
-            await trio.lowlevel.wait_readable(sock)
+        try:
+            return await self.sock.receive_some(RECEIVE_SIZE)
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise _ClientGone(str(exc)) from None
 
     def finish_request_body(self) -> bool:
         """Consume the rest of the request body if it is already buffered (always so without a
@@ -200,9 +192,7 @@ class HttpConnection:
     async def write(self, data: bytes) -> None:
         if not self._writing:  # as much as the socket takes, now, without a checkpoint
             try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
+                sent = self.sock.send_now(data)
             except OSError as exc:
                 raise _ClientGone(str(exc)) from None
             if sent == len(data):
@@ -217,14 +207,10 @@ class HttpConnection:
 
     async def _write_slowly(self, view: memoryview) -> None:
         with trio.CancelScope(deadline=trio.current_time() + self.write_timeout) as scope:
-            while view:
-                await trio.lowlevel.wait_writable(self.sock)
-                try:
-                    view = view[self.sock.send(view):]
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise _ClientGone(str(exc)) from None
+            try:
+                await self.sock.send_rest(view)
+            except (OSError, trio.ClosedResourceError) as exc:
+                raise _ClientGone(str(exc)) from None
         if scope.cancelled_caught:
             raise _ClientGone(f"the client read nothing for {self.write_timeout:g}s")
 
@@ -238,9 +224,6 @@ class HttpConnection:
         await self.write(encode_response(response, head_only=request is not None and request.head_only,
                                          close=close))
 
-    def close(self) -> None:
-        trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
 
 
 class HttpFront:
@@ -289,10 +272,7 @@ class HttpFront:
     # --- connections --------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        # the trio socket's file descriptor, as a plain non-blocking socket: see HttpConnection
-        sock = socket.socket(fileno=stream.socket.detach())
-        sock.setblocking(False)
-        http = HttpConnection(sock, write_timeout=self.config.body_timeout)
+        http = HttpConnection(PlainSocket.take(stream), write_timeout=self.config.body_timeout)
         try:
             if len(self._live) >= self.config.max_connections:
                 with trio.move_on_after(1):
@@ -312,11 +292,11 @@ class HttpFront:
             log.exception("HTTP connection failed")
         finally:
             self._live.discard(http)
-            http.close()
+            http.sock.close()
 
     async def _connection_loop(self, http: HttpConnection) -> None:
         while True:
-            http.waited = False
+            http.sock.waited = False
             try:
                 event = await http.next_event(self.config.header_timeout)
             except h11.RemoteProtocolError as exc:
@@ -324,7 +304,7 @@ class HttpFront:
                 return
             if type(event) is not h11.Request:
                 return  # ConnectionClosed
-            if not http.waited:
+            if not http.sock.waited:
                 # the request was already buffered (pipelining): yield once per request anyway,
                 # so that a client that never pauses cannot starve the other connections
                 await trio.lowlevel.checkpoint()

@@ -78,9 +78,14 @@ class SessionServer:
         return FramedStream(stream, max_frame_size=self.limits.max_frame_size)
 
     async def handle_worker(self, stream: trio.SocketStream) -> None:
-        framed = self._framed(stream)
         try:
             peer_pid = check_peer_uid(stream)
+        except AuthError as exc:
+            log.warning("worker socket: refused a connection: %s", exc.message)
+            await self._framed(stream).send_error_and_close(exc)
+            return
+        framed = self._framed(stream)
+        try:
             with trio.fail_after(self.limits.handshake_timeout):
                 hello = await framed.receive()
             if not isinstance(hello, Hello):
@@ -114,13 +119,13 @@ class SessionServer:
             self.pool.detach(slot, session)
 
     async def handle_control(self, stream: trio.SocketStream) -> None:
-        framed = self._framed(stream)
         try:
             peer_pid = check_peer_uid(stream)
         except AuthError as exc:
             log.warning("control socket: %s", exc.message)
-            await framed.send_error_and_close(exc)
+            await self._framed(stream).send_error_and_close(exc)
             return
+        framed = self._framed(stream)
         session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
                           registry=self.registry, invoker=self.invoker, is_worker=False, pid=peer_pid)
         await session.serve()
