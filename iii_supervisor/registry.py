@@ -157,12 +157,22 @@ class Registry:
                 f"unknown trigger type {trigger.trigger_type!r} (known types: {known})"
             )
         current = self.triggers.get(trigger.id)
+        was_active = current is not None and current.active
         if current is not None:
             if current.owner is not trigger.owner:
                 raise TriggerRegistrationError(f"trigger id {trigger.id!r} is already in use")
+            # out first: the new binding may take the old one's place (an http route, say)
             self.remove_trigger(trigger.id, trigger.owner)
         if type_entry.provider is not None:
-            type_entry.provider.register(trigger)  # raises on a bad config: nothing stored
+            try:
+                type_entry.provider.register(trigger)  # raises on a bad config: nothing stored
+            except TriggerRegistrationError:
+                if current is not None:  # a refused update keeps the binding that worked
+                    self.triggers[current.id] = current
+                    current_type = self.trigger_types.get(current.trigger_type)
+                    if was_active and current_type is not None and current_type.provider is not None:
+                        self._activate(current, current_type)
+                raise
             trigger.active = True
         self.triggers[trigger.id] = trigger
 

@@ -743,6 +743,53 @@ async def test_malformed_request_line_and_headers_get_400(tmp_path: Path) -> Non
             assert (await client.get("/users/1")).status_code == 200
 
 
+def _mutants(seed: int, count: int) -> list[bytes]:
+    """Valid requests broken at random: flipped, dropped, duplicated and inserted bytes, cuts."""
+    rng = random.Random(seed)
+    bases = [
+        request("GET", "/users/1?x=1", headers="Accept: */*\r\n"),
+        request("POST", "/json", b'{"k": [1, 2, {"z": null}]}', "Content-Type: application/json\r\n"),
+        b"POST /upload/iter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        request("GET", "/stream/writer") + request("HEAD", "/users/2"),
+    ]
+    specials = [b"\r", b"\n", b"\0", b":", b" ", b"\xff", b"\r\n\r\n", b"chunked", b"-1", b"9" * 30]
+    out = []
+    for _ in range(count):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(data) + 1)
+            op = rng.randrange(5)
+            if op == 0 and i < len(data):
+                data[i] = rng.randrange(256)
+            elif op == 1:
+                del data[i:i + rng.randint(1, 8)]
+            elif op == 2:
+                data[i:i] = rng.choice(specials)
+            elif op == 3:
+                data[i:i] = data[i:i + rng.randint(1, 40)]
+            else:
+                del data[i:]
+        out.append(bytes(data))
+    return out
+
+
+async def test_nothing_a_client_sends_breaks_the_front(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with http_supervisor(tmp_path) as (sup, client):
+            cases = _mutants(seed=20261125, count=150) + [random.Random(7).randbytes(n) for n in (1, 100, 5000)]
+            for data in cases:
+                async with Raw.connect(sup.http_port) as raw:
+                    await raw.send(data)
+                    await raw.stream.send_eof()  # the server sees the end instead of waiting for more
+                    with trio.fail_after(5):
+                        rest = await raw.read_until_closed()
+                if rest:  # whatever it answered is well-formed HTTP with a known status
+                    assert rest.startswith(b"HTTP/1.1 "), (data, rest)
+                    assert parse_raw_response(rest)[0] in (200, 201, 204, 400, 404, 405, 408, 413, 422, 431, 500, 501), rest
+            assert (await client.get("/users/1")).status_code == 200
+            assert "HTTP connection failed" not in sup.output() and "Traceback" not in sup.output(), sup.output()
+
+
 async def test_bodies_over_the_limit_get_413(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with http_supervisor(tmp_path) as (sup, client):

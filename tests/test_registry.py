@@ -217,6 +217,18 @@ def test_trigger_id_reused_by_same_owner_replaces(reg: Registry) -> None:
     assert provider.calls == [("register", "t"), ("unregister", "t"), ("register", "t")]
 
 
+def test_refused_update_of_a_trigger_keeps_the_binding_that_worked(reg: Registry) -> None:
+    provider = FakeProvider()
+    reg.add_trigger_type(TriggerTypeEntry("http", "HTTP", provider))
+    a = Owner("a")
+    old = trig("t", a, fn="old")
+    reg.add_trigger(old)
+    with pytest.raises(TriggerRegistrationError, match="bad config"):
+        reg.add_trigger(trig("t", a, fn="new", bad=True))
+    assert reg.triggers["t"] is old and old.active  # still bound, and registered again
+    assert provider.calls == [("register", "t"), ("unregister", "t"), ("register", "t")]
+
+
 def test_remove_trigger_only_by_owner(reg: Registry) -> None:
     provider = FakeProvider()
     reg.add_trigger_type(TriggerTypeEntry("http", "HTTP", provider))

@@ -170,12 +170,17 @@ async def run_worker_process(
 
 
 async def stop_process(proc: trio.Process, *, grace: float) -> None:
-    """SIGTERM the process group, wait up to ``grace`` s, then SIGKILL it. Waits for the exit."""
+    """SIGTERM the process group, wait up to ``grace`` s, then SIGKILL it. Waits for the exit.
+
+    Nothing is signalled once the process was reaped: its pid, and so its group id, may belong to
+    another process by then (the caller kills a reaped worker's leftovers right after the reap).
+    """
+    if proc.returncode is not None:
+        return
+    signal_group(proc.pid, signal.SIGTERM)
+    with trio.move_on_after(grace):
+        await proc.wait()
     if proc.returncode is None:
-        signal_group(proc.pid, signal.SIGTERM)
-        with trio.move_on_after(grace):
-            await proc.wait()
-        if proc.returncode is None:
-            log.warning("worker pid %d ignored SIGTERM for %.1fs; sending SIGKILL", proc.pid, grace)
-    signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        log.warning("worker pid %d ignored SIGTERM for %.1fs; sending SIGKILL", proc.pid, grace)
+        signal_group(proc.pid, signal.SIGKILL)  # (not reaped yet: the group id is still ours)
+        await proc.wait()

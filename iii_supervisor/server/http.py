@@ -37,6 +37,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from http import HTTPStatus
 from typing import Any
 
 import attrs
@@ -314,8 +315,8 @@ class HttpFront:
             http.next_cycle()
 
     async def _bad_request(self, http: HttpConnection, exc: h11.RemoteProtocolError) -> None:
-        status = exc.error_status_hint
-        code = "REQUEST_HEADER_FIELDS_TOO_LARGE" if status == 431 else "BAD_REQUEST"
+        status = exc.error_status_hint  # 400, 431 (head too large), 501 (unknown transfer-encoding)
+        code = HTTPStatus(status).phrase.upper().replace(" ", "_")  # BAD_REQUEST, NOT_IMPLEMENTED …
         await self._safe_respond(http, json_response(status, code, f"malformed request: {exc}"))
 
     async def _safe_respond(self, http: HttpConnection, response: Response) -> None:
