@@ -77,12 +77,19 @@ class SessionServer:
     def _framed(self, stream: trio.SocketStream) -> FramedStream:
         return FramedStream(stream, max_frame_size=self.limits.max_frame_size)
 
-    async def handle_worker(self, stream: trio.SocketStream) -> None:
+    async def _peer_pid(self, stream: trio.SocketStream, socket_name: str) -> int | None:
+        """The peer's pid if it runs as our user (or root); else refuse it and return None.
+        (Before the FramedStream takes the socket over: the credentials are read from it.)"""
         try:
-            peer_pid = check_peer_uid(stream)
+            return check_peer_uid(stream)
         except AuthError as exc:
-            log.warning("worker socket: refused a connection: %s", exc.message)
+            log.warning("%s socket: refused a connection: %s", socket_name, exc.message)
             await self._framed(stream).send_error_and_close(exc)
+            return None
+
+    async def handle_worker(self, stream: trio.SocketStream) -> None:
+        peer_pid = await self._peer_pid(stream, "worker")
+        if peer_pid is None:
             return
         framed = self._framed(stream)
         try:
@@ -119,11 +126,8 @@ class SessionServer:
             self.pool.detach(slot, session)
 
     async def handle_control(self, stream: trio.SocketStream) -> None:
-        try:
-            peer_pid = check_peer_uid(stream)
-        except AuthError as exc:
-            log.warning("control socket: %s", exc.message)
-            await self._framed(stream).send_error_and_close(exc)
+        peer_pid = await self._peer_pid(stream, "control")
+        if peer_pid is None:
             return
         framed = self._framed(stream)
         session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
