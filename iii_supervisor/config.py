@@ -36,6 +36,9 @@ class SupervisorConfig:
     grace_period: float = attrs.field(default=10.0, validator=_positive)
     #: Largest frame accepted on the worker and control sockets, in bytes.
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)
+    #: Bytes queued for one worker (its socket not taking them) before calls to it fail at once
+    #: with ``worker_overloaded``; at least ``max_frame_size``.
+    max_queued_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
     #: Default deadline of a call, in milliseconds (per call: ``timeout_ms``).
     invocation_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
     #: Seconds a new worker connection has to present its token.
@@ -123,6 +126,9 @@ def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
     if frame > ABSOLUTE_MAX_FRAME_SIZE:
         raise ConfigError(f"invalid {source}: supervisor.max_frame_size {frame} is over the 4-byte length "
                           f"prefix's limit of {ABSOLUTE_MAX_FRAME_SIZE}")
+    if config.supervisor.max_queued_bytes < frame:
+        raise ConfigError(f"invalid {source}: supervisor.max_queued_bytes ({config.supervisor.max_queued_bytes}) "
+                          f"must be at least supervisor.max_frame_size ({frame})")
     if body + _FRAME_OVERHEAD > frame:
         # a JSON body travels inside the call's frame: it must fit with the request around it
         raise ConfigError(f"invalid {source}: http.max_body_size ({body}) must be at least {_FRAME_OVERHEAD} "

@@ -50,7 +50,8 @@ class Engine:
         self.control_socket = self.runtime_dir / CONTROL_SOCKET
         sup = config.supervisor
         self.registry = Registry()
-        self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000)
+        self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000,
+                               max_backlog=sup.max_queued_bytes)
         specs = discover_workers(workers_dir)
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
                                grace=sup.grace_period, sink=sink or OutputSink())

@@ -120,6 +120,12 @@ class EnqueueError(InvocationError):
     code = "enqueue_error"
 
 
+class WorkerOverloaded(InvocationError):
+    """The target worker is not reading its socket: too much is already queued for it."""
+
+    code = "worker_overloaded"
+
+
 class ConnectionLost(EngineError):
     """The peer of a framed connection went away."""
 
@@ -144,6 +150,7 @@ _BY_CODE: dict[str, type[EngineError]] = {
         InvocationStopped,
         InvocationTimeout,
         EnqueueError,
+        WorkerOverloaded,
         ConnectionLost,
     )
 }

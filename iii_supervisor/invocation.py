@@ -37,6 +37,7 @@ from .errors import (
     InvocationFailed,
     InvocationStopped,
     InvocationTimeout,
+    WorkerOverloaded,
     error_from_wire,
 )
 from .inbox import Inbox
@@ -46,6 +47,10 @@ from .registry import FunctionEntry, Registry
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
+#: Calls to a worker with more than this queued for it fail at once with ``worker_overloaded``.
+DEFAULT_MAX_BACKLOG = 64 * 1024 * 1024
+#: ... and the supervisor says so at most this often per worker (seconds).
+_OVERLOAD_LOG_INTERVAL = 10.0
 
 
 class Peer(Protocol):
@@ -58,6 +63,10 @@ class Peer(Protocol):
     started: set[str]
 
     def send_nowait(self, msg: Message) -> None: ...
+
+    def backlog(self) -> int:
+        """Bytes queued for this peer and not yet taken by its socket."""
+        ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -77,9 +86,12 @@ class Pending:
 
 
 class Invoker:
-    def __init__(self, registry: Registry, *, default_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, registry: Registry, *, default_timeout: float = DEFAULT_TIMEOUT,
+                 max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
         self.registry = registry
         self.default_timeout = default_timeout
+        self.max_backlog = max_backlog
+        self._overload_logged: dict[str, float] = {}
         self.pending: dict[str, Pending] = {}
         self._ids = itertools.count(1)
         self._deadlines: list[tuple[float, str]] = []
@@ -145,6 +157,10 @@ class Invoker:
             self._nursery.start_soon(self._relay_builtin, caller, msg, entry)
             return
         target: Peer = entry.owner  # type: ignore[assignment]
+        overloaded = self._overloaded(target)
+        if overloaded is not None:
+            self._answer(caller, msg, error=overloaded)
+            return
         if msg.invocation_id is None:  # void: fire and forget, no pending entry
             target.send_nowait(InvokeFunction(function_id=msg.function_id, data=msg.data, metadata=msg.metadata,
                                               traceparent=msg.traceparent, baggage=msg.baggage))
@@ -153,6 +169,20 @@ class Invoker:
         pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
                           caller=caller, caller_invocation_id=msg.invocation_id)
         self._start(pending, msg)
+
+    def _overloaded(self, target: Peer) -> WorkerOverloaded | None:
+        """Refuse calls to a worker that stopped reading (stopped, or blocking its event loop):
+        queueing more would only grow our memory with calls that time out before it reads them."""
+        backlog = target.backlog()
+        if backlog <= self.max_backlog:
+            return None
+        now = trio.current_time()
+        if now - self._overload_logged.get(target.name, -math.inf) >= _OVERLOAD_LOG_INTERVAL:
+            self._overload_logged[target.name] = now
+            log.warning("worker %s is not reading its socket: %d bytes queued for it (limit %d); "
+                        "calls to it fail with worker_overloaded", target.name, backlog, self.max_backlog)
+        return WorkerOverloaded(f"worker {target.name!r} is not keeping up: {backlog} bytes are queued for it "
+                                f"(limit {self.max_backlog}); is it stopped or blocking its event loop?")
 
     def _answer(self, caller: Peer, msg: InvokeFunction, *, result: Any = None, error: EngineError | None = None) -> None:
         if msg.invocation_id is None:
@@ -211,7 +241,12 @@ class Invoker:
             pending.caller.send_nowait(InvocationResult(
                 invocation_id=pending.caller_invocation_id, function_id=pending.function_id,
                 result=result.result, error=result.error))
-        elif pending.done is not None:
+        else:
+            self._deliver_local(pending, result)
+
+    @staticmethod
+    def _deliver_local(pending: Pending, result: InvocationResult) -> None:
+        if pending.done is not None:
             pending.outcome = result
             pending.done.set()
         elif pending.notify is not None:
@@ -262,6 +297,11 @@ class Invoker:
         inv_id = str(next(self._ids))
         pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
                           done=None if notify is not None else trio.Event(), notify=notify)
+        overloaded = self._overloaded(pending.target)
+        if overloaded is not None:  # answered at once, never sent
+            self._deliver_local(pending, InvocationResult(invocation_id=inv_id, function_id=entry.id,
+                                                          error=ErrorBody.of(overloaded)))
+            return pending
         self._start(pending, InvokeFunction(function_id=entry.id, data=data, metadata=metadata))
         return pending
 

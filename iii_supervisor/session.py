@@ -92,6 +92,10 @@ class Session:
         if not self.stream.closed:
             self.stream.send_nowait(msg)
 
+    def backlog(self) -> int:
+        """Bytes queued for this peer that its socket has not taken yet."""
+        return self.stream.pending_bytes
+
     async def serve(self) -> None:
         """Dispatch messages until the peer leaves, breaks the protocol, or we are cancelled."""
         try:

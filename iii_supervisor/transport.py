@@ -60,6 +60,11 @@ class FramedStream:
         self._broken: BaseException | None = None
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for sending that the socket has not taken yet."""
+        return self._pending_bytes
+
+    @property
     def max_frame_size(self) -> int:
         return self._conn.max_frame_size
 

@@ -185,3 +185,10 @@ def test_frame_size_limits_are_checked_together() -> None:
     with pytest.raises(ConfigError, match=r"http.max_body_size \(1000000\) .* supervisor.max_frame_size \(1048576\)"):
         parse_config({"supervisor": {"max_frame_size": 1048576}, "http": {"max_body_size": 1_000_000}})
     assert parse_config({"supervisor": {"max_frame_size": 2**21}, "http": {"max_body_size": 2**20}})
+
+
+def test_queue_limit_holds_at_least_one_frame() -> None:
+    with pytest.raises(ConfigError, match=r"supervisor.max_queued_bytes \(1000\) must be at least "
+                                          r"supervisor.max_frame_size \(16777216\)"):
+        parse_config({"supervisor": {"max_queued_bytes": 1000}})
+    assert parse_config({"supervisor": {"max_queued_bytes": 2**24}}).supervisor.max_queued_bytes == 2**24

@@ -267,9 +267,11 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
 
 
 @asynccontextmanager
-async def http_supervisor(tmp_path: Path, workers: dict[str, str] | None = None,
+async def http_supervisor(tmp_path: Path, workers: dict[str, str] | None = None, *,
+                          supervisor: dict[str, Any] | None = None,
                           **http_config: Any) -> AsyncIterator[tuple[Supervisor, httpx.AsyncClient]]:
-    """A supervisor running ``workers`` (default: just ``api``) and an httpx client for it."""
+    """A supervisor running ``workers`` (default: just ``api``) and an httpx client for it;
+    ``supervisor`` and the keyword arguments go to the config's ``[supervisor]`` and ``[http]``."""
     workers = {"api": API} if workers is None else workers
     wdir = tmp_path / "workers"
     wdir.mkdir()
@@ -278,6 +280,7 @@ async def http_supervisor(tmp_path: Path, workers: dict[str, str] | None = None,
         write_worker(wdir, name, textwrap.dedent(body) + ready)
     config = tmp_path / "config.toml"
     config.write_text(_toml({
+        "supervisor": supervisor or {},
         "http": {"max_body_size": MAX_BODY, "request_timeout_ms": REQUEST_TIMEOUT_MS, **http_config},
         "restart": {"initial_delay": 5.0},  # a killed worker stays away long enough to observe it
     }))
@@ -689,6 +692,41 @@ iii.register_trigger({"type": "http", "function_id": "clash.get",
                       "config": {"api_path": "/users/:userId", "http_method": "DELETE"}})
 iii.register_function("clash.outcome", lambda _d: outcome)
 """
+
+
+async def test_a_stopped_worker_gets_no_unbounded_queue(tmp_path: Path) -> None:
+    # small limits so that a few 400 KB calls fill what the stopped worker's socket does not take
+    limits = {"max_frame_size": MiB, "max_queued_bytes": MiB}
+    with trio.fail_after(40):
+        async with http_supervisor(tmp_path, supervisor=limits, max_body_size=512 * 1024) as (sup, client):
+            pid = (await sup.workers())["api"]["pid"]
+            outcomes: list[tuple[int, str, float]] = []
+
+            async def post(i: int) -> None:
+                start = trio.current_time()
+                r = await client.post("/json", json={"i": i, "pad": "x" * 400_000})
+                outcomes.append((r.status_code, error_of(r)["code"], trio.current_time() - start))
+
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i in range(16):
+                        nursery.start_soon(post, i)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            codes = sorted({code for _status, code, _t in outcomes})
+            assert codes == ["invocation_timeout", "worker_overloaded"], outcomes
+            for status, code, took in outcomes:
+                if code == "worker_overloaded":  # refused at once, not after the request timeout
+                    assert status == 503 and took < REQUEST_TIMEOUT_MS / 1000, outcomes
+                else:
+                    assert status == 504
+            assert "worker api is not reading its socket" in sup.output()
+            # the worker catches up (it runs the calls that timed out, whose answers are dropped)
+            with trio.fail_after(10):
+                while (r := await client.get("/users/1")).status_code != 200:
+                    await trio.sleep(0.1)
+            assert (await sup.workers())["api"]["pid"] == pid
 
 
 async def test_route_owned_by_another_worker_is_refused(tmp_path: Path) -> None:

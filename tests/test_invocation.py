@@ -20,6 +20,7 @@ from iii_supervisor.errors import (
     InvocationFailed,
     InvocationStopped,
     InvocationTimeout,
+    WorkerOverloaded,
 )
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.protocol import Action, ErrorBody, InvocationResult, InvokeFunction, Message
@@ -32,9 +33,13 @@ class FakePeer:
         self.executing: set[str] = set()
         self.started: set[str] = set()
         self.sent: list[Message] = []
+        self.queued = 0  # what backlog() reports
 
     def send_nowait(self, msg: Message) -> None:
         self.sent.append(msg)
+
+    def backlog(self) -> int:
+        return self.queued
 
     def __repr__(self) -> str:
         return f"FakePeer({self.name!r})"
@@ -418,3 +423,33 @@ async def test_builtin_timeout(invoker: Invoker, registry: Registry, autojump_cl
         with trio.fail_after(5):
             with pytest.raises(InvocationTimeout, match="engine.hang"):
                 await invoker.call("engine.hang", timeout=1.0)
+
+
+# --- a worker that stopped reading ----------------------------------------------------------
+
+
+async def test_calls_to_a_worker_with_a_full_backlog_fail_at_once(registry: Registry, a: FakePeer,
+                                                                  b: FakePeer) -> None:
+    with trio.fail_after(5):
+        invoker = Invoker(registry, max_backlog=1000)
+        registry.add_function(FunctionEntry("b.fn", b))
+        async with running(invoker):
+            b.queued = 1001
+            # relayed call: the caller is answered, nothing is queued for b
+            invoker.route(a, InvokeFunction(function_id="b.fn", data=1, invocation_id="c1"))
+            assert b.sent == [] and not invoker.pending
+            (answer,) = a.sent
+            assert isinstance(answer, InvocationResult) and answer.invocation_id == "c1"
+            assert answer.error is not None and answer.error.code == "worker_overloaded"
+            assert "worker-b" in answer.error.message and "1001 bytes" in answer.error.message
+            # a void call is dropped too
+            invoker.route(a, InvokeFunction(function_id="b.fn", data=2))
+            assert b.sent == [] and len(a.sent) == 1
+            # a local call raises the matching class
+            with pytest.raises(WorkerOverloaded):
+                await invoker.call("b.fn", 3)
+            assert b.sent == [] and not invoker.pending
+            # once the socket took it, calls go through again
+            b.queued = 1000
+            invoker.route(a, InvokeFunction(function_id="b.fn", data=4, invocation_id="c2"))
+            assert [type(m) for m in b.sent] == [InvokeFunction]

@@ -94,6 +94,7 @@ _STATUS_OF_ERROR = {
     "invocation_timeout": 504,
     "invocation_stopped": 502,
     "function_not_found": 503,
+    "worker_overloaded": 503,
 }
 
 
