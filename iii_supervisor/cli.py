@@ -21,6 +21,7 @@ from .config import Config, load_config
 from .control import ControlClient
 from .engine import CONTROL_SOCKET, Engine, resolve_runtime_dir
 from .errors import ConfigError, EngineError, RuntimeDirError
+from .output import default_output
 
 EX_CONFIG = 78
 
@@ -44,8 +45,18 @@ class _JournalFormatter(logging.Formatter):
         return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
 
 
+class _OutputHandler(logging.Handler):
+    """Log records to stderr through the supervisor's :class:`Output` (never blocks the loop)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            default_output().write_line(self.format(record).encode("utf-8", "replace"), err=True)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _OutputHandler()
     if _journal_stderr():
         handler.setFormatter(_JournalFormatter("iii-supervisor: %(message)s"))
     else:

@@ -18,7 +18,8 @@ from .builtins import install_builtins
 from .config import Config
 from .invocation import Invoker
 from .process.pool import WorkerPool
-from .process.runner import OutputSink, discover_workers
+from .output import Output, default_output
+from .process.runner import discover_workers
 from .registry import Registry, TriggerTypeEntry
 from .server.http import HttpFront
 from .server.routes import HttpTriggerProvider, Router
@@ -42,7 +43,7 @@ def resolve_runtime_dir(config: Config, override: Path | None = None) -> Path:
 
 class Engine:
     def __init__(self, config: Config, workers_dir: Path, *, runtime_dir: Path | None = None,
-                 sink: OutputSink | None = None) -> None:
+                 output: Output | None = None) -> None:
         self.config = config
         self.workers_dir = workers_dir
         self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config, runtime_dir))
@@ -53,8 +54,9 @@ class Engine:
         self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000,
                                max_backlog=sup.max_queued_bytes)
         specs = discover_workers(workers_dir)
+        self.output = output or default_output()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
-                               grace=sup.grace_period, sink=sink or OutputSink())
+                               grace=sup.grace_period, output=self.output)
         install_builtins(self.registry, self.pool)
         self.router = Router()
         self.registry.add_trigger_type(TriggerTypeEntry("http", "HTTP requests to config.api_path",
@@ -74,6 +76,7 @@ class Engine:
         self._lock.acquire()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.output.run)  # first in, last out: it writes the others' lines
                 if handle_signals:
                     await nursery.start(self._watch_signals)
                 await nursery.start(self.invoker.run)

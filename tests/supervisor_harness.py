@@ -36,9 +36,12 @@ def write_worker(directory: Path, name: str, body: str, *, preamble: bool = True
 class Supervisor:
     """A supervisor subprocess with its own short runtime dir (AF_UNIX paths are ≤ 107 bytes)."""
 
-    def __init__(self, workers_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workers_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 pipe_output: bool = False) -> None:
         self.workers_dir = workers_dir
         self.env = env
+        #: stdout and stderr to a pipe that only :meth:`read_pipe` reads (not to the log file)
+        self.pipe_output = pipe_output
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="iii-t"))
         self.log_path = self.runtime_dir.with_suffix(".log")
         self.extra_args = extra_args
@@ -62,12 +65,20 @@ class Supervisor:
         ("running" means connected: a worker registers its functions just after)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
         args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
-        self.proc = await trio.lowlevel.open_process(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                                     start_new_session=True,
+        self.proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE if self.pipe_output else self._log,
+                                                     stderr=subprocess.STDOUT, start_new_session=True,
                                                      env={**os.environ, **(self.env or {})})
         with trio.fail_after(timeout):
+            while self.pipe_output:  # no log to watch: wait for the control socket to answer
+                try:
+                    await self.workers()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"supervisor exited with {self.proc.returncode}") from None
+                    await trio.sleep(0.02)
             # the log line comes after every socket listens (the socket file exists a bit earlier)
-            while "iii-supervisor ready" not in self.output():
+            while not self.pipe_output and "iii-supervisor ready" not in self.output():
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"supervisor exited with {self.proc.returncode}:\n{self.output()}")
                 await trio.sleep(0.02)
@@ -83,6 +94,17 @@ class Supervisor:
             if "HTTP front listening on http://" in line:
                 return int(line.rsplit(":", 1)[1])
         raise RuntimeError("the supervisor logged no HTTP address")
+
+    async def read_pipe(self, until: bytes, *, limit: int = 1 << 30) -> bytes:
+        """With ``pipe_output``: read the supervisor's output until ``until`` appears."""
+        assert self.proc is not None and self.proc.stdout is not None
+        data = b""
+        while until not in data and len(data) < limit:
+            chunk = await self.proc.stdout.receive_some(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        return data
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

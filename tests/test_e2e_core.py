@@ -546,3 +546,31 @@ async def test_start_errors_are_reported_without_traceback(workers_dir: Path, tm
             (workers_dir / "target" / "__main__.py").write_text("")
             dup = await run_cli(sup, "start", str(workers_dir), "--http-port", "0")
             assert dup.returncode == 78 and b"two worker programs named 'target'" in dup.stderr
+
+
+async def test_a_stalled_reader_of_the_supervisors_output_does_not_freeze_it(workers_dir: Path) -> None:
+    write_worker(workers_dir, "chatty", """
+    import sys
+
+    def spew(n):
+        for i in range(n):
+            print(f"chatty line {i} " + "x" * 1000)
+        sys.stdout.flush()
+        return n
+
+    iii.register_function("chatty.spew", spew)
+    """)
+    with trio.fail_after(60):
+        async with Supervisor(workers_dir, pipe_output=True) as sup:
+            await sup.start(expect_workers=3, functions=(*READY, "chatty.spew"))
+            # Nobody reads the supervisor's output now: ~5 MB of worker output fill the pipe
+            # (64 KiB) and the supervisor's queue (1 MiB). Its event loop must go on: it keeps
+            # reading the worker's output, so the worker finishes, and it answers calls.
+            with trio.fail_after(20):
+                assert await sup.call("chatty.spew", 5000) == 5000
+            with trio.fail_after(5):
+                assert (await sup.workers())["chatty"]["state"] == "running"
+            # read again, the output says how much was lost
+            out = await sup.read_pipe(b"dropped while this stream was blocked")
+            assert b"chatty[" in out and b"dropped while this stream was blocked" in out
+            assert await sup.terminate() == 0

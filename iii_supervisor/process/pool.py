@@ -24,7 +24,8 @@ import psutil
 import trio
 
 from .policy import BackoffPolicy, RestartTracker
-from .runner import OutputSink, WorkerSpec, run_worker_process
+from ..output import Output
+from .runner import WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -72,13 +73,13 @@ class WorkerPool:
         socket_path: Path,
         policy: BackoffPolicy,
         grace: float,
-        sink: OutputSink,
+        output: Output,
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
         self.socket_path = socket_path
         self.grace = grace
-        self.sink = sink
+        self.output = output
         env = dict(os.environ if base_env is None else base_env)
         self._base_env = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         self._stopping = False
@@ -165,7 +166,7 @@ class WorkerPool:
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
             proc: trio.Process = await nursery.start(
-                partial(run_worker_process, slot.spec, self._env(slot), self.sink, grace=self.grace, stop=slot.stop))
+                partial(run_worker_process, slot.spec, self._env(slot), self.output, grace=self.grace, stop=slot.stop))
             slot.pid = proc.pid
             slot.started_at = trio.current_time()
             log.info("worker %s started (pid %d)", slot.name, proc.pid)

@@ -3,7 +3,8 @@
 - Each worker is a session leader (``start_new_session``), so its pid is its process-group id
   and a signal to ``-pid`` reaches every process it forked (unless one escaped with ``setsid``).
 - stdout/stderr are pipes read line by line; each line is re-emitted as ``name[pid] line`` on
-  the supervisor's own stdout/stderr (journald-friendly). A last line without a newline is
+  the supervisor's own stdout/stderr (journald-friendly), through :class:`~iii_supervisor.output.Output`,
+  so a stalled reader of the supervisor's output cannot freeze it. A last line without a newline is
   flushed at EOF; an over-long line is cut into pieces instead of growing a buffer.
 - Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group, while the
   output is still relayed; leftovers of a worker whose main process already exited are killed
@@ -23,12 +24,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 import attrs
 import trio
 
 from ..errors import ConfigError
+from ..output import Output
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,14 @@ def discover_workers(directory: Path, *, python: str = sys.executable) -> list[W
     return specs
 
 
-class OutputSink:
-    """Where worker output goes: ``name[pid] line`` on the supervisor's stdout/stderr."""
+def line_relay(output: Output, name: str, pid: int, *, err: bool) -> Callable[[bytes], None]:
+    """Where one worker stream's lines go: ``name[pid] line`` on the supervisor's own stream."""
+    prefix = f"{name}[{pid}] ".encode()
 
-    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> None:
-        self.stdout = stdout or sys.stdout.buffer
-        self.stderr = stderr or sys.stderr.buffer
+    def relay(line: bytes) -> None:
+        output.write_line(prefix + line, err=err)
 
-    def emitter(self, name: str, pid: int, *, err: bool) -> Callable[[bytes], None]:
-        out = self.stderr if err else self.stdout
-        prefix = f"{name}[{pid}] ".encode()
-
-        def emit(line: bytes) -> None:
-            try:
-                out.write(prefix + line + b"\n")
-                out.flush()
-            except (OSError, ValueError):  # our own stdout is gone; nothing sensible to do
-                pass
-
-        return emit
+    return relay
 
 
 async def pump_lines(stream: trio.abc.ReceiveStream, emit: Callable[[bytes], None], *, max_line: int = MAX_LINE) -> None:
@@ -120,7 +110,7 @@ def signal_group(pgid: int, sig: int) -> bool:
 async def run_worker_process(
     spec: WorkerSpec,
     env: Mapping[str, str],
-    sink: OutputSink,
+    output: Output,
     *,
     grace: float,
     stop: trio.Event,
@@ -153,8 +143,8 @@ async def run_worker_process(
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
-            nursery.start_soon(pump_lines, proc.stdout, sink.emitter(spec.name, pid, err=False))
-            nursery.start_soon(pump_lines, proc.stderr, sink.emitter(spec.name, pid, err=True))
+            nursery.start_soon(pump_lines, proc.stdout, line_relay(output, spec.name, pid, err=False))
+            nursery.start_soon(pump_lines, proc.stderr, line_relay(output, spec.name, pid, err=True))
             nursery.start_soon(stop_when_asked)
             await proc.wait()
             stopper_scope.cancel()

@@ -1,0 +1,105 @@
+"""Output: the supervisor's stdout/stderr, written by a thread so that a stalled reader cannot
+freeze the event loop (an OS pipe stands in for a terminal or journald)."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import trio
+import trio.testing
+
+from iii_supervisor.output import Output
+
+
+class Recorder(io.BytesIO):
+    def lines(self) -> list[bytes]:
+        return self.getvalue().splitlines()
+
+
+async def wait_for(condition: object) -> None:
+    while not condition():  # type: ignore[operator]
+        await trio.sleep(0.005)
+
+
+async def test_lines_are_written_in_order_to_their_stream() -> None:
+    with trio.fail_after(5):
+        out, err = Recorder(), Recorder()
+        output = Output(out, err)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(output.run)
+            for i in range(100):
+                output.write_line(b"line %d" % i)
+            output.write_line(b"an error", err=True)
+            await wait_for(lambda: len(out.lines()) == 100 and err.lines())
+            nursery.cancel_scope.cancel()
+        assert out.lines() == [b"line %d" % i for i in range(100)]
+        assert err.lines() == [b"an error"]
+
+
+async def test_lines_written_before_and_after_running_go_straight_out() -> None:
+    with trio.fail_after(5):
+        out = Recorder()
+        output = Output(out, Recorder())
+        output.write_line(b"before")
+        assert out.lines() == [b"before"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(output.run)
+            output.write_line(b"during")
+            nursery.cancel_scope.cancel()  # what is queued is written on the way out
+        output.write_line(b"after")
+        assert out.lines() == [b"before", b"during", b"after"]
+
+
+async def test_lines_from_other_threads_are_delivered() -> None:
+    with trio.fail_after(5):
+        out = Recorder()
+        output = Output(out, Recorder())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(output.run)
+            thread = threading.Thread(target=lambda: [output.write_line(b"t%d" % i) for i in range(50)])
+            thread.start()
+            await trio.to_thread.run_sync(thread.join)
+            await wait_for(lambda: len(out.lines()) == 50)
+            nursery.cancel_scope.cancel()
+        assert out.lines() == [b"t%d" % i for i in range(50)]
+
+
+async def test_a_stalled_reader_costs_dropped_lines_not_a_frozen_loop() -> None:
+    with trio.fail_after(10):
+        read_fd, write_fd = os.pipe()
+        writer = open(write_fd, "wb", buffering=0)  # noqa: SIM115 - a blocking pipe, like a terminal
+        output = Output(writer, Recorder(), limit=16 * 1024)
+        line = b"x" * 99
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(output.run)
+                # far more than the pipe (64 KiB) and the queue hold, while nobody reads:
+                # every call returns at once
+                start = trio.current_time()
+                for _ in range(3000):
+                    output.write_line(line)
+                    await trio.lowlevel.checkpoint()
+                assert trio.current_time() - start < 5
+                # the loop still runs other tasks
+                with trio.fail_after(1):
+                    await trio.sleep(0.01)
+                # now read: whatever was kept, then the count of what was dropped
+                received = b""
+                os.set_blocking(read_fd, False)
+                while b"dropped" not in received:
+                    try:
+                        received += os.read(read_fd, 1 << 16)
+                    except BlockingIOError:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        finally:
+            writer.close()
+            os.close(read_fd)
+        lines = received.splitlines()
+        kept = [x for x in lines if x == line]
+        notice = lines[-1].decode()
+        assert "line(s) of output dropped while this stream was blocked" in notice
+        dropped = int(notice.split("iii-supervisor: ")[1].split()[0])
+        assert dropped > 0 and len(kept) + dropped == 3000
