@@ -140,8 +140,9 @@ def test_streamed_heads_keep_a_declared_length() -> None:
     handler_headers({"content-length": "10", "x-a": "1"}, head)
     handler_headers(["X-B: 2"], head)  # set_headers may come more than once
     assert (head.headers, head.content_length, head.close) == ([("x-a", "1"), ("X-B", "2")], 10, False)
-    with pytest.raises(ValueError, match="content-length"):
-        handler_headers({"content-length": "ten"}, Response(200, []))
+    for bad in ("ten", "-1", "1.5", "\u00b2"):
+        with pytest.raises(ValueError, match="content-length must be a number of bytes"):
+            handler_headers({"content-length": bad}, Response(200, []))
 
 
 @pytest.mark.parametrize(("result", "match"), [

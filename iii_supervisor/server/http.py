@@ -227,7 +227,6 @@ class HttpConnection:
                                          close=close))
 
 
-
 class HttpFront:
     def __init__(self, config: HttpConfig, router: Router, registry: Registry, invoker: Invoker) -> None:
         self.config = config

@@ -171,7 +171,7 @@ def handler_headers(value: Any, into: Response) -> None:
         if lower not in _HOP_BY_HOP:
             into.headers.append((name, val))
         elif lower == "content-length":
-            if not val.isdigit():
+            if not (val.isascii() and val.isdigit()):
                 raise ValueError(f"content-length must be a number of bytes, got {val!r}")
             into.content_length = int(val)
         elif lower == "connection" and _has_token(val, "close"):
