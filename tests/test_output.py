@@ -58,7 +58,11 @@ async def test_lines_from_other_threads_are_delivered() -> None:
         output = Output(out, Recorder())
         async with trio.open_nursery() as nursery:
             await nursery.start(output.run)
-            thread = threading.Thread(target=lambda: [output.write_line(b"t%d" % i) for i in range(50)])
+            def lines_from_a_thread() -> None:
+                for i in range(50):
+                    output.write_line(b"t%d" % i)
+
+            thread = threading.Thread(target=lines_from_a_thread)
             thread.start()
             await trio.to_thread.run_sync(thread.join)
             await wait_for(lambda: len(out.lines()) == 50)

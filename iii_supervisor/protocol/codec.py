@@ -146,7 +146,7 @@ def structure(obj: Any) -> Message:
     try:
         return _STRUCTURE[cls](obj, cls)
     except Exception:
-        raise MalformedMessage(f"invalid {tag!r} message: {_explain(obj, cls, tag)}") from None
+        raise MalformedMessage(f"invalid {tag!r} message: {_explain(obj, cls, str(tag))}") from None
 
 
 def unstructure(msg: Message) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from http import HTTPStatus
 from typing import Any
@@ -46,7 +46,7 @@ import orjson
 try:  # the compiled build of h11, if installed (pip install 'iii-supervisor[fast]')
     import h11_mypyc as h11  # type: ignore[import-not-found]
 except ImportError:
-    import h11
+    import h11  # type: ignore[no-redef]
 import trio
 
 from ..config import HttpConfig
@@ -370,7 +370,7 @@ class HttpFront:
         if response is not None:
             await http.respond(response, request)
 
-    async def _body_chunks(self, http: HttpConnection) -> AsyncIterator[bytes]:
+    async def _body_chunks(self, http: HttpConnection) -> AsyncGenerator[bytes, None]:
         """The request body as it arrives, bounded in size (:class:`_TooLarge`); a silence of
         ``body_timeout`` ends the connection."""
         size = 0
@@ -429,7 +429,7 @@ class HttpFront:
         return None
 
     def _error_response(self, code: str, message: str, stacktrace: str | None) -> Response:
-        extra = {"stacktrace": stacktrace} if self.config.debug and stacktrace else {}
+        extra: dict[str, Any] = {"stacktrace": stacktrace} if self.config.debug and stacktrace else {}
         return json_response(_STATUS_OF_ERROR.get(code, 500), code, message, **extra)
 
     async def _invoke(self, http: HttpConnection, request: Request, found: Match, data: dict[str, Any],

@@ -312,7 +312,7 @@ class III:
         waiter.resolve(message)
         return True
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message | Chunk) -> None:
         if self._stream is None or self._stream.closed:
             raise ConnectionLost("not connected to the supervisor")
         self._stream.send_nowait(message)
