@@ -24,6 +24,8 @@ The same tiny JSON endpoint, ``GET /hello`` → ``200 application/json {"hello":
   so both are measured in one run. Skipped if h11-mypyc is missing.
 - ``uvicorn-h11``: uvicorn ``--http h11 --loop asyncio`` serving ``benchmarks/asgi_hello.py``, a
   minimal raw ASGI app, in-process (no worker hop): the pure-Python peer.
+- ``uvicorn-h11-uvloop``: uvicorn ``--http h11 --loop uvloop``: the same parser on the faster
+  event loop (a stricter peer than the target's; skipped if uvloop is missing).
 - ``uvicorn-httptools``: uvicorn ``--http httptools --loop uvloop`` (the C-parser peer).
   Skipped if httptools or uvloop is missing.
 
@@ -97,6 +99,7 @@ CONFIGS = {
     "ours-sync": "ours (h11 front → worker, sync handler)",
     "ours+mypyc": "ours with h11-mypyc (async handler)",
     "uvicorn-h11": "uvicorn --http h11 --loop asyncio",
+    "uvicorn-h11-uvloop": "uvicorn --http h11 --loop uvloop",
     "uvicorn-httptools": "uvicorn --http httptools --loop uvloop",
 }
 
@@ -514,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         configs.remove("uvicorn-httptools")
         notes.append("uvicorn-httptools skipped: httptools/uvloop not installed "
                      "(.venv/bin/pip install -r benchmarks/requirements.txt)")
+    if "uvicorn-h11-uvloop" in configs and not _have("uvloop"):
+        configs.remove("uvicorn-h11-uvloop")
+        notes.append("uvicorn-h11-uvloop skipped: uvloop not installed "
+                     "(.venv/bin/pip install -r benchmarks/requirements.txt)")
     if "ours+mypyc" in configs and not _have("h11_mypyc"):
         configs.remove("ours+mypyc")
         notes.append("ours+mypyc skipped: h11-mypyc not installed (.venv/bin/pip install h11-mypyc)")
@@ -549,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             servers["sup-mypyc"] = SupervisorServer("supervisor+h11-mypyc", h11_mypyc=True)
         if "uvicorn-h11" in configs:
             servers["uv-h11"] = UvicornServer("uvicorn-h11", "h11", "asyncio")
+        if "uvicorn-h11-uvloop" in configs:
+            servers["uv-h11-uvloop"] = UvicornServer("uvicorn-h11-uvloop", "h11", "uvloop")
         if "uvicorn-httptools" in configs:
             servers["uv-httptools"] = UvicornServer("uvicorn-httptools", "httptools", "uvloop")
         for s in servers.values():
@@ -564,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets[c] = (servers["sup-mypyc"], "/hello")
             elif c == "uvicorn-h11":
                 targets[c] = (servers["uv-h11"], "/hello")
+            elif c == "uvicorn-h11-uvloop":
+                targets[c] = (servers["uv-h11-uvloop"], "/hello")
             else:
                 targets[c] = (servers["uv-httptools"], "/hello")
 
@@ -664,9 +675,10 @@ def main(argv: list[str] | None = None) -> int:
                 "max": max(vals, default=float("nan")),
                 "ratio_of_medians": summary[a][conns]["req_per_s"] / summary[b][conns]["req_per_s"]}
 
-    ratio_defs = [("ours", "uvicorn-h11"), ("ours", "uvicorn-httptools"), ("ours-sync", "uvicorn-h11"),
-                  ("ours+mypyc", "uvicorn-h11"), ("ours+mypyc", "uvicorn-httptools"), ("ours+mypyc", "ours"),
-                  ("ours-sync", "ours"), ("uvicorn-h11", "uvicorn-httptools")]
+    ratio_defs = [("ours", "uvicorn-h11"), ("ours", "uvicorn-h11-uvloop"), ("ours", "uvicorn-httptools"),
+                  ("ours-sync", "uvicorn-h11"), ("ours+mypyc", "uvicorn-h11"), ("ours+mypyc", "uvicorn-h11-uvloop"),
+                  ("ours+mypyc", "uvicorn-httptools"), ("ours+mypyc", "ours"), ("ours-sync", "ours"),
+                  ("uvicorn-h11-uvloop", "uvicorn-h11"), ("uvicorn-h11", "uvicorn-httptools")]
     ratios: dict[str, dict[str, Any]] = {}
     ratio_rows = []
     for a, b in ratio_defs:
