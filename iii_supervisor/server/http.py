@@ -131,6 +131,9 @@ class HttpConnection:
         self.response_started = False
         #: the connection ends after the current response
         self.must_close = False
+        #: the current request declared no body / has been read to its end
+        self.bodiless = False
+        self.request_done = False
         self._continue_sent = False
         #: a write is waiting for the socket: later writes queue behind it (keeps the order)
         self._write_lock = trio.StrictFIFOLock()
@@ -147,7 +150,7 @@ class HttpConnection:
             parser.receive_data(data)
         if closed:
             parser.receive_data(b"")
-        self.response_started = self._continue_sent = False
+        self.response_started = self._continue_sent = self.bodiless = self.request_done = False
 
     # --- reading --------------------------------------------------------------------------
 
@@ -178,15 +181,22 @@ class HttpConnection:
         """Consume the rest of the request body if it is already buffered (always so without a
         body); False if some of it is still to come, or the request was malformed: the connection
         must then close."""
+        if self.request_done:
+            return True
         parser = self.parser
         if parser.their_state is h11.ERROR:
             return False
+        if self.bodiless:
+            # h11's EndOfMessage would consume no bytes; asking for it costs ~13 µs per request
+            self.request_done = True
+            return True
         try:
             while parser.their_state is h11.SEND_BODY:
                 if parser.next_event() is h11.NEED_DATA:
                     return False
         except h11.RemoteProtocolError:
             return False
+        self.request_done = True
         return True
 
     # --- writing --------------------------------------------------------------------------
@@ -310,7 +320,7 @@ class HttpFront:
                 # so that a client that never pauses cannot starve the other connections
                 await trio.lowlevel.checkpoint()
             await self._handle(http, event)
-            if http.must_close or http.parser.their_state is not h11.DONE:
+            if http.must_close or not http.finish_request_body():
                 return
             http.next_cycle()
 
@@ -331,6 +341,7 @@ class HttpFront:
 
     async def _handle(self, http: HttpConnection, event: h11.Request) -> None:
         request = parse_request(event.method, event.target, event.headers, event.http_version)
+        http.bodiless = not request.has_body
         found = self.router.resolve(request.method, request.path)
         if found is None:
             await http.respond(json_response(404, "NOT_FOUND", f"no route for {request.method} {request.path}"),
