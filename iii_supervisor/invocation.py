@@ -168,7 +168,9 @@ class Invoker:
         inv_id = str(next(self._ids))
         pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
                           caller=caller, caller_invocation_id=msg.invocation_id)
-        self._start(pending, msg)
+        self._start(pending, InvokeFunction(
+            function_id=msg.function_id, data=msg.data, invocation_id=inv_id, metadata=msg.metadata,
+            traceparent=msg.traceparent, baggage=msg.baggage))
 
     def _overloaded(self, target: Peer) -> WorkerOverloaded | None:
         """Refuse calls to a worker that stopped reading (stopped, or blocking its event loop):
@@ -214,15 +216,14 @@ class Invoker:
             raise InvocationFailed(f"{entry.id}: {type(exc).__name__}: {exc}",
                                    stacktrace=traceback.format_exc()) from exc
 
-    def _start(self, pending: Pending, msg: InvokeFunction) -> None:
+    def _start(self, pending: Pending, outgoing: InvokeFunction) -> None:
+        """Track ``pending`` and send ``outgoing`` (which carries ``pending.id``) to its target."""
         self.pending[pending.id] = pending
         pending.target.executing.add(pending.id)
         if pending.caller is not None:
             pending.caller.started.add(pending.id)
         self._push_deadline(pending.deadline, pending.id)
-        pending.target.send_nowait(InvokeFunction(
-            function_id=msg.function_id, data=msg.data, invocation_id=pending.id, metadata=msg.metadata,
-            traceparent=msg.traceparent, baggage=msg.baggage))
+        pending.target.send_nowait(outgoing)
 
     # --- results ------------------------------------------------------------------------------
 
@@ -302,7 +303,7 @@ class Invoker:
             self._deliver_local(pending, InvocationResult(invocation_id=inv_id, function_id=entry.id,
                                                           error=ErrorBody.of(overloaded)))
             return pending
-        self._start(pending, InvokeFunction(function_id=entry.id, data=data, metadata=metadata))
+        self._start(pending, InvokeFunction(function_id=entry.id, data=data, invocation_id=inv_id, metadata=metadata))
         return pending
 
     async def wait(self, pending: Pending) -> InvocationResult:

@@ -134,6 +134,8 @@ class HttpConnection:
         #: the current request declared no body / has been read to its end
         self.bodiless = False
         self.request_done = False
+        #: the current request waited for its answer (the task yielded to others)
+        self.parked = False
         self._continue_sent = False
         #: a write is waiting for the socket: later writes queue behind it (keeps the order)
         self._write_lock = trio.StrictFIFOLock()
@@ -307,7 +309,7 @@ class HttpFront:
 
     async def _connection_loop(self, http: HttpConnection) -> None:
         while True:
-            http.sock.waited = False
+            http.sock.waited = http.parked = False
             try:
                 event = await http.next_event(self.config.header_timeout)
             except h11.RemoteProtocolError as exc:
@@ -315,11 +317,11 @@ class HttpFront:
                 return
             if type(event) is not h11.Request:
                 return  # ConnectionClosed
-            if not http.sock.waited:
-                # the request was already buffered (pipelining): yield once per request anyway,
-                # so that a client that never pauses cannot starve the other connections
-                await trio.lowlevel.checkpoint()
             await self._handle(http, event)
+            if not (http.sock.waited or http.parked):
+                # answered without ever waiting (a buffered request answered 404, say): yield
+                # once, so that a client that never pauses cannot starve the other connections
+                await trio.lowlevel.checkpoint()
             if http.must_close or not http.finish_request_body():
                 return
             http.next_cycle()
@@ -522,6 +524,8 @@ class HttpFront:
         touched = False  # did the handler use the response channel at all?
         inbox = exchange.inbox
         while True:
+            if not inbox and not inbox.closed:
+                http.parked = True  # get() waits: other tasks run meanwhile
             try:
                 event = await inbox.get()
             except trio.EndOfChannel:
