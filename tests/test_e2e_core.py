@@ -574,3 +574,28 @@ async def test_a_stalled_reader_of_the_supervisors_output_does_not_freeze_it(wor
             out = await sup.read_pipe(b"dropped while this stream was blocked")
             assert b"chatty[" in out and b"dropped while this stream was blocked" in out
             assert await sup.terminate() == 0
+
+
+async def test_a_crashed_workers_leftover_children_are_killed(workers_dir: Path) -> None:
+    write_worker(workers_dir, "crasher", """
+    import os, subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    iii.register_function("crasher.child", lambda _d: child.pid)
+
+    def crash(_d):
+        os._exit(3)  # the worker dies; its child would live on as an orphan
+
+    iii.register_function("crasher.crash", crash)
+    """)
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir) as sup:
+            await sup.start(expect_workers=3, functions=(*READY, "crasher.child"))
+            child = await sup.call("crasher.child")
+            assert pid_alive(child)
+            with pytest.raises(InvocationStopped):
+                await sup.call("crasher.crash")
+            with trio.fail_after(5):
+                while pid_alive(child):
+                    await trio.sleep(0.05)
+            workers = await sup.wait_running(3, restarts=1)  # and the worker is back
+            assert workers["crasher"]["last_exit"] == 3

@@ -25,7 +25,7 @@ import trio
 
 from .policy import BackoffPolicy, RestartTracker
 from ..output import Output
-from .runner import WorkerSpec, run_worker_process
+from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -165,19 +165,19 @@ class WorkerPool:
 
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(
+            worker: WorkerProcess = await nursery.start(
                 partial(run_worker_process, slot.spec, self._env(slot), self.output, grace=self.grace, stop=slot.stop))
-            slot.pid = proc.pid
+            slot.pid = worker.pid
             slot.started_at = trio.current_time()
-            log.info("worker %s started (pid %d)", slot.name, proc.pid)
+            log.info("worker %s started (pid %d)", slot.name, worker.pid)
             report_started()
-            await proc.wait()
+            await worker.exited.wait()
             # Gone: its token must not authenticate anyone, its registrations go now, not
             # after the output pipes drain.
             slot.token = None
             self._detach(slot)
-        assert proc.returncode is not None
-        return proc.returncode
+        assert worker.proc.returncode is not None  # (reaped when run_worker_process returned)
+        return worker.proc.returncode
 
     def _detach(self, slot: WorkerSlot) -> None:
         session, slot.session = slot.session, None

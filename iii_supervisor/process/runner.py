@@ -8,7 +8,8 @@
   flushed at EOF; an over-long line is cut into pieces instead of growing a buffer.
 - Stopping is SIGTERM to the group, ``grace`` seconds, then SIGKILL to the group, while the
   output is still relayed; leftovers of a worker whose main process already exited are killed
-  too, so no orphan outlives its worker.
+  too, so no orphan outlives its worker. The exit is watched with a pidfd, which does not reap:
+  the group is signalled only while its id cannot have been reused.
 - No ``PR_SET_PDEATHSIG``: trio forks from a thread of its thread cache, and the kernel sends
   the parent-death signal when that *thread* exits (after 10 s idle), which killed every worker
   10 s after its start. A worker learns of a dead supervisor from its socket instead (the SDK
@@ -107,6 +108,27 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
+@attrs.define(eq=False)
+class WorkerProcess:
+    """A running worker program, as :func:`run_worker_process` reports it."""
+
+    proc: trio.Process
+    #: set when the process has exited; it is reaped (its pid freed) only after its process
+    #: group's leftovers were killed, when :func:`run_worker_process` returns
+    exited: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux ≥ 5.3
+        return None
+
+
 async def run_worker_process(
     spec: WorkerSpec,
     env: Mapping[str, str],
@@ -114,13 +136,17 @@ async def run_worker_process(
     *,
     grace: float,
     stop: trio.Event,
-    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[WorkerProcess] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Spawn ``spec``, relay its output, and return its exit code (``-N`` for signal N).
 
     Setting ``stop`` stops the worker gracefully (SIGTERM, ``grace`` seconds, SIGKILL) while its
     output is still relayed, so nothing it prints while shutting down is lost. Cancelling this
     task stops it too (shielded), so the process has always exited when this returns.
+
+    The exit is noticed with a pidfd, which does not reap the process: until the reap at the end,
+    its pid, and so its process-group id, cannot belong to anyone else, so signalling the group
+    (leftover children included) can never hit an unrelated process.
     """
     proc = await trio.lowlevel.open_process(
         list(spec.command),
@@ -132,45 +158,58 @@ async def run_worker_process(
         start_new_session=True,
     )
     pid = proc.pid
-    task_status.started(proc)
-    stopper_scope = trio.CancelScope()
+    pidfd = _open_pidfd(pid)  # at once: nothing has reaped it yet
+    worker = WorkerProcess(proc)
+    task_status.started(worker)
+
+    async def watch_exit() -> None:
+        if pidfd is not None:
+            await trio.lowlevel.wait_readable(pidfd)  # exited, not reaped
+        else:
+            await proc.wait()  # (no pidfd: this reaps, and the group kill below races pid reuse)
+        worker.exited.set()
 
     async def stop_when_asked() -> None:
-        with stopper_scope:
-            await stop.wait()
-            await stop_process(proc, grace=grace)
+        await stop.wait()
+        await terminate(pid, worker.exited, grace=grace)
 
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
             nursery.start_soon(pump_lines, proc.stdout, line_relay(output, spec.name, pid, err=False))
             nursery.start_soon(pump_lines, proc.stderr, line_relay(output, spec.name, pid, err=True))
-            nursery.start_soon(stop_when_asked)
-            await proc.wait()
-            stopper_scope.cancel()
+            with trio.CancelScope() as stopper:
+                nursery.start_soon(watch_exit)
+                nursery.start_soon(stop_when_asked)
+                await worker.exited.wait()
+                stopper.cancel()
             # Leftover children of a dead worker are orphans: kill them, then give the pipes a
             # moment to deliver the last lines (an escapee holding them open cannot stall us).
             signal_group(pid, signal.SIGKILL)
             nursery.cancel_scope.deadline = trio.current_time() + 1.0
     finally:
         with trio.CancelScope(shield=True):
-            await stop_process(proc, grace=grace)
+            if not worker.exited.is_set():  # cancelled while it runs: stop it first
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_exit)
+                    await terminate(pid, worker.exited, grace=grace)
+                signal_group(pid, signal.SIGKILL)
+            await proc.wait()  # the reap: from here on the pid may be reused
+            if pidfd is not None:
+                os.close(pidfd)
     assert proc.returncode is not None
     return proc.returncode
 
 
-async def stop_process(proc: trio.Process, *, grace: float) -> None:
-    """SIGTERM the process group, wait up to ``grace`` s, then SIGKILL it. Waits for the exit.
-
-    Nothing is signalled once the process was reaped: its pid, and so its group id, may belong to
-    another process by then (the caller kills a reaped worker's leftovers right after the reap).
-    """
-    if proc.returncode is not None:
+async def terminate(pgid: int, exited: trio.Event, *, grace: float) -> None:
+    """SIGTERM the process group, wait up to ``grace`` s for ``exited``, then SIGKILL the group
+    and wait for it. Signals only while the process is not reaped (``exited`` comes first)."""
+    if exited.is_set():
         return
-    signal_group(proc.pid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM)
     with trio.move_on_after(grace):
-        await proc.wait()
-    if proc.returncode is None:
-        log.warning("worker pid %d ignored SIGTERM for %.1fs; sending SIGKILL", proc.pid, grace)
-        signal_group(proc.pid, signal.SIGKILL)  # (not reaped yet: the group id is still ours)
-        await proc.wait()
+        await exited.wait()
+    if not exited.is_set():
+        log.warning("worker pid %d ignored SIGTERM for %.1fs; sending SIGKILL", pgid, grace)
+        signal_group(pgid, signal.SIGKILL)
+        await exited.wait()
