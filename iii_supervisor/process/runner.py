@@ -169,20 +169,22 @@ async def run_worker_process(
             await proc.wait()  # (no pidfd: this reaps, and the group kill below races pid reuse)
         worker.exited.set()
 
+    stopper = trio.CancelScope()
+
     async def stop_when_asked() -> None:
-        await stop.wait()
-        await terminate(pid, worker.exited, grace=grace)
+        with stopper:
+            await stop.wait()
+            await terminate(pid, worker.exited, grace=grace)
 
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
             nursery.start_soon(pump_lines, proc.stdout, line_relay(output, spec.name, pid, err=False))
             nursery.start_soon(pump_lines, proc.stderr, line_relay(output, spec.name, pid, err=True))
-            with trio.CancelScope() as stopper:
-                nursery.start_soon(watch_exit)
-                nursery.start_soon(stop_when_asked)
-                await worker.exited.wait()
-                stopper.cancel()
+            nursery.start_soon(watch_exit)
+            nursery.start_soon(stop_when_asked)
+            await worker.exited.wait()
+            stopper.cancel()
             # Leftover children of a dead worker are orphans: kill them, then give the pipes a
             # moment to deliver the last lines (an escapee holding them open cannot stall us).
             signal_group(pid, signal.SIGKILL)
