@@ -110,22 +110,20 @@ class Output:
     async def _flush(self) -> None:
         """Write everything queued, including what is queued meanwhile."""
         while True:
-            # Taken lines must reach a thread: a cancel may only strike before they are taken
-            # (here), or after the thread started (the write is then abandoned, not lost). With
-            # our own one-token limiter, to_thread has no other cancellation point before that.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            batches = []
-            with self._lock:
-                for stream in self._streams:
+            wrote = False
+            for stream in self._streams:
+                # Taken lines must reach a thread: a cancel may only strike before they are taken
+                # (here), or after the thread started (the write is then abandoned, not lost).
+                # With our own one-token limiter, to_thread has no other cancellation point.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                with self._lock:
                     lines, dropped = stream.take()
-                    if lines or dropped:
-                        batches.append((stream.file, lines, dropped))
-            if not batches:
-                return
-            for file, lines, dropped in batches:
+                if not (lines or dropped):
+                    continue
+                wrote = True
                 done = self._in_flight = threading.Event()
 
-                def write(file: BinaryIO = file, lines: list[bytes] = lines, dropped: int = dropped,
+                def write(file: BinaryIO = stream.file, lines: list[bytes] = lines, dropped: int = dropped,
                           done: threading.Event = done) -> None:
                     try:
                         _write(file, lines, dropped)
@@ -134,6 +132,8 @@ class Output:
 
                 await trio.to_thread.run_sync(write, abandon_on_cancel=True, limiter=self._limiter)
                 self._in_flight = None
+            if not wrote:
+                return
 
 
 _default: Output | None = None

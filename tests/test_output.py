@@ -40,16 +40,18 @@ async def test_lines_are_written_in_order_to_their_stream() -> None:
 
 async def test_lines_written_before_and_after_running_go_straight_out() -> None:
     with trio.fail_after(5):
-        out = Recorder()
-        output = Output(out, Recorder())
+        out, err = Recorder(), Recorder()
+        output = Output(out, err)
         output.write_line(b"before")
         assert out.lines() == [b"before"]
         async with trio.open_nursery() as nursery:
             await nursery.start(output.run)
             output.write_line(b"during")
-            nursery.cancel_scope.cancel()  # what is queued is written on the way out
+            output.write_line(b"during, on stderr", err=True)
+            nursery.cancel_scope.cancel()  # what is queued, on both streams, is written on the way out
         output.write_line(b"after")
         assert out.lines() == [b"before", b"during", b"after"]
+        assert err.lines() == [b"during, on stderr"]
 
 
 async def test_lines_from_other_threads_are_delivered() -> None:
