@@ -38,6 +38,7 @@ import attrs
 import trio
 
 from ..errors import ConnectionLost, EngineError, ProtocolError, RegistrationError, error_from_wire
+from ..inbox import Inbox
 from ..protocol import (
     Action,
     ChannelClose,
@@ -100,23 +101,6 @@ class InitOptions:
     #: Exit the process when the supervisor goes away (what a supervised worker wants).
     exit_on_disconnect: bool = True
     connect_timeout: float = 30.0
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    """One answer expected from the supervisor (a call result or a registration ack)."""
-
-    event: trio.Event = attrs.Factory(trio.Event)
-    message: Message | None = None
-    error: BaseException | None = None
-
-    def resolve(self, message: Message) -> None:
-        self.message = message
-        self.event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.event.set()
 
 
 @attrs.frozen
@@ -200,7 +184,9 @@ class III:
         self._functions: dict[str, Handler] = {}
         self._async: dict[str, bool] = {}  # checked once, at registration
         self._trigger_types: dict[str, Any] = {}
-        self._waiters: dict[tuple[str, str], _Waiter] = {}
+        #: answers expected from the supervisor (call results, registration acks): each arrives
+        #: in a one-item inbox, as the message or as the error that ended the wait
+        self._waiters: dict[tuple[str, str], Inbox[Message | BaseException]] = {}
         self._readers: dict[int, ChannelReader | None] = {}
         self._writers: dict[int, ChannelWriter | None] = {}
         self._ids = itertools.count(1)
@@ -266,7 +252,7 @@ class III:
             finally:
                 lost = ConnectionLost("the connection to the supervisor was closed")
                 for waiter in self._waiters.values():
-                    waiter.fail(lost)
+                    waiter.put(lost)
                 self._waiters.clear()
                 nursery.cancel_scope.cancel()
 
@@ -309,7 +295,7 @@ class III:
         waiter = self._waiters.pop(key, None)
         if waiter is None:
             return False
-        waiter.resolve(message)
+        waiter.put(message)
         return True
 
     def _send(self, message: Message | Chunk) -> None:
@@ -442,23 +428,22 @@ class III:
                 raise ConnectionLost("the connection to the supervisor was closed") from None
 
     async def _request(self, key: tuple[str, str], message: Message, timeout: float | None) -> Message:
-        waiter = _Waiter()
+        waiter: Inbox[Message | BaseException] = Inbox()
         self._waiters[key] = waiter
         try:
             self._send(message)
-            if timeout is None:
-                await waiter.event.wait()
+            if timeout is None:  # (calls: the supervisor enforces their deadline)
+                answer = await waiter.get()
             else:
                 with trio.fail_after(timeout):
-                    await waiter.event.wait()
+                    answer = await waiter.get()
         except trio.TooSlowError:
             raise EngineError(f"no answer from the supervisor within {timeout:g}s", code="timeout") from None
         finally:
             self._waiters.pop(key, None)
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.message is not None
-        return waiter.message
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     # --- functions ----------------------------------------------------------------------------
 
