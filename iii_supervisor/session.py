@@ -45,7 +45,6 @@ from .transport import FramedStream
 
 log = logging.getLogger(__name__)
 
-ChannelEvent = Chunk | ChannelControl | ChannelClose | ChannelWindow
 #: events dispatched between two checkpoints (measured: whole 64-frame reads serialise the
 #: pipeline A → supervisor → B; slices of 16 keep every process busy)
 DISPATCH_SLICE = 16

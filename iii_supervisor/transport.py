@@ -3,7 +3,7 @@
 Used by both ends of the worker socket (engine and SDK) and by the test harness's control client.
 
 Writes are *coalesced*: :meth:`FramedStream.send` appends the encoded frame to a pending list
-and wakes one writer task, which sends everything pending with a single ``send``. While a
+and wakes one writer task, which sends everything pending with a single ``send_all``. While a
 send is in progress, further frames pile up and leave together. Measured on the target machine,
 one send per frame caps a trio pipeline at ~8k frames/s, coalescing lifts it to ~35k/s.
 

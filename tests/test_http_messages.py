@@ -23,6 +23,7 @@ from iii_supervisor.server.http_messages import (
     http_date,
     parse_request,
     render_result,
+    stream_framing,
 )
 
 
@@ -211,3 +212,12 @@ def test_close_delimited_stream_bytes() -> None:
 def test_http_date_is_an_imf_fixdate() -> None:
     # (the fixture patches the module's name; this module imported the real function)
     assert re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", http_date())
+
+
+def test_stream_framing_follows_the_client_and_the_handler() -> None:
+    http11 = request_of(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    http10 = request_of(b"GET / HTTP/1.0\r\n\r\n")
+    assert stream_framing(Response(200, []), http11) == (None, True, False)  # chunked
+    assert stream_framing(Response(200, []), http10) == (None, False, True)  # ends by closing
+    assert stream_framing(Response(200, [], content_length=10), http10) == (10, False, False)
+    assert stream_framing(Response(204, [], content_length=10), http11) == (None, False, False)

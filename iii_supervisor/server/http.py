@@ -78,6 +78,7 @@ from .http_messages import (
     json_response,
     parse_request,
     render_result,
+    stream_framing,
     valid_status,
 )
 from .routes import Match, MethodNotAllowed, Router
@@ -368,8 +369,7 @@ class HttpFront:
             try:
                 body_bytes = await self._read_body(http)
             except _TooLarge:
-                await http.respond(json_response(413, "PAYLOAD_TOO_LARGE",
-                                                 f"request body exceeds the limit of {limit} bytes"), request)
+                await http.respond(self._body_too_large(), request)
                 return
             except h11.RemoteProtocolError as exc:
                 await self._bad_request(http, exc)
@@ -441,6 +441,11 @@ class HttpFront:
                                  skipped=True)
         return None
 
+    def _body_too_large(self) -> Response:
+        """413 for a body that crossed the limit while it was read (a declared one is refused before)."""
+        return json_response(413, "PAYLOAD_TOO_LARGE",
+                             f"request body exceeds the limit of {self.config.max_body_size} bytes")
+
     def _error_response(self, code: str, message: str, stacktrace: str | None) -> Response:
         extra: dict[str, Any] = {"stacktrace": stacktrace} if self.config.debug and stacktrace else {}
         return json_response(_STATUS_OF_ERROR.get(code, 500), code, message, **extra)
@@ -485,8 +490,7 @@ class HttpFront:
                     result = await self._respond(http, request, exchange)
                 nursery.cancel_scope.cancel()
             if too_large.cancelled_caught:
-                return json_response(413, "PAYLOAD_TOO_LARGE",
-                                     f"request body exceeds the limit of {self.config.max_body_size} bytes")
+                return self._body_too_large()
             return result
         finally:
             # The handler may still run (504, 413, client gone): make its next write raise
@@ -572,11 +576,9 @@ class HttpFront:
     async def _stream(self, http: HttpConnection, request: Request, exchange: _Exchange, head: Response,
                       first: bytes) -> None:
         no_body = request.head_only or head.status in NO_BODY_STATUSES
-        length = None if head.status in NO_BODY_STATUSES else head.content_length
-        chunked = length is None and request.http_11 and head.status not in NO_BODY_STATUSES
+        length, chunked, close_delimited = stream_framing(head, request)
         # keep-alive only if the request body is read and the body's end can be told without closing
-        close = (not request.keep_alive or head.close or not http.finish_request_body()
-                 or (length is None and not chunked and head.status not in NO_BODY_STATUSES))
+        close = not request.keep_alive or head.close or not http.finish_request_body() or close_delimited
         http.must_close = http.must_close or close
         sent = 0
 

@@ -247,6 +247,16 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def stream_framing(response: Response, request: Request) -> tuple[int | None, bool, bool]:
+    """How a streamed body to ``request`` is delimited: ``(content_length, chunked,
+    ends_by_closing)``; all empty for a status without a body."""
+    if response.status in NO_BODY_STATUSES:
+        return None, False, False
+    length = response.content_length
+    chunked = length is None and request.http_11
+    return length, chunked, length is None and not chunked
+
+
 def encode_response(response: Response, *, head_only: bool, close: bool) -> bytes:
     """A whole buffered response, head and body (no body if it answers a ``HEAD``)."""
     no_body = response.status in NO_BODY_STATUSES
