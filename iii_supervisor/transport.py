@@ -53,6 +53,8 @@ class FramedStream:
         self._conn = Connection(max_frame_size)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        #: size of the batch the writer is sending while it waits for the socket (0 otherwise)
+        self._sending_bytes = 0
         self._high_water = high_water
         self._wakeup = trio.lowlevel.ParkingLot()
         self._drained = trio.lowlevel.ParkingLot()
@@ -61,8 +63,9 @@ class FramedStream:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes queued for sending that the socket has not taken yet."""
-        return self._pending_bytes
+        """Bytes queued for sending that the socket has not taken yet (including the batch the
+        writer is waiting to send)."""
+        return self._pending_bytes + self._sending_bytes
 
     @property
     def max_frame_size(self) -> int:
@@ -105,7 +108,11 @@ class FramedStream:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
                 self._drained.unpark_all()
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
-                await self._sock.send_all(data)
+                self._sending_bytes = len(data)
+                try:
+                    await self._sock.send_all(data)
+                finally:
+                    self._sending_bytes = 0
         except (OSError, trio.ClosedResourceError) as exc:
             self._mark_closed(exc)
         finally:
@@ -189,10 +196,12 @@ class FramedStream:
         with trio.move_on_after(timeout):
             try:
                 data = self._conn.send(msg)
-                # Bypass the writer: it may be blocked or gone, and this is the last frame.
-                pending, self._pending = b"".join(self._pending), []
-                await self._sock.send_all(pending + data)
-            except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
+                # Bypass the writer: it may be blocked or gone, and this is the last frame. Not
+                # while it is half-way through a batch: our bytes would land inside its frame.
+                if not self._sending_bytes:
+                    pending, self._pending = b"".join(self._pending), []
+                    await self._sock.send_all(pending + data)
+            except (OSError, trio.ClosedResourceError):
                 pass
         self._mark_closed()
         self._sock.close()
