@@ -18,6 +18,7 @@ from .builtins import install_builtins
 from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
+from .modules import cron
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
@@ -25,7 +26,13 @@ from .process.runner import discover_workers
 from .registry import Registry
 from .server import http
 from .server.sockets import SessionServer, SocketLimits, serve_unix
-from .server.unix import CONTROL_SOCKET, WORKER_SOCKET, RuntimeLock, prepare_runtime_dir, resolve_runtime_dir
+from .server.unix import (
+    CONTROL_SOCKET,
+    WORKER_SOCKET,
+    RuntimeLock,
+    prepare_runtime_dir,
+    resolve_runtime_dir,
+)
 from .systemd import run_watchdog, sd_notify
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 #: Every in-process module, in start order (see modules/base.py). Adding a module is one line here.
 MODULES: tuple[ModuleSpec, ...] = (
     http.SPEC,
+    cron.SPEC,
 )
 
 
