@@ -42,8 +42,14 @@ CONFIG_KEYS = ("expression", "timezone", "timeout_ms", "persistent", "condition_
 _MAX_YEARS = 50
 
 
+def _quote(value: Any, limit: int = 120) -> str:
+    """``repr`` of a value from a client, cut so that an error message stays small."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _fail(expression: Any, problem: str) -> TriggerRegistrationError:
-    return TriggerRegistrationError(f"cron expression {expression!r}: {problem}")
+    return TriggerRegistrationError(f"cron expression {_quote(expression)}: {problem}")
 
 
 @lru_cache(maxsize=4096)
@@ -64,7 +70,7 @@ def _bad_field(expression: str, fields: list[str]) -> str | None:
         try:
             croniter(" ".join(probe), 0.0, second_at_beginning=len(fields) > 5)
         except CroniterError as exc:
-            return f"the {names[i]} field {value!r} is invalid ({exc})"
+            return f"the {names[i]} field {_quote(value, 40)} is invalid ({exc})"
     return None
 
 
@@ -84,7 +90,7 @@ class Schedule:
         """Parse and check ``expression``; raises :class:`TriggerRegistrationError` naming what is wrong."""
         if not isinstance(expression, str) or not expression.strip():
             raise TriggerRegistrationError(f"a cron trigger needs config.expression (a non-empty string), "
-                                           f"got {expression!r}")
+                                           f"got {_quote(expression)}")
         text = " ".join(expression.split())
         fields = text.split(" ")
         if text.startswith("@"):
@@ -199,11 +205,11 @@ def _zone(value: Any) -> tuple[tzinfo, str]:
         return UTC, "UTC"
     if not isinstance(value, str) or not value:
         raise TriggerRegistrationError(f"cron config.timezone must be an IANA zone name such as "
-                                       f"'Europe/Berlin', got {value!r}")
+                                       f"'Europe/Berlin', got {_quote(value)}")
     try:
         return ZoneInfo(value), value
     except (ZoneInfoNotFoundError, ValueError):
-        raise TriggerRegistrationError(f"cron config.timezone {value!r} is not a known IANA time zone "
+        raise TriggerRegistrationError(f"cron config.timezone {_quote(value)} is not a known IANA time zone "
                                        f"(e.g. 'UTC', 'Europe/Berlin', 'America/New_York')") from None
 
 
@@ -224,22 +230,22 @@ class JobConfig:
 def parse_job_config(config: Any, *, now: float) -> JobConfig:
     """Validate a cron trigger's ``config``; raises :class:`TriggerRegistrationError` naming the bad value."""
     if not isinstance(config, dict):
-        raise TriggerRegistrationError(f"a cron trigger's config must be an object, got {config!r}")
+        raise TriggerRegistrationError(f"a cron trigger's config must be an object, got {_quote(config)}")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
-        raise TriggerRegistrationError(f"unknown cron config key(s) {', '.join(map(repr, unknown))} "
+        raise TriggerRegistrationError(f"unknown cron config key(s) {_quote(', '.join(map(str, unknown)))} "
                                        f"(known: {', '.join(CONFIG_KEYS)})")
     schedule = Schedule.parse(config.get("expression"), config.get("timezone"), now=now)
     timeout_ms = config.get("timeout_ms")
     if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0):
         raise TriggerRegistrationError(f"cron config.timeout_ms must be a positive integer (milliseconds), "
-                                       f"got {timeout_ms!r}")
+                                       f"got {_quote(timeout_ms)}")
     persistent = config.get("persistent", False)
     if not isinstance(persistent, bool):
-        raise TriggerRegistrationError(f"cron config.persistent must be true or false, got {persistent!r}")
+        raise TriggerRegistrationError(f"cron config.persistent must be true or false, got {_quote(persistent)}")
     condition = config.get("condition_function_id")
     if condition is not None and (not isinstance(condition, str) or not condition):
-        raise TriggerRegistrationError(f"cron config.condition_function_id must be a function id, got {condition!r}")
+        raise TriggerRegistrationError(f"cron config.condition_function_id must be a function id, got {_quote(condition)}")
     return JobConfig(schedule=schedule, timeout=timeout_ms / 1000 if timeout_ms is not None else None,
                      persistent=persistent, condition_function_id=condition)
 
