@@ -23,12 +23,16 @@ from ..errors import AuthError, ConnectionLost, ProtocolError
 from ..invocation import Invoker
 from ..process.pool import WorkerPool
 from ..protocol import Hello, WorkerRegistered
+from ..ratelimit import RateLimitedLog
 from ..registry import Registry
-from ..session import Session
+from ..session import PROTOCOL_WARNINGS, Session
 from ..transport import FramedStream
 from .unix import check_peer_uid, open_unix_listener
 
 log = logging.getLogger(__name__)
+#: refused connections: one line per 10 s per socket, then a count (a flood of bad peers must not
+#: flood the log)
+REFUSED_WARNINGS = RateLimitedLog(log, 10.0)
 
 
 @attrs.frozen(kw_only=True)
@@ -59,7 +63,11 @@ async def serve_unix(
                 await trio.aclose_forcefully(stream)
 
     try:
-        await trio.serve_listeners(guarded, [listener], task_status=task_status)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            for warnings in (REFUSED_WARNINGS, PROTOCOL_WARNINGS):  # shared by both sockets: flush is idempotent
+                await nursery.start(warnings.run)
+            await nursery.start(trio.serve_listeners, guarded, [listener])
+            task_status.started()
     finally:
         path.unlink(missing_ok=True)
 
@@ -83,7 +91,8 @@ class SessionServer:
         try:
             return check_peer_uid(stream)
         except AuthError as exc:
-            log.warning("%s socket: refused a connection: %s", socket_name, exc.message)
+            REFUSED_WARNINGS.warning(f"{socket_name} socket: refused connections",
+                                     "%s socket: refused a connection: %s", socket_name, exc.message)
             await self._framed(stream).send_error_and_close(exc)
             return None
 
@@ -107,7 +116,8 @@ class SessionServer:
                 ProtocolError(f"no hello within {self.limits.handshake_timeout:g}s", code="handshake_timeout"))
             return
         except ProtocolError as exc:  # includes AuthError and malformed first frames
-            log.warning("worker socket: refused a connection: %s", exc.message)
+            REFUSED_WARNINGS.warning("worker socket: refused connections",
+                                     "worker socket: refused a connection: %s", exc.message)
             await framed.send_error_and_close(exc)
             return
         except ConnectionLost:
