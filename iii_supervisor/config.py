@@ -7,6 +7,7 @@ Command-line flags override the file.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,32 @@ def _converter() -> cattrs.Converter:
 _CONVERTER = _converter()
 
 
+_FIELD_AT_START = re.compile(r"'?([a-z_]+)'?(?= |$)")
+
+
+def _name_key(problem: str) -> str:
+    """``"factor must be at least 1, got 0.5 @ $.restart"`` → ``"restart.factor must be …"``.
+
+    A validator of a section (attrs, run in ``__init__``) is reported at the section's path;
+    its message starts with the field's name, which then joins the path, so that every problem
+    names its full key (``restart.factor``) the way ill-typed values do."""
+    message, sep, path = problem.rpartition(" @ ")
+    if not sep:
+        return problem
+    path = path.removeprefix("$").removeprefix(".")
+    match = _FIELD_AT_START.match(message)
+    section = attrs.fields_dict(attrs.resolve_types(Config)).get(path)
+    if match and section is not None and isinstance(section.type, type) and attrs.has(section.type) \
+            and match.group(1) in attrs.fields_dict(section.type):
+        return f"{path}.{match.group(1)}{message[match.end():]}"
+    return f"{message} @ {path}"
+
+
 def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
     try:
         config = _CONVERTER.structure(data, Config)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$", format_exception=_format_problem))
+        problems = "; ".join(_name_key(m) for m in cattrs.transform_error(exc, path="$", format_exception=_format_problem))
         raise ConfigError(f"invalid {source}: {problems}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {source}: {exc}") from None
