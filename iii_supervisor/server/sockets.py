@@ -3,7 +3,9 @@
 Worker socket: the peer must run as our uid (SO_PEERCRED) and its first frame, within
 ``handshake_timeout`` seconds, must be ``hello`` with the token of a worker running now. Anything
 else gets an ``error`` frame naming the problem and is disconnected; other connections are not
-disturbed. Control socket: same uid check, no token; the session may only call functions.
+disturbed. Until the token is checked a connection costs little: its first frame may be at most
+``hello_max_frame_size`` bytes (refused on the length header, before buffering), and at most
+``max_pending_handshakes`` connections may be waiting to authenticate; more are refused at once. Control socket: same uid check, no token; the session may only call functions.
 
 A bug in one connection's handling is logged with its traceback and closes that connection;
 it never takes the supervisor down.
@@ -19,9 +21,9 @@ from pathlib import Path
 import attrs
 import trio
 
-from ..errors import AuthError, ConnectionLost, ProtocolError
+from ..errors import AuthError, ConnectionLost, FrameTooLarge, ProtocolError
 from ..invocation import Invoker
-from ..process.pool import WorkerPool
+from ..process.pool import WorkerPool, WorkerSlot
 from ..protocol import Hello, WorkerRegistered
 from ..ratelimit import RateLimitedLog
 from ..registry import Registry
@@ -35,11 +37,20 @@ log = logging.getLogger(__name__)
 REFUSED_WARNINGS = RateLimitedLog(log, 10.0)
 
 
+#: the largest frame a worker-socket peer may send before it has authenticated: room for a hello
+#: (a 43-character token, the worker's name, its pid) and nothing a flood could use
+HELLO_MAX_FRAME_SIZE = 4096
+#: connections on the worker socket that have not presented their token yet, at most
+MAX_PENDING_HANDSHAKES = 64
+
+
 @attrs.frozen(kw_only=True)
 class SocketLimits:
     max_frame_size: int
     handshake_timeout: float = 5.0
     max_connections: int = 256
+    hello_max_frame_size: int = HELLO_MAX_FRAME_SIZE
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
 
 
 async def serve_unix(
@@ -81,9 +92,11 @@ class SessionServer:
         self.pool = pool
         self.limits = limits
         self._ids = itertools.count(1)
+        #: worker-socket connections that have not authenticated yet
+        self.pending_handshakes = 0
 
-    def _framed(self, stream: trio.SocketStream) -> FramedStream:
-        return FramedStream(stream, max_frame_size=self.limits.max_frame_size)
+    def _framed(self, stream: trio.SocketStream, *, max_receive_size: int | None = None) -> FramedStream:
+        return FramedStream(stream, max_frame_size=self.limits.max_frame_size, max_receive_size=max_receive_size)
 
     async def _peer_pid(self, stream: trio.SocketStream, socket_name: str) -> int | None:
         """The peer's pid if it runs as our user (or root); else refuse it and return None.
@@ -100,10 +113,34 @@ class SessionServer:
         peer_pid = await self._peer_pid(stream, "worker")
         if peer_pid is None:
             return
-        framed = self._framed(stream)
+        limits = self.limits
+        if self.pending_handshakes >= limits.max_pending_handshakes:
+            exc = ProtocolError(f"too many connections waiting to authenticate ({limits.max_pending_handshakes}); "
+                                f"connection from pid {peer_pid} refused, try again", code="too_many_handshakes")
+            REFUSED_WARNINGS.warning("worker socket: refused connections",
+                                     "worker socket: refused a connection: %s", exc.message)
+            await self._framed(stream).send_error_and_close(exc)
+            return
+        self.pending_handshakes += 1
         try:
-            with trio.fail_after(self.limits.handshake_timeout):
-                hello = await framed.receive()
+            authenticated = await self._handshake(stream, peer_pid)
+        finally:
+            self.pending_handshakes -= 1
+        if authenticated is not None:
+            await self._serve_worker(peer_pid, *authenticated)
+
+    async def _handshake(self, stream: trio.SocketStream, peer_pid: int) -> tuple[FramedStream, WorkerSlot] | None:
+        """Read and check the hello; the stream (now accepting full-size frames) and its slot, or
+        None when the peer was refused (it has been told why)."""
+        limits = self.limits
+        framed = self._framed(stream, max_receive_size=limits.hello_max_frame_size)
+        try:
+            with trio.fail_after(limits.handshake_timeout):
+                try:
+                    hello = await framed.receive()
+                except FrameTooLarge as exc:
+                    raise FrameTooLarge(f"{exc.message} before authentication: the first frame must be a hello "
+                                        f"of at most {limits.hello_max_frame_size} bytes") from None
             if not isinstance(hello, Hello):
                 raise AuthError(f"first frame must be 'hello' with the worker token, got {type(hello).__name__.lower()!r}")
             slot = self.pool.authenticate(hello.token)
@@ -113,15 +150,19 @@ class SessionServer:
                 raise AuthError(f"worker {slot.name!r} is already connected")
         except trio.TooSlowError:
             await framed.send_error_and_close(
-                ProtocolError(f"no hello within {self.limits.handshake_timeout:g}s", code="handshake_timeout"))
-            return
+                ProtocolError(f"no hello within {limits.handshake_timeout:g}s", code="handshake_timeout"))
+            return None
         except ProtocolError as exc:  # includes AuthError and malformed first frames
             REFUSED_WARNINGS.warning("worker socket: refused connections",
                                      "worker socket: refused a connection: %s", exc.message)
             await framed.send_error_and_close(exc)
-            return
+            return None
         except ConnectionLost:
-            return
+            return None
+        framed.max_receive_size = limits.max_frame_size
+        return framed, slot
+
+    async def _serve_worker(self, peer_pid: int, framed: FramedStream, slot: WorkerSlot) -> None:
         if slot.pid is not None and peer_pid != slot.pid:
             log.info("worker %s connected from pid %d (spawned as pid %d)", slot.name, peer_pid, slot.pid)
         session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
