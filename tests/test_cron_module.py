@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import trio
-from inprocess import EngineParts, engine_parts
 
 from iii_supervisor.errors import TriggerRegistrationError
 from iii_supervisor.modules import cron
 from iii_supervisor.modules.cron import CronConfig, CronModule, MemoryLastRuns
+from inprocess import EngineParts, engine_parts
 
 #: a wall-clock start half a second after a whole second, so ticks are not at the start instant
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() + 0.5

@@ -245,7 +245,8 @@ def parse_job_config(config: Any, *, now: float) -> JobConfig:
         raise TriggerRegistrationError(f"cron config.persistent must be true or false, got {_quote(persistent)}")
     condition = config.get("condition_function_id")
     if condition is not None and (not isinstance(condition, str) or not condition):
-        raise TriggerRegistrationError(f"cron config.condition_function_id must be a function id, got {_quote(condition)}")
+        raise TriggerRegistrationError(f"cron config.condition_function_id must be a function id, "
+                                       f"got {_quote(condition)}")
     return JobConfig(schedule=schedule, timeout=timeout_ms / 1000 if timeout_ms is not None else None,
                      persistent=persistent, condition_function_id=condition)
 
