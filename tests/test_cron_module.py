@@ -380,3 +380,45 @@ def test_bad_cron_sections_are_refused(section: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"cron": section}, modules=(cron.SPEC,))
     assert "cron" in info.value.message
+
+
+class _FileStore:
+    """The store's interface over a plain sqlite3 connection (the cron storage ops, on a real file)."""
+
+    def __init__(self, path: Any) -> None:
+        import sqlite3
+
+        self.conn = sqlite3.connect(path, isolation_level=None)
+
+    async def migrate(self, namespace: str, steps: list[str]) -> int:
+        self.conn.execute("CREATE TABLE IF NOT EXISTS versions (ns TEXT PRIMARY KEY, v INTEGER)")
+        row = self.conn.execute("SELECT v FROM versions WHERE ns = ?", (namespace,)).fetchone()
+        found = row[0] if row else 0
+        for step in steps[found:]:
+            self.conn.executescript(step)
+        self.conn.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (namespace, len(steps)))
+        return found
+
+    async def write(self, op: Any) -> Any:
+        with self.conn:
+            return op(self.conn)
+
+    async def read(self, op: Any) -> Any:
+        return op(self.conn)
+
+
+async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Any) -> None:
+    from iii_supervisor.modules.cron_storage import StoreLastRuns
+
+    path = tmp_path / "cron.db"
+    runs = StoreLastRuns(_FileStore(path))
+    await runs.prepare()
+    keys = [f"f{i}\x1f* * * * *\x1fUTC" for i in range(1200)]  # more keys than one SELECT takes
+    for i, key in enumerate(keys):
+        await runs.set(key, 1000.0 + i)
+    await runs.set(keys[0], 5.5)  # an update, not a second row
+    again = StoreLastRuns(_FileStore(path))
+    await again.prepare()
+    found = await again.get_many([*keys, "unknown"])
+    assert len(found) == 1200 and found[keys[0]] == 5.5 and found[keys[-1]] == 2199.0
+    assert await again.get_many([]) == {}

@@ -49,6 +49,7 @@ from .cron_schedule import (
     parse_job_config,
     rfc3339,
 )
+from .cron_storage import StoreLastRuns
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class CronConfig:
 class LastRuns(Protocol):
     """Where persistent jobs keep the time up to which their ticks are accounted for."""
 
+    async def prepare(self) -> None:
+        """Called once before the module is ready (schema migrations)."""
+
     async def get_many(self, keys: list[str]) -> dict[str, float]: ...
 
     async def set(self, key: str, covered: float) -> None: ...
@@ -93,6 +97,9 @@ class MemoryLastRuns:
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+
+    async def prepare(self) -> None:
+        pass
 
     async def get_many(self, keys: list[str]) -> dict[str, float]:
         return {k: self.times[k] for k in keys if k in self.times}
@@ -210,6 +217,7 @@ class CronModule:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.registry.add_builtin("engine::cron::list", self._list,
                                   "List cron jobs: expression, time zone, next and last run, skipped ticks")
+        await self.last_runs.prepare()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._restorer)
@@ -387,7 +395,8 @@ class CronModule:
 
 def build(ctx: ModuleContext, config: CronConfig) -> CronModule:
     default = (config.default_timeout_ms or ctx.config.supervisor.invocation_timeout_ms) / 1000
-    return CronModule(config, ctx.registry, ctx.invoker, default_timeout=default)
+    last_runs: LastRuns = StoreLastRuns(ctx.store) if ctx.store is not None else MemoryLastRuns()
+    return CronModule(config, ctx.registry, ctx.invoker, default_timeout=default, last_runs=last_runs)
 
 
 # --- the CLI: ``iii-supervisor cron ls`` ----------------------------------------------------------
