@@ -413,12 +413,56 @@ async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Any) -> None:
     path = tmp_path / "cron.db"
     runs = StoreLastRuns(_FileStore(path))
     await runs.prepare()
-    keys = [f"f{i}\x1f* * * * *\x1fUTC" for i in range(1200)]  # more keys than one SELECT takes
+    keys = [f"f{i}\x1f* * * * *\x1fUTC" for i in range(600)]  # more keys than one SELECT takes
     for i, key in enumerate(keys):
         await runs.set(key, 1000.0 + i)
     await runs.set(keys[0], 5.5)  # an update, not a second row
     again = StoreLastRuns(_FileStore(path))
     await again.prepare()
     found = await again.get_many([*keys, "unknown"])
-    assert len(found) == 1200 and found[keys[0]] == 5.5 and found[keys[-1]] == 2199.0
+    assert len(found) == 600 and found[keys[0]] == 5.5 and found[keys[-1]] == 1599.0
     assert await again.get_many([]) == {}
+
+
+async def test_ticks_skipped_by_overlap_are_not_caught_up_after_a_restart(autojump_clock: Any) -> None:
+    store = MemoryLastRuns()
+    config = {"expression": "* * * * *", "persistent": True, "timeout_ms": 200_000}
+    with trio.fail_after(4000):
+        wall = FakeWall()
+        async with cron_parts(wall, store) as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder(seconds=150)  # each run covers two more minute ticks
+            await worker.register_function("w.long", rec)
+            await worker.register_trigger("cron", "w.long", config)
+            await trio.sleep(59.5 + 150.1)  # the 12:01 run ends at 12:03:30, 12:02 and 12:03 skipped
+            assert len(rec.calls) == 1
+            await trio.sleep(0.1)
+        assert list(store.times.values()) == [datetime(2026, 3, 1, 12, 3, tzinfo=UTC).timestamp()]
+        async with cron_parts(wall, store) as (parts, _module, _wall):  # back at 12:03:30
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.long", rec)
+            await worker.register_trigger("cron", "w.long", config)
+            await trio.sleep(1)
+            assert rec.calls == []
+
+
+async def test_a_catch_up_that_finds_no_function_stays_due(autojump_clock: Any) -> None:
+    store = MemoryLastRuns()
+    key_config = {"expression": "0 2 * * *", "persistent": True}
+    covered = datetime(2026, 2, 27, 2, tzinfo=UTC).timestamp()
+    store.times["w.daily\x1f0 2 * * *\x1fUTC"] = covered
+    with trio.fail_after(4000):
+        async with cron_parts(FakeWall(), store) as (parts, _module, _wall):
+            host = await parts.worker("host")  # binds the trigger; w.daily's worker is not there
+            await host.register_trigger("cron", "w.daily", key_config)
+            await trio.sleep(1)
+        assert store.times["w.daily\x1f0 2 * * *\x1fUTC"] == covered  # not marked as done
+        async with cron_parts(FakeWall(), store) as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            await worker.register_trigger("cron", "w.daily", key_config)
+            await trio.sleep(1)
+            assert [c["scheduled_time"] for c in rec.calls] == ["2026-02-28T02:00:00Z"]
+            assert rec.calls[0]["catch_up"] is True

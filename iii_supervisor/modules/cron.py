@@ -128,6 +128,10 @@ class Job:
     #: ticks skipped because a run was still going: in all, and during the current run
     skipped: int = 0
     skipped_now: int = 0
+    #: the wall time of the last tick skipped during the current run
+    last_skipped: float = 0.0
+    #: (persistent jobs) the time up to which ticks are accounted for in the store
+    covered: float | None = None
     last: LastRun | None = None
     removed: bool = False
 
@@ -271,6 +275,7 @@ class CronModule:
         if job.running:
             job.skipped += 1
             job.skipped_now += 1
+            job.last_skipped = max(job.last_skipped, scheduled)
             return
         job.running = True
         assert self._nursery is not None
@@ -293,6 +298,8 @@ class CronModule:
         trigger, config = job.trigger, job.config
         timeout = config.timeout or self.default_timeout
         payload = self._payload(job, scheduled, start, catch_up)
+        previous = job.covered
+        missing = False
         try:
             if config.persistent:
                 # before the call: a crash during the run must not make it run again at restart
@@ -312,6 +319,7 @@ class CronModule:
         except InvocationError as exc:
             last.status, last.error = "error", f"{exc.code}: {exc.message}"
             if exc.code == "function_not_found":
+                missing = True
                 log.warning("cron job %s: tick %s skipped: %s (is its worker down?)", job.id, rfc3339(scheduled),
                             exc.message)
             else:
@@ -322,13 +330,21 @@ class CronModule:
         finally:
             last.duration = trio.current_time() - mono
             job.running = False
+            covered: float | None = None
+            if missing and previous is not None:
+                covered = previous  # the function was away: the tick still counts as missed (catch-up later)
             if job.skipped_now:
                 log.warning("cron job %s (%s): %d tick(s) skipped while the run of %s was still going (%.1fs)",
                             job.id, trigger.function_id, job.skipped_now, rfc3339(scheduled), last.duration)
+                covered = job.last_skipped  # skipped while we were up: nothing to catch up after a restart
                 job.skipped_now = 0
+            if config.persistent and covered is not None and not job.removed:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._remember_quietly, job, covered)
 
     async def _remember(self, job: Job, covered: float) -> None:
         await self.last_runs.set(job.key, covered)
+        job.covered = covered
 
     async def _restorer(self) -> None:
         """Load the last runs of newly registered persistent jobs (in batches) and catch up."""
@@ -350,6 +366,7 @@ class CronModule:
     def _restored(self, job: Job, covered: float | None, now: float) -> None:
         if job.removed or job.last is not None:
             return  # gone again, or it ran already
+        job.covered = covered
         if covered is None:  # first seen: ticks from now on are accounted for
             assert self._nursery is not None
             self._nursery.start_soon(self._remember_quietly, job, now)
