@@ -15,6 +15,7 @@ import attrs
 import pytest
 import trio
 
+from iii_supervisor.channels import ChannelTable
 from iii_supervisor.errors import ConnectionLost
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.protocol import (
@@ -70,7 +71,7 @@ async def worker_socket(**limits: Any) -> AsyncIterator[Served]:
     registry = Registry()
     invoker = Invoker(registry)
     socket_limits = SocketLimits(max_frame_size=DEFAULT_MAX_FRAME_SIZE, **limits)  # 16 MiB
-    server = SessionServer(registry, invoker, FakePool(), socket_limits)  # type: ignore[arg-type]
+    server = SessionServer(registry, invoker, ChannelTable(), FakePool(), socket_limits)  # type: ignore[arg-type]
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(invoker.run)

@@ -21,7 +21,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from ..errors import AuthError, ConnectionLost, FrameTooLarge, ProtocolError
+from ..channels import ChannelTable
+from ..errors import AuthError, ConnectionLost, FrameTooLarge, RemoteProtocolError
 from ..invocation import Invoker
 from ..process.pool import WorkerPool, WorkerSlot
 from ..protocol import Hello, WorkerRegistered
@@ -86,9 +87,11 @@ async def serve_unix(
 class SessionServer:
     """Authenticates connections and runs a :class:`Session` for each."""
 
-    def __init__(self, registry: Registry, invoker: Invoker, pool: WorkerPool, limits: SocketLimits) -> None:
+    def __init__(self, registry: Registry, invoker: Invoker, channels: ChannelTable, pool: WorkerPool,
+                 limits: SocketLimits) -> None:
         self.registry = registry
         self.invoker = invoker
+        self.channels = channels
         self.pool = pool
         self.limits = limits
         self._ids = itertools.count(1)
@@ -115,7 +118,7 @@ class SessionServer:
             return
         limits = self.limits
         if self.pending_handshakes >= limits.max_pending_handshakes:
-            exc = ProtocolError(f"too many connections waiting to authenticate ({limits.max_pending_handshakes}); "
+            exc = RemoteProtocolError(f"too many connections waiting to authenticate ({limits.max_pending_handshakes}); "
                                 f"connection from pid {peer_pid} refused, try again", code="too_many_handshakes")
             REFUSED_WARNINGS.warning("worker socket: refused connections",
                                      "worker socket: refused a connection: %s", exc.message)
@@ -150,9 +153,9 @@ class SessionServer:
                 raise AuthError(f"worker {slot.name!r} is already connected")
         except trio.TooSlowError:
             await framed.send_error_and_close(
-                ProtocolError(f"no hello within {limits.handshake_timeout:g}s", code="handshake_timeout"))
+                RemoteProtocolError(f"no hello within {limits.handshake_timeout:g}s", code="handshake_timeout"))
             return None
-        except ProtocolError as exc:  # includes AuthError and malformed first frames
+        except RemoteProtocolError as exc:  # includes AuthError and malformed first frames
             REFUSED_WARNINGS.warning("worker socket: refused connections",
                                      "worker socket: refused a connection: %s", exc.message)
             await framed.send_error_and_close(exc)
@@ -166,7 +169,7 @@ class SessionServer:
         if slot.pid is not None and peer_pid != slot.pid:
             log.info("worker %s connected from pid %d (spawned as pid %d)", slot.name, peer_pid, slot.pid)
         session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
-                          invoker=self.invoker, is_worker=True, pid=peer_pid)
+                          invoker=self.invoker, channels=self.channels, is_worker=True, pid=peer_pid)
         self.pool.attach(slot, session)
         framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name,
                                             max_frame_size=self.limits.max_frame_size))
@@ -182,5 +185,5 @@ class SessionServer:
             return
         framed = self._framed(stream)
         session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
-                          registry=self.registry, invoker=self.invoker, is_worker=False, pid=peer_pid)
+                          registry=self.registry, invoker=self.invoker, channels=self.channels, is_worker=False, pid=peer_pid)
         await session.serve()
