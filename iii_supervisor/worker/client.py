@@ -23,7 +23,6 @@ worker, unknown trigger type, bad config) raises here, at the line that asked fo
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import inspect
 import itertools
@@ -297,10 +296,13 @@ class III:
         not once the loop has unwound — a sync handler's thread cannot be cancelled, and a
         worker in a long handler must not outlive its supervisor."""
         if not self._shutting_down and self.options.exit_on_disconnect:
-            print(f"iii worker {self.name}: supervisor connection closed; exiting", file=sys.stderr, flush=True)
-            with contextlib.suppress(Exception):
+            try:  # our output pipes were the supervisor's: writing may fail with EPIPE now
+                print(f"iii worker {self.name}: supervisor connection closed; exiting", file=sys.stderr, flush=True)
                 sys.stdout.flush()
-            os._exit(0)
+            except BaseException:  # noqa: BLE001, S110 - nothing may stand between us and the exit
+                pass
+            finally:
+                os._exit(0)
 
     def _dispatch(self, event: Event) -> None:
         match event:
