@@ -79,6 +79,7 @@ async def test_cron_jobs_run_every_second_never_overlap_and_show_in_cron_ls(tmp_
             assert listed["jobs.slow"]["skipped_ticks"] >= 2
             assert "tick(s) skipped while the run" in sup.output()
             assert listed["maintenance.cleanup"]["next_run"].endswith("T03:00:00Z")
+            assert await sup.call("maintenance.cleanup", {"trigger": "cron"}) is None  # def cleanup(): runs
 
             # cron ls: a table and --json
             table = await run_cli(sup, "cron", "ls")
