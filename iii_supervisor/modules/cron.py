@@ -213,7 +213,13 @@ class CronModule:
         job.next_tick = tick
         if tick == math.inf:
             return
-        heapq.heappush(self._heap, (tick, next(self._seq), job))
+        heap = self._heap
+        if len(heap) > 1024 and len(heap) > 4 * len(self.jobs):
+            # entries of unregistered jobs stay until their tick: drop them now and then, so a
+            # worker that keeps restarting cannot grow the heap with the jobs it registers again
+            heap[:] = [e for e in heap if not e[2].removed and e[2].next_tick == e[0]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (tick, next(self._seq), job))
         wake = self._wake
         if wake is not None and self._heap[0][2] is job:
             wake.cancel()  # an earlier tick than the one the scheduler sleeps for
