@@ -524,7 +524,7 @@ class III:
 
     def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
-        """Register ``handler`` (sync or async, one argument) under an id.
+        """Register ``handler`` (sync or async; one argument, the payload, or none) under an id.
 
         ``function`` is ``"users.create"`` or ``{"id": "users.create", "description": ...}``.
         Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id.
