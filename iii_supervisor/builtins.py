@@ -18,7 +18,7 @@ def install_builtins(registry: Registry, pool: WorkerPool) -> None:
         include_internal = isinstance(data, dict) and bool(data.get("include_internal"))
         return {"functions": [
             {"function_id": f.id, "worker_name": f.owner_name, "description": f.description, "metadata": f.metadata}
-            for f in sorted(registry.functions.values(), key=lambda f: f.id)
+            for f in registry.list_functions()
             if include_internal or f.owner is not None
         ]}
 
@@ -30,12 +30,12 @@ def install_builtins(registry: Registry, pool: WorkerPool) -> None:
             "triggers": [
                 {"id": t.id, "trigger_type": t.trigger_type, "function_id": t.function_id, "config": t.config,
                  "worker_name": t.owner.name if t.owner else "engine", "active": t.active}
-                for t in sorted(registry.triggers.values(), key=lambda t: t.id)
+                for t in registry.list_triggers()
             ],
             "trigger_types": [
                 {"id": tt.id, "description": tt.description,
                  "provider": (tt.owner.name if tt.owner else "engine") if tt.provider else None}
-                for tt in sorted(registry.trigger_types.values(), key=lambda tt: tt.id)
+                for tt in registry.list_trigger_types()
             ],
         }
 

@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 import orjson
 
-from .config import Config, load_config
-from .control import ControlClient
-from .engine import CONTROL_SOCKET, Engine, resolve_runtime_dir
+from .clitools import add_common, control_client, fmt_bytes, fmt_uptime, print_json, table
+from .config import Config, check_config, load_config
+from .engine import MODULES, Engine
 from .errors import ConfigError, EngineError, RuntimeDirError
+from .modules.base import ModuleSpec, StartFlag
 from .output import default_output
 
 EX_CONFIG = 78
@@ -66,11 +67,6 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime-dir", type=Path, help="directory for the sockets (default: a private per-user dir)")
-    parser.add_argument("--config", type=Path, help="TOML config file")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iii-supervisor", description="Run and control iii workers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,73 +74,62 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start the supervisor and every worker in DIR")
     start.add_argument("workers_dir", type=Path, metavar="DIR", help="directory of worker programs")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    start.add_argument("--http-host", help="address of the HTTP front (default 127.0.0.1)")
-    start.add_argument("--http-port", type=int, help="port of the HTTP front (default 3111; 0 picks a free one)")
-    _common(start)
+    for module in MODULES:
+        for flag in module.flags:
+            start.add_argument(flag.flag, type=flag.type, help=flag.help, dest=_flag_dest(module, flag))
+    add_common(start)
 
     status = sub.add_parser("status", help="show the workers of a running supervisor")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(status)
+    add_common(status)
 
     invoke = sub.add_parser("invoke", help="call a function and print its result as JSON")
     invoke.add_argument("function_id")
     invoke.add_argument("payload", nargs="?", default="null", help="JSON payload (default: null; '-' reads stdin)")
     invoke.add_argument("--timeout-ms", type=int, help="call deadline in milliseconds (default: the engine's)")
-    _common(invoke)
+    add_common(invoke)
 
     restart = sub.add_parser("restart", help="restart a worker by name")
     restart.add_argument("name")
-    _common(restart)
+    add_common(restart)
 
     for name, help_text in (("functions", "list registered functions"), ("triggers", "list registered triggers")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true")
-        _common(p)
+        add_common(p)
+    for module in MODULES:
+        if module.add_commands is not None:
+            module.add_commands(sub)
     return parser
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+def _flag_dest(module: ModuleSpec, flag: StartFlag) -> str:
+    return f"module:{module.section}:{flag.key}"
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _fmt_uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _client(args: argparse.Namespace, config: Config, timeout: float = 60.0) -> ControlClient:
-    return ControlClient(resolve_runtime_dir(config, args.runtime_dir) / CONTROL_SOCKET, timeout=timeout)
+def _apply_flags(args: argparse.Namespace, config: Config) -> Config:
+    """``start`` flags override keys of their module's section (validated like the file)."""
+    for module in MODULES:
+        overrides = {flag.key: value for flag in module.flags
+                     if (value := getattr(args, _flag_dest(module, flag), None)) is not None}
+        if overrides:
+            section = config.section(module.section)
+            try:
+                config = config.with_section(module.section, attrs.evolve(section, **overrides))
+            except ValueError as exc:
+                flags = "/".join(f.flag for f in module.flags if f.key in overrides)
+                raise ConfigError(f"invalid {flags}: {exc}") from None
+    problem = check_config(config)
+    if problem is not None:
+        raise ConfigError(f"invalid command-line options: {problem}")
+    return config
 
 
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
     import trio
 
     setup_logging(args.log_level or config.supervisor.log_level)
-    overrides = {k: v for k, v in (("host", args.http_host), ("port", args.http_port)) if v is not None}
-    if overrides:
-        try:
-            config = attrs.evolve(config, http=attrs.evolve(config.http, **overrides))
-        except ValueError as exc:
-            raise ConfigError(f"invalid --http-port/--http-host: {exc}") from None
+    config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
     engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir)
@@ -161,14 +146,14 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    with _client(args, config) as client:
+    with control_client(args, config) as client:
         workers = client.call("engine::workers::list")["workers"]
     if args.json:
-        _print_json(workers)
+        print_json(workers)
         return 0
-    rows = [[w["name"], str(w["pid"] or "-"), w["state"], str(w["restarts"]), _fmt_uptime(w["uptime_s"]),
-             str(len(w["functions"])), _fmt_bytes(w["rss_bytes"])] for w in workers]
-    print(_table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"], rows))
+    rows = [[w["name"], str(w["pid"] or "-"), w["state"], str(w["restarts"]), fmt_uptime(w["uptime_s"]),
+             str(len(w["functions"])), fmt_bytes(w["rss_bytes"])] for w in workers]
+    print(table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"], rows))
     return 0
 
 
@@ -180,37 +165,37 @@ def cmd_invoke(args: argparse.Namespace, config: Config) -> int:
         print(f"iii-supervisor: payload is not valid JSON ({exc}): {text[:200]!r}", file=sys.stderr)
         return 2
     timeout = (args.timeout_ms or config.supervisor.invocation_timeout_ms) / 1000 + 10
-    with _client(args, config, timeout=timeout) as client:
+    with control_client(args, config, timeout=timeout) as client:
         result = client.call(args.function_id, payload, timeout_ms=args.timeout_ms)
-    _print_json(result)
+    print_json(result)
     return 0
 
 
 def cmd_restart(args: argparse.Namespace, config: Config) -> int:
-    with _client(args, config) as client:
+    with control_client(args, config) as client:
         client.call("engine::workers::restart", {"name": args.name})
     print(f"restarting {args.name}")
     return 0
 
 
 def cmd_functions(args: argparse.Namespace, config: Config) -> int:
-    with _client(args, config) as client:
+    with control_client(args, config) as client:
         functions = client.call("engine::functions::list")["functions"]
     if args.json:
-        _print_json(functions)
+        print_json(functions)
     else:
-        print(_table(["FUNCTION", "WORKER", "DESCRIPTION"],
+        print(table(["FUNCTION", "WORKER", "DESCRIPTION"],
                      [[f["function_id"], f["worker_name"], f.get("description") or ""] for f in functions]))
     return 0
 
 
 def cmd_triggers(args: argparse.Namespace, config: Config) -> int:
-    with _client(args, config) as client:
+    with control_client(args, config) as client:
         triggers = client.call("engine::triggers::list")["triggers"]
     if args.json:
-        _print_json(triggers)
+        print_json(triggers)
     else:
-        print(_table(["ID", "TYPE", "FUNCTION", "WORKER", "CONFIG"],
+        print(table(["ID", "TYPE", "FUNCTION", "WORKER", "CONFIG"],
                      [[t["id"], t["trigger_type"], t["function_id"], t["worker_name"],
                        orjson.dumps(t["config"]).decode()] for t in triggers]))
     return 0
@@ -224,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        return COMMANDS[args.command](args, config)
+        handler = COMMANDS.get(args.command) or args.func  # a module's subcommand sets func
+        return int(handler(args, config))
     except ConfigError as exc:
         print(f"iii-supervisor: {exc.message}", file=sys.stderr)
         return EX_CONFIG

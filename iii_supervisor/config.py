@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -19,11 +19,11 @@ from .process.policy import BackoffPolicy
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .protocol.frames import ABSOLUTE_MAX_FRAME_SIZE
 
-#: room for the rest of an HTTP call (headers, params) in the frame that carries a JSON body
-_FRAME_OVERHEAD = 256 * 1024
+if TYPE_CHECKING:
+    from .modules.base import ModuleSpec
 
 
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
@@ -33,45 +33,50 @@ class SupervisorConfig:
     #: Directory for the sockets and the lock (default: see ``server.unix.default_runtime_dir``).
     runtime_dir: str | None = None
     #: Seconds a worker gets between SIGTERM and SIGKILL.
-    grace_period: float = attrs.field(default=10.0, validator=_positive)
+    grace_period: float = attrs.field(default=10.0, validator=positive)
     #: Largest frame accepted on the worker and control sockets, in bytes.
-    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=_positive)
+    max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE, validator=positive)
     #: Bytes queued for one worker (its socket not taking them) before calls to it fail at once
     #: with ``worker_overloaded``; at least ``max_frame_size``.
-    max_queued_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    max_queued_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=positive)
     #: Default deadline of a call, in milliseconds (per call: ``timeout_ms``).
-    invocation_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
+    invocation_timeout_ms: int = attrs.field(default=30_000, validator=positive)
     #: Seconds a new worker connection has to present its token.
-    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
+    handshake_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
 
 
 @attrs.frozen(kw_only=True)
-class HttpConfig:
-    #: Address of the HTTP front (``--http-host``).
-    host: str = "127.0.0.1"
-    #: Port of the HTTP front (``--http-port``); 0 picks a free port, logged at start.
-    port: int = attrs.field(default=3111, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
-    #: Largest request body accepted, in bytes (larger: 413).
-    max_body_size: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
-    #: How long a handler may take to *start* its response, in milliseconds (then 504).
-    request_timeout_ms: int = attrs.field(default=30_000, validator=_positive)
-    #: Seconds a client has to send a complete request head; also the keep-alive idle time.
-    header_timeout: float = attrs.field(default=10.0, validator=_positive)
-    #: Seconds a client may stay silent while sending a body.
-    body_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: Open connections at most; more are answered 503 and closed.
-    max_connections: int = attrs.field(default=1024, validator=_positive)
-    #: Include handler stack traces in 500 responses.
-    debug: bool = False
-
-
-@attrs.frozen(kw_only=True)
 class Config:
+    """The whole configuration: the supervisor's own sections, and one section per module.
+
+    ``sections`` holds every module's section (its default when the file has none), by section
+    name; read one with :meth:`section`.
+    """
+
     supervisor: SupervisorConfig = SupervisorConfig()
     restart: BackoffPolicy = BackoffPolicy()
-    http: HttpConfig = HttpConfig()
+    sections: dict[str, Any] = attrs.field(factory=lambda: {m.section: m.default_config() for m in _modules()})
+
+    def section(self, name: str) -> Any:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise KeyError(f"no config section {name!r} (sections: {', '.join(sorted(self.sections))})") from None
+
+    def with_section(self, name: str, value: Any) -> Config:
+        return attrs.evolve(self, sections={**self.sections, name: value})
+
+
+#: the sections the supervisor itself owns (the others belong to modules)
+_CORE_SECTIONS = {"supervisor": SupervisorConfig, "restart": BackoffPolicy}
+
+
+def _modules() -> tuple[ModuleSpec, ...]:
+    from .engine import MODULES  # the one list of modules (imported late: the engine imports us)
+
+    return MODULES
 
 
 class _BadValue(TypeError):
@@ -114,26 +119,57 @@ def _converter() -> cattrs.Converter:
 _CONVERTER = _converter()
 
 
-def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
+def structure_section(value: Any, kind: Any, path: str) -> Any:
+    """Structure one section strictly; a :class:`ConfigError` names each bad key path and value."""
     try:
-        config = _CONVERTER.structure(data, Config)
+        return _CONVERTER.structure(value, kind)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(m.replace("$.", "") for m in cattrs.transform_error(exc, path="$", format_exception=_format_problem))
-        raise ConfigError(f"invalid {source}: {problems}") from None
+        problems = "; ".join(cattrs.transform_error(exc, path=path, format_exception=_format_problem))
+        raise ConfigError(problems) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid {source}: {exc}") from None
-    frame, body = config.supervisor.max_frame_size, config.http.max_body_size
-    if frame > ABSOLUTE_MAX_FRAME_SIZE:
-        raise ConfigError(f"invalid {source}: supervisor.max_frame_size {frame} is over the 4-byte length "
-                          f"prefix's limit of {ABSOLUTE_MAX_FRAME_SIZE}")
-    if config.supervisor.max_queued_bytes < frame:
-        raise ConfigError(f"invalid {source}: supervisor.max_queued_bytes ({config.supervisor.max_queued_bytes}) "
-                          f"must be at least supervisor.max_frame_size ({frame})")
-    if body + _FRAME_OVERHEAD > frame:
-        # a JSON body travels inside the call's frame: it must fit with the request around it
-        raise ConfigError(f"invalid {source}: http.max_body_size ({body}) must be at least {_FRAME_OVERHEAD} "
-                          f"bytes below supervisor.max_frame_size ({frame})")
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config",
+                 modules: tuple[ModuleSpec, ...] | None = None) -> Config:
+    modules = _modules() if modules is None else modules
+    by_section = {m.section: m for m in modules}
+    unknown = sorted(set(data) - set(_CORE_SECTIONS) - set(by_section))
+    if unknown:
+        known = ", ".join(sorted([*_CORE_SECTIONS, *by_section]))
+        raise ConfigError(f"invalid {source}: unknown section(s) {', '.join(map(repr, unknown))} (sections: {known})")
+    problems: list[str] = []
+    parsed: dict[str, Any] = {}
+    for name, kind in [*_CORE_SECTIONS.items(), *((m.section, m.config_type) for m in modules)]:
+        if name not in data:
+            continue
+        try:
+            parsed[name] = structure_section(data[name], kind, name)
+        except ConfigError as exc:
+            problems.append(exc.message)
+    if problems:
+        raise ConfigError(f"invalid {source}: {'; '.join(problems)}")
+    config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()), restart=parsed.get("restart", BackoffPolicy()),
+                    sections={m.section: parsed[m.section] if m.section in parsed else m.default_config() for m in modules})
+    problem = check_config(config, modules)
+    if problem is not None:
+        raise ConfigError(f"invalid {source}: {problem}")
     return config
+
+
+def check_config(config: Config, modules: tuple[ModuleSpec, ...] | None = None) -> str | None:
+    """Checks across sections (after each section validated on its own); the first problem, or None."""
+    frame = config.supervisor.max_frame_size
+    if frame > ABSOLUTE_MAX_FRAME_SIZE:
+        return (f"supervisor.max_frame_size {frame} is over the 4-byte length prefix's limit of "
+                f"{ABSOLUTE_MAX_FRAME_SIZE}")
+    if config.supervisor.max_queued_bytes < frame:
+        return (f"supervisor.max_queued_bytes ({config.supervisor.max_queued_bytes}) must be at least "
+                f"supervisor.max_frame_size ({frame})")
+    for module in _modules() if modules is None else modules:
+        if module.check is not None and (problem := module.check(config)) is not None:
+            return problem
+    return None
 
 
 def load_config(path: Path | None) -> Config:

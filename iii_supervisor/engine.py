@@ -15,30 +15,25 @@ from pathlib import Path
 import trio
 
 from .builtins import install_builtins
+from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
-from .process.pool import WorkerPool
+from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
+from .process.pool import WorkerPool
 from .process.runner import discover_workers
-from .registry import Registry, TriggerTypeEntry
-from .server.http import HttpFront
-from .server.routes import HttpTriggerProvider, Router
+from .registry import Registry
+from .server import http
 from .server.sockets import SessionServer, SocketLimits, serve_unix
-from .server.unix import RuntimeLock, default_runtime_dir, prepare_runtime_dir
+from .server.unix import CONTROL_SOCKET, WORKER_SOCKET, RuntimeLock, prepare_runtime_dir, resolve_runtime_dir
 from .systemd import run_watchdog, sd_notify
 
 log = logging.getLogger(__name__)
 
-WORKER_SOCKET = "iii.sock"
-CONTROL_SOCKET = "control.sock"
-
-
-def resolve_runtime_dir(config: Config, override: Path | None = None) -> Path:
-    if override is not None:
-        return override
-    if config.supervisor.runtime_dir:
-        return Path(config.supervisor.runtime_dir)
-    return default_runtime_dir()
+#: Every in-process module, in start order (see modules/base.py). Adding a module is one line here.
+MODULES: tuple[ModuleSpec, ...] = (
+    http.SPEC,
+)
 
 
 class Engine:
@@ -46,7 +41,7 @@ class Engine:
                  output: Output | None = None) -> None:
         self.config = config
         self.workers_dir = workers_dir
-        self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config, runtime_dir))
+        self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config.supervisor.runtime_dir, runtime_dir))
         self.worker_socket = self.runtime_dir / WORKER_SOCKET
         self.control_socket = self.runtime_dir / CONTROL_SOCKET
         sup = config.supervisor
@@ -57,13 +52,14 @@ class Engine:
         self.output = output or default_output()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
                                grace=sup.grace_period, output=self.output)
+        self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
-        self.router = Router()
-        self.registry.add_trigger_type(TriggerTypeEntry("http", "HTTP requests to config.api_path",
-                                                        HttpTriggerProvider(self.router)))
-        self.http = HttpFront(config.http, self.router, self.registry, self.invoker)
+        context = ModuleContext(registry=self.registry, invoker=self.invoker, channels=self.channels, config=config,
+                                runtime_dir=self.runtime_dir)
+        self.modules: dict[str, Module] = {spec.name: spec.build(context, config.section(spec.section))
+                                           for spec in MODULES}
         self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)
-        self.server = SessionServer(self.registry, self.invoker, self.pool, self.limits)
+        self.server = SessionServer(self.registry, self.invoker, self.channels, self.pool, self.limits)
         self._stop = trio.Event()
         self._lock = RuntimeLock(self.runtime_dir)
 
@@ -82,7 +78,8 @@ class Engine:
                 await nursery.start(self.invoker.run)
                 await nursery.start(serve_unix, self.worker_socket, self.server.handle_worker, self.limits)
                 await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
-                await nursery.start(self.http.run)
+                for module in self.modules.values():  # each is ready (its types and functions in) before the next
+                    await nursery.start(module.run)
                 pool_done = trio.Event()
                 await nursery.start(self._run_pool, pool_done)
                 await nursery.start(run_watchdog)

@@ -36,24 +36,42 @@ class EngineError(Exception):
 
 
 class ProtocolError(EngineError):
-    """The bytes or messages exchanged on a socket break the wire protocol."""
+    """The bytes or messages exchanged on a socket break the wire protocol.
+
+    Whose fault it is decides what happens (h11's split is the model): a
+    :class:`RemoteProtocolError` — the peer sent something wrong — closes the connection; a
+    :class:`LocalProtocolError` — we could not encode something for the peer (too large) —
+    fails only the message or call concerned, and the peer stays connected.
+    """
 
     code = "protocol_error"
 
 
-class FrameTooLarge(ProtocolError):
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol: the connection is closed after telling it why."""
+
+    code = "protocol_error"
+
+
+class LocalProtocolError(ProtocolError):
+    """We cannot send this message to the peer (e.g. it would exceed the frame limit)."""
+
+    code = "message_too_large"
+
+
+class FrameTooLarge(RemoteProtocolError):
     code = "frame_too_large"
 
 
-class MalformedMessage(ProtocolError):
+class MalformedMessage(RemoteProtocolError):
     code = "malformed_message"
 
 
-class UnknownMessageType(ProtocolError):
+class UnknownMessageType(RemoteProtocolError):
     code = "unknown_message_type"
 
 
-class AuthError(ProtocolError):
+class AuthError(RemoteProtocolError):
     """A connection presented no token, a wrong one, or came from another user."""
 
     code = "auth_failed"
@@ -177,6 +195,7 @@ _BY_CODE: dict[str, type[EngineError]] = {
     cls.code: cls
     for cls in (
         ProtocolError,
+        LocalProtocolError,
         FrameTooLarge,
         MalformedMessage,
         UnknownMessageType,

@@ -24,25 +24,26 @@ import itertools
 import logging
 import math
 import traceback
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
 
 from .errors import (
     EngineError,
-    EnqueueError,
     FunctionNotFound,
     InvocationError,
     InvocationFailed,
     InvocationStopped,
     InvocationTimeout,
+    LocalProtocolError,
     WorkerOverloaded,
     error_from_wire,
 )
 from .inbox import Inbox
-from .protocol import ErrorBody, InvocationResult, InvokeFunction, Message
-from .registry import FunctionEntry, Registry
+from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction, Message
+from .registry import ActionCall, FunctionEntry, Owner, Registry
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,8 @@ DEFAULT_MAX_BACKLOG = 64 * 1024 * 1024
 _OVERLOAD_LOG_INTERVAL = 10.0
 
 
-class Peer(Protocol):
-    """A connected session, as the invoker sees it."""
-
-    name: str
-    #: engine invocation ids this peer is executing
-    executing: set[str]
-    #: engine invocation ids this peer started (relay calls)
-    started: set[str]
-
-    def send_nowait(self, msg: Message) -> None: ...
-
-    def backlog(self) -> int:
-        """Bytes queued for this peer and not yet taken by its socket."""
-        ...
+#: a connected session, as the invoker sees it (the owner of the functions it calls)
+Peer = Owner
 
 
 @attrs.define(eq=False, slots=True)
@@ -97,6 +86,9 @@ class Invoker:
         self._deadlines: list[tuple[float, str]] = []
         self._timer_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        #: engine invocation ids each peer is executing, and those it started (relayed calls)
+        self._executing: dict[Peer, set[str]] = {}
+        self._started: dict[Peer, set[str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -144,26 +136,30 @@ class Invoker:
 
     def route(self, caller: Peer, msg: InvokeFunction) -> None:
         """Handle an ``invokefunction`` sent by a worker. Never blocks."""
-        entry = self.registry.lookup(msg.function_id)
-        if msg.action is not None and msg.action.type == "enqueue":
-            self._answer(caller, msg, error=EnqueueError(
-                f"cannot enqueue into queue {msg.action.queue!r}: no queue module is running"))
+        action = msg.action
+        if action is not None and action.type != "void":  # enqueue …: whichever module serves it
+            self._route_action(caller, msg, action)
             return
+        entry = self.registry.lookup(msg.function_id)
         if entry is None:
             self._answer(caller, msg, error=FunctionNotFound(f"function {msg.function_id!r} not found"))
             return
         if entry.builtin is not None:
             assert self._nursery is not None, "Invoker.run is not running"
-            self._nursery.start_soon(self._relay_builtin, caller, msg, entry)
+            self._nursery.start_soon(self._relay_task, caller, msg, "built-in", entry.builtin, msg.data)
             return
-        target: Peer = entry.owner  # type: ignore[assignment]
+        target = entry.owner
+        assert target is not None  # (built-ins have no owner and were served above)
         overloaded = self._overloaded(target)
         if overloaded is not None:
             self._answer(caller, msg, error=overloaded)
             return
         if msg.invocation_id is None:  # void: fire and forget, no pending entry
-            target.send_nowait(InvokeFunction(function_id=msg.function_id, data=msg.data, metadata=msg.metadata,
-                                              traceparent=msg.traceparent, baggage=msg.baggage))
+            try:
+                target.send_nowait(InvokeFunction(function_id=msg.function_id, data=msg.data, metadata=msg.metadata,
+                                                  traceparent=msg.traceparent, baggage=msg.baggage))
+            except LocalProtocolError as exc:
+                log.warning("void call from %s to %r dropped: %s", caller.name, msg.function_id, exc.message)
             return
         inv_id = str(next(self._ids))
         pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
@@ -171,6 +167,19 @@ class Invoker:
         self._start(pending, InvokeFunction(
             function_id=msg.function_id, data=msg.data, invocation_id=inv_id, metadata=msg.metadata,
             traceparent=msg.traceparent, baggage=msg.baggage))
+
+    def _route_action(self, caller: Peer, msg: InvokeFunction, action: Action) -> None:
+        handler = self.registry.action_handler(action.type)
+        if handler is None:
+            target = f" into queue {action.queue!r}" if action.queue is not None else ""
+            self._answer(caller, msg, error=InvocationError(
+                f"cannot {action.type} the call to {msg.function_id!r}{target}: no module serves "
+                f"{action.type!r} actions", code=f"{action.type}_error"))
+            return
+        assert self._nursery is not None, "Invoker.run is not running"
+        call = ActionCall(function_id=msg.function_id, data=msg.data, action=action, metadata=msg.metadata,
+                          traceparent=msg.traceparent, baggage=msg.baggage, caller=caller.name)
+        self._nursery.start_soon(self._relay_task, caller, msg, f"{action.type} action", handler, call)
 
     def _overloaded(self, target: Peer) -> WorkerOverloaded | None:
         """Refuse calls to a worker that stopped reading (stopped, or blocking its event loop):
@@ -191,39 +200,61 @@ class Invoker:
             if error is not None:
                 log.warning("void call from %s to %r failed: %s", caller.name, msg.function_id, error)
             return
-        caller.send_nowait(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
-                                            result=result, error=ErrorBody.of(error) if error else None))
+        self._send_result(caller, InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
+                                                   result=result, error=ErrorBody.of(error) if error else None))
 
-    async def _relay_builtin(self, caller: Peer, msg: InvokeFunction, entry: FunctionEntry) -> None:
+    @staticmethod
+    def _send_result(caller: Peer, result: InvocationResult) -> None:
+        """Send ``result`` to ``caller``; one that cannot be encoded for it (over its frame limit)
+        fails that one call with ``result_too_large`` — a local failure, the peers stay connected."""
         try:
-            result = await self._run_builtin(entry, msg.data, self._timeout_of(msg))
+            caller.send_nowait(result)
+        except LocalProtocolError as exc:
+            log.warning("result of %r for %s cannot be sent: %s", result.function_id, caller.name, exc.message)
+            caller.send_nowait(InvocationResult(
+                invocation_id=result.invocation_id, function_id=result.function_id,
+                error=ErrorBody(code="result_too_large",
+                                message=f"the result of {result.function_id!r} cannot be sent to {caller.name!r}: "
+                                        f"{exc.message}")))
+
+    async def _relay_task(self, caller: Peer, msg: InvokeFunction, what: str,
+                          handler: Callable[[Any], Awaitable[Any]], data: Any) -> None:
+        try:
+            result = await self._run_inline(msg.function_id, what, handler, data, self._timeout_of(msg))
         except EngineError as exc:
             self._answer(caller, msg, error=exc)
         else:
             self._answer(caller, msg, result=result)
 
-    async def _run_builtin(self, entry: FunctionEntry, data: Any, timeout: float) -> Any:
-        assert entry.builtin is not None
+    async def _run_inline(self, function_id: str, what: str, handler: Callable[[Any], Awaitable[Any]], data: Any,
+                          timeout: float) -> Any:
+        """Run an in-process handler (a built-in function, an action) under the call's deadline."""
         try:
             with trio.fail_after(timeout):
-                return await entry.builtin(data)
+                return await handler(data)
         except EngineError:
             raise
         except trio.TooSlowError:
-            raise InvocationTimeout(f"function {entry.id!r} did not answer in time") from None
-        except Exception as exc:  # a built-in's bug must not take the engine down
-            log.exception("built-in function %s failed", entry.id)
-            raise InvocationFailed(f"{entry.id}: {type(exc).__name__}: {exc}",
+            raise InvocationTimeout(f"function {function_id!r} did not answer in time") from None
+        except Exception as exc:  # a module's bug must not take the engine down
+            log.exception("%s of %s failed", what, function_id)
+            raise InvocationFailed(f"{function_id}: {type(exc).__name__}: {exc}",
                                    stacktrace=traceback.format_exc()) from exc
 
     def _start(self, pending: Pending, outgoing: InvokeFunction) -> None:
         """Track ``pending`` and send ``outgoing`` (which carries ``pending.id``) to its target."""
         self.pending[pending.id] = pending
-        pending.target.executing.add(pending.id)
+        self._executing.setdefault(pending.target, set()).add(pending.id)
         if pending.caller is not None:
-            pending.caller.started.add(pending.id)
+            self._started.setdefault(pending.caller, set()).add(pending.id)
         self._push_deadline(pending.deadline, pending.id)
-        pending.target.send_nowait(outgoing)
+        try:
+            pending.target.send_nowait(outgoing)
+        except LocalProtocolError as exc:  # the call cannot be encoded for the target: fail it alone
+            self._finish(pending, InvocationResult(invocation_id=pending.id, function_id=pending.function_id,
+                                                   error=ErrorBody(code="request_too_large", message=(
+                                                       f"the call to {pending.function_id!r} cannot be sent to "
+                                                       f"{pending.target.name!r}: {exc.message}"))))
 
     # --- results ------------------------------------------------------------------------------
 
@@ -236,10 +267,10 @@ class Invoker:
 
     def _finish(self, pending: Pending, result: InvocationResult) -> None:
         del self.pending[pending.id]
-        pending.target.executing.discard(pending.id)
+        self._discard(self._executing, pending.target, pending.id)
         if pending.caller is not None:
-            pending.caller.started.discard(pending.id)
-            pending.caller.send_nowait(InvocationResult(
+            self._discard(self._started, pending.caller, pending.id)
+            self._send_result(pending.caller, InvocationResult(
                 invocation_id=pending.caller_invocation_id, function_id=pending.function_id,
                 result=result.result, error=result.error))
         else:
@@ -253,21 +284,40 @@ class Invoker:
         elif pending.notify is not None:
             pending.notify.put(result)
 
+    @staticmethod
+    def _discard(table: dict[Peer, set[str]], peer: Peer, inv_id: str) -> None:
+        ids = table.get(peer)
+        if ids is not None:
+            ids.discard(inv_id)
+            if not ids:
+                del table[peer]
+
+    def executing(self, peer: Peer) -> frozenset[str]:
+        """Engine invocation ids of the calls ``peer`` is executing now."""
+        return frozenset(self._executing.get(peer, ()))
+
+    def started_by(self, peer: Peer) -> frozenset[str]:
+        """Engine invocation ids of the calls ``peer`` made that are still running."""
+        return frozenset(self._started.get(peer, ()))
+
+    def in_flight(self, peer: Peer) -> int:
+        """How many calls ``peer`` is executing now."""
+        return len(self._executing.get(peer, ()))
+
     def session_closed(self, peer: Peer) -> None:
         """``peer`` is gone: fail what it was executing, forget what it had started."""
-        for inv_id in list(peer.executing):
+        for inv_id in list(self._executing.get(peer, ())):
             pending = self.pending.get(inv_id)
             if pending is not None:
                 stopped = InvocationStopped(
                     f"worker {peer.name!r} stopped while executing {pending.function_id!r}")
                 self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
                                                        error=ErrorBody.of(stopped)))
-        peer.executing.clear()
-        for inv_id in list(peer.started):
+        self._executing.pop(peer, None)
+        for inv_id in self._started.pop(peer, ()):
             pending = self.pending.pop(inv_id, None)
             if pending is not None:
-                pending.target.executing.discard(inv_id)
-        peer.started.clear()
+                self._discard(self._executing, pending.target, inv_id)
 
     # --- calls from inside the engine ---------------------------------------------------------
 
@@ -279,7 +329,7 @@ class Invoker:
         if entry is None:
             raise FunctionNotFound(f"function {function_id!r} not found")
         if entry.builtin is not None:
-            return await self._run_builtin(entry, data, timeout)
+            return await self._run_inline(entry.id, "built-in", entry.builtin, data, timeout)
         outcome = await self.wait(self.start_local(entry, data, timeout=timeout, metadata=metadata))
         if outcome.error is not None:
             err = outcome.error
@@ -296,7 +346,7 @@ class Invoker:
         """
         assert entry.owner is not None, "built-ins are called with call()"
         inv_id = str(next(self._ids))
-        pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,  # type: ignore[arg-type]
+        pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,
                           done=None if notify is not None else trio.Event(), notify=notify)
         overloaded = self._overloaded(pending.target)
         if overloaded is not None:  # answered at once, never sent
@@ -324,4 +374,4 @@ class Invoker:
     def forget(self, pending: Pending) -> None:
         """Stop waiting for ``pending``; a late answer is dropped."""
         if self.pending.pop(pending.id, None) is not None:
-            pending.target.executing.discard(pending.id)
+            self._discard(self._executing, pending.target, pending.id)

@@ -17,7 +17,7 @@ kept, parked, and replayed when a provider of the type comes back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -28,13 +28,40 @@ log = logging.getLogger(__name__)
 
 
 class Owner(Protocol):
-    """A registering party: a worker session. The engine itself is ``None``."""
+    """A registering party: a worker session (the engine itself is ``None``); calls to its
+    functions and frames of its channels are sent to it."""
 
     @property
     def name(self) -> str: ...
 
+    def send_nowait(self, msg: Any) -> None: ...
+
+    def backlog(self) -> int:
+        """Bytes queued for this peer and not yet taken by its socket."""
+        ...
+
 
 BuiltinHandler = Callable[[Any], Awaitable[Any]]
+
+
+@attrs.define(kw_only=True)
+class ActionCall:
+    """A call that came with a trigger action other than ``void`` (e.g. ``enqueue``): what the
+    module serving that action gets."""
+
+    function_id: str
+    data: Any
+    #: the protocol's ``Action`` (``type``, ``queue``)
+    action: Any
+    metadata: dict[str, Any] | None = None
+    traceparent: str | None = None
+    baggage: str | None = None
+    #: name of the calling peer (for logs and errors)
+    caller: str = ""
+
+
+#: serves the calls of one action type; its return value is the call's result
+ActionHandler = Callable[[ActionCall], Awaitable[Any]]
 
 
 @attrs.define(eq=False)
@@ -89,6 +116,8 @@ class Registry:
         self.trigger_types: dict[str, TriggerTypeEntry] = {}
         #: alias → canonical trigger type id (e.g. ``durable:subscriber`` → ``queue``).
         self._type_alias: dict[str, str] = {}
+        #: action type (``enqueue``) → the module's handler
+        self._actions: dict[str, ActionHandler] = {}
 
     # --- functions ----------------------------------------------------------------------------
 
@@ -113,6 +142,25 @@ class Registry:
 
     def lookup(self, function_id: str) -> FunctionEntry | None:
         return self.functions.get(function_id)
+
+    def list_functions(self) -> list[FunctionEntry]:
+        """Every function, sorted by id."""
+        return sorted(self.functions.values(), key=lambda f: f.id)
+
+    def functions_of(self, owner: Owner) -> list[str]:
+        """Ids of the functions ``owner`` registered, sorted."""
+        return sorted(f.id for f in self.functions.values() if f.owner is owner)
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def add_action_handler(self, action_type: str, handler: ActionHandler) -> None:
+        """Serve calls made with ``action_type`` (``TriggerAction.Enqueue`` is ``enqueue``)."""
+        if action_type in self._actions:
+            raise RegistrationError(f"action {action_type!r} is already served by another module")
+        self._actions[action_type] = handler
+
+    def action_handler(self, action_type: str) -> ActionHandler | None:
+        return self._actions.get(action_type)
 
     # --- trigger types ------------------------------------------------------------------------
 
@@ -199,6 +247,23 @@ class Registry:
 
     # --- owners -------------------------------------------------------------------------------
 
+    def trigger(self, trigger_id: str) -> TriggerEntry | None:
+        return self.triggers.get(trigger_id)
+
+    def trigger_type(self, type_id: str) -> TriggerTypeEntry | None:
+        return self.trigger_types.get(self.canonical_type(type_id))
+
+    def list_triggers(self) -> list[TriggerEntry]:
+        """Every trigger binding, sorted by id."""
+        return sorted(self.triggers.values(), key=lambda t: t.id)
+
+    def list_trigger_types(self) -> list[TriggerTypeEntry]:
+        return sorted(self.trigger_types.values(), key=lambda tt: tt.id)
+
+    def triggers_of_type(self, trigger_type: str) -> list[TriggerEntry]:
+        canonical = self.canonical_type(trigger_type)
+        return [t for t in self.triggers.values() if t.trigger_type == canonical]
+
     def remove_owner(self, owner: Owner) -> tuple[list[str], list[str]]:
         """Remove everything ``owner`` registered; returns (function ids, trigger ids)."""
         functions = [fid for fid, f in self.functions.items() if f.owner is owner]
@@ -211,5 +276,3 @@ class Registry:
             self.remove_trigger_type(type_id, owner)
         return functions, triggers
 
-    def owned_by(self, owner: Owner) -> Iterable[FunctionEntry]:
-        return (f for f in self.functions.values() if f.owner is owner)

@@ -10,14 +10,13 @@ session owned and the invoker fails every call in flight to it, before any other
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
 import trio
 
-from .errors import ConnectionLost, ProtocolError, RegistrationError
-from .inbox import Inbox
+from .channels import ChannelTable
+from .errors import ConnectionLost, LocalProtocolError, RegistrationError, RemoteProtocolError
 from .invocation import Invoker
 from .protocol import (
     ChannelClose,
@@ -68,7 +67,7 @@ class WorkerTriggerProvider:
 
 class Session:
     def __init__(self, stream: FramedStream, *, name: str, worker_id: str, registry: Registry,
-                 invoker: Invoker, is_worker: bool, pid: int | None = None) -> None:
+                 invoker: Invoker, channels: ChannelTable, is_worker: bool, pid: int | None = None) -> None:
         self.stream = stream
         self.name = name
         self.worker_id = worker_id
@@ -76,13 +75,9 @@ class Session:
         self.registry = registry
         self.invoker = invoker
         self.is_worker = is_worker
-        self.executing: set[str] = set()
-        self.started: set[str] = set()
+        self.channels = channels
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
-        #: streamed-body channels this session writes to us (HTTP responses), by channel id
-        self.channels: dict[int, Inbox[Any]] = {}
-        self._channel_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<Session {self.name} {self.worker_id}>"
@@ -113,39 +108,19 @@ class Session:
         try:
             async for batch in self.stream.batches():
                 for i, event in enumerate(batch, 1):
-                    dispatch(event)
+                    try:
+                        dispatch(event)
+                    except LocalProtocolError as exc:  # we could not encode an answer: not the peer's fault
+                        log.warning("%s: could not answer %s: %s", self.name, type(event).__name__, exc.message)
                     if i % DISPATCH_SLICE == 0:
                         # let the writers forward what is dispatched so far: the next process
                         # in the pipeline starts working instead of waiting for the whole read
                         await trio.lowlevel.checkpoint()
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:
             log.warning("%s: protocol error, closing the connection: %s", self.name, exc.message)
             await self.stream.send_error_and_close(exc)
         except ConnectionLost:
             pass
-
-    def open_channel(self) -> tuple[int, Inbox[Any]]:
-        """A new channel id on this connection, with the inbox of what the worker sends on it.
-
-        Unbounded on our side because a well-behaved writer (the SDK) only sends what we granted with
-        ``channelwindow`` (see the HTTP front); the inbox is closed when the worker disconnects.
-        """
-        channel_id = self.new_channel_id()
-        inbox: Inbox[Any] = Inbox()
-        if self.closed.is_set():
-            inbox.close()
-        else:
-            self.channels[channel_id] = inbox
-        return channel_id, inbox
-
-    def new_channel_id(self) -> int:
-        """A channel id for a channel we write to the worker (nothing is received on it)."""
-        return next(self._channel_ids) % 2**32
-
-    def close_channel(self, channel_id: int) -> None:
-        inbox = self.channels.pop(channel_id, None)
-        if inbox is not None:
-            inbox.close()
 
     def close(self) -> None:
         """Remove everything this session owns and fail its calls. Idempotent, synchronous."""
@@ -153,8 +128,7 @@ class Session:
             return
         functions, triggers = self.registry.remove_owner(self)
         self.invoker.session_closed(self)
-        for channel_id in list(self.channels):
-            self.close_channel(channel_id)
+        self.channels.peer_closed(self)
         self.closed.set()
         self.cancel_scope.cancel()
         if functions or triggers:
@@ -173,16 +147,14 @@ class Session:
             case Pong():
                 pass
             case Chunk() | ChannelControl() | ChannelClose() | ChannelWindow():
-                inbox = self.channels.get(event.channel_id)
-                if inbox is not None:
-                    inbox.put(event)
+                self.channels.deliver(self, event)
             case RegisterFunction() | UnregisterFunction() | RegisterTrigger() | UnregisterTrigger() | \
                     RegisterTriggerType() | UnregisterTriggerType() | TriggerRegistrationResult():
                 if not self.is_worker:
-                    raise ProtocolError(f"{type(event).__name__} is not allowed on the control socket")
+                    raise RemoteProtocolError(f"{type(event).__name__} is not allowed on the control socket")
                 self._registration(event)
             case _:
-                raise ProtocolError(f"unexpected {type(event).__name__} from {self.name}")
+                raise RemoteProtocolError(f"unexpected {type(event).__name__} from {self.name}")
 
     def _registration(self, msg: Any) -> None:
         registry = self.registry
@@ -227,8 +199,8 @@ class Session:
                 registry.remove_trigger_type(msg.id, self)
             case TriggerRegistrationResult():
                 # A worker provider refused a binding: tell the worker that asked for it.
-                trigger = registry.triggers.get(msg.id)
-                type_entry = registry.trigger_types.get(trigger.trigger_type) if trigger else None
+                trigger = registry.trigger(msg.id)
+                type_entry = registry.trigger_type(trigger.trigger_type) if trigger else None
                 if msg.error is None or trigger is None or type_entry is None or type_entry.owner is not self:
                     return  # only the provider of the binding's type may refuse it
                 log.warning("trigger %s refused by provider %s: %s", msg.id, self.name, msg.error.message)

@@ -9,18 +9,18 @@ from contextlib import asynccontextmanager
 import h11
 import trio
 
-from iii_supervisor.config import HttpConfig
+from iii_supervisor.server.http.config import HttpConfig
+from iii_supervisor.channels import ChannelTable
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.registry import Registry
-from iii_supervisor.server.http import HttpFront
-from iii_supervisor.server.routes import Router
+from iii_supervisor.server.http.front import HttpFront
 
 
 @asynccontextmanager
 async def front() -> AsyncIterator[int]:
     """An HTTP front with no routes (every request: 404) on a free loopback port."""
     registry = Registry()
-    http = HttpFront(HttpConfig(port=0), Router(), registry, Invoker(registry))
+    http = HttpFront(HttpConfig(port=0), registry, Invoker(registry), ChannelTable())
     async with trio.open_nursery() as nursery:
         port = await nursery.start(http.run)
         yield port

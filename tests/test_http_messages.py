@@ -12,8 +12,8 @@ from typing import Any
 import h11
 import pytest
 
-from iii_supervisor.server import http_messages
-from iii_supervisor.server.http_messages import (
+from iii_supervisor.server.http import messages as http_messages
+from iii_supervisor.server.http.messages import (
     LAST_CHUNK,
     Response,
     encode_chunk,

@@ -30,8 +30,6 @@ from iii_supervisor.registry import FunctionEntry, Registry
 class FakePeer:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.executing: set[str] = set()
-        self.started: set[str] = set()
         self.sent: list[Message] = []
         self.queued = 0  # what backlog() reports
 
@@ -96,8 +94,8 @@ async def test_route_forwards_with_fresh_engine_id(invoker: Invoker, a: FakePeer
             assert fwd.metadata == {"k": "v"} and fwd.traceparent == "tp"
             assert fwd.invocation_id is not None and fwd.invocation_id != "a-1"
             assert fwd.invocation_id in invoker.pending
-            assert b.executing == {fwd.invocation_id}
-            assert a.started == {fwd.invocation_id}
+            assert invoker.executing(b) == {fwd.invocation_id}
+            assert invoker.started_by(a) == {fwd.invocation_id}
             assert a.sent == []
 
             # a second call from A with the same caller id gets another engine id
@@ -116,7 +114,7 @@ async def test_result_is_relayed_under_callers_id(invoker: Invoker, a: FakePeer,
             assert res.function_id == "b.work"
             assert res.result == {"y": 4} and res.error is None
             assert invoker.pending == {}
-            assert a.started == set() and b.executing == set()
+            assert invoker.started_by(a) == set() and invoker.executing(b) == set()
 
             # a duplicate result is dropped
             invoker.on_result(b, InvocationResult(invocation_id=engine_id, result="again"))
@@ -152,7 +150,7 @@ async def test_void_call_forwarded_without_id(invoker: Invoker, a: FakePeer, b: 
             fwd = only(b, InvokeFunction)
             assert fwd.invocation_id is None and fwd.data == "fire"
             assert invoker.pending == {}
-            assert b.executing == set() and a.started == set()
+            assert invoker.executing(b) == set() and invoker.started_by(a) == set()
             assert a.sent == []
 
 
@@ -185,7 +183,7 @@ async def test_target_closing_fails_pending_call(invoker: Invoker, a: FakePeer, 
             assert res.error is not None and res.error.code == "invocation_stopped"
             assert "worker-b" in res.error.message and "b.work" in res.error.message
             assert invoker.pending == {}
-            assert a.started == set() and b.executing == set()
+            assert invoker.started_by(a) == set() and invoker.executing(b) == set()
 
 
 async def test_caller_closing_drops_pending_and_late_result(invoker: Invoker, a: FakePeer, b: FakePeer) -> None:
@@ -195,7 +193,7 @@ async def test_caller_closing_drops_pending_and_late_result(invoker: Invoker, a:
             engine_id = only(b, InvokeFunction).invocation_id
             invoker.session_closed(a)
             assert invoker.pending == {}
-            assert b.executing == set() and a.started == set()
+            assert invoker.executing(b) == set() and invoker.started_by(a) == set()
             invoker.on_result(b, InvocationResult(invocation_id=engine_id, result="late"))
             assert a.sent == []
 
@@ -239,7 +237,7 @@ async def test_unanswered_call_times_out(invoker: Invoker, a: FakePeer, b: FakeP
             assert res.error is not None and res.error.code == "invocation_timeout"
             assert "b.work" in res.error.message
             assert trio.current_time() - t0 < 0.2
-            assert invoker.pending == {} and b.executing == set() and a.started == set()
+            assert invoker.pending == {} and invoker.executing(b) == set() and invoker.started_by(a) == set()
             # the worker's answer after the deadline is dropped
             invoker.on_result(b, InvocationResult(invocation_id=engine_id, result="late"))
             assert len(a.sent) == 1
@@ -297,7 +295,7 @@ async def test_call_returns_result(invoker: Invoker, b: FakePeer) -> None:
 
             n.start_soon(answer)
             assert await invoker.call("b.work", {"q": 1}) == {"a": 2}
-            assert invoker.pending == {} and b.executing == set()
+            assert invoker.pending == {} and invoker.executing(b) == set()
 
 
 async def test_call_error_result_raises_matching_class(invoker: Invoker, b: FakePeer) -> None:
@@ -344,7 +342,7 @@ async def test_call_times_out(invoker: Invoker, b: FakePeer, autojump_clock: Any
             with pytest.raises(InvocationTimeout):
                 await invoker.call("b.work", timeout=0.5)
             assert math.isclose(trio.current_time() - t0, 0.5, abs_tol=1e-6)
-            assert invoker.pending == {} and b.executing == set()
+            assert invoker.pending == {} and invoker.executing(b) == set()
 
 
 async def test_cancelled_call_is_forgotten(invoker: Invoker, b: FakePeer) -> None:
@@ -352,7 +350,7 @@ async def test_cancelled_call_is_forgotten(invoker: Invoker, b: FakePeer) -> Non
         async with running(invoker):
             with trio.move_on_after(0.01):
                 await invoker.call("b.work")
-            assert invoker.pending == {} and b.executing == set()
+            assert invoker.pending == {} and invoker.executing(b) == set()
 
 
 # --- built-ins ---------------------------------------------------------------------------------

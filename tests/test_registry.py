@@ -124,8 +124,8 @@ def test_remove_owner_removes_exactly_its_functions_and_triggers(reg: Registry) 
     assert list(reg.triggers) == ["tb1"]
     assert reg.triggers["tb1"].active
     assert sorted(provider.unregistered) == ["ta1", "ta2"]
-    assert list(reg.owned_by(a)) == []
-    assert [f.id for f in reg.owned_by(b)] == ["b.one"]
+    assert reg.functions_of(a) == []
+    assert reg.functions_of(b) == ["b.one"]
 
 
 def test_remove_owner_unregisters_only_active_triggers(reg: Registry) -> None:

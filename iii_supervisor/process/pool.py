@@ -216,7 +216,7 @@ class WorkerPool:
                 "state": slot.state.value,
                 "restarts": slot.tracker.restarts,
                 "uptime_s": round(now - slot.started_at, 3) if slot.pid and slot.started_at is not None else None,
-                "functions": sorted(f.id for f in session.registry.owned_by(session)) if session else [],
+                "functions": session.registry.functions_of(session) if session else [],
                 "rss_bytes": _rss(slot.pid),
                 "last_exit": slot.last_exit,
                 "worker_id": session.worker_id if session else None,

@@ -20,7 +20,7 @@ import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
 
-from ..errors import MalformedMessage, ProtocolError, UnknownMessageType
+from ..errors import LocalProtocolError, MalformedMessage, UnknownMessageType
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder
 from .messages import MESSAGE_TYPES, TYPE_TAGS, ErrorBody, InvocationResult, InvokeFunction, Message
 
@@ -254,7 +254,7 @@ class Connection:
     def send(self, event: Event) -> bytes:
         data = encode(event)
         if len(data) - HEADER.size > self.max_frame_size:
-            raise ProtocolError(
-                f"refusing to send a {len(data) - HEADER.size}-byte frame: the maximum is {self.max_frame_size}"
+            raise LocalProtocolError(
+                f"a {len(data) - HEADER.size}-byte frame exceeds the maximum frame size of {self.max_frame_size} bytes"
             )
         return data

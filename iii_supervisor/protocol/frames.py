@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from ..errors import FrameTooLarge, ProtocolError
+from ..errors import FrameTooLarge, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -48,7 +48,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
         if self._closed:
-            raise ProtocolError("data fed after end of stream")
+            raise RemoteProtocolError("data fed after end of stream")
         if self._pos and self._pos * 2 >= len(self._buf):
             del self._buf[: self._pos]
             self._pos = 0
@@ -58,7 +58,7 @@ class FrameDecoder:
         """Declare the end of the stream (after draining :meth:`next_frame`); raises if a frame was cut."""
         self._closed = True
         if self.buffered:
-            raise ProtocolError(f"connection closed in the middle of a frame ({self.buffered} bytes pending)")
+            raise RemoteProtocolError(f"connection closed in the middle of a frame ({self.buffered} bytes pending)")
 
     @property
     def buffered(self) -> int:

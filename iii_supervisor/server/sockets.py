@@ -19,7 +19,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from ..errors import AuthError, ConnectionLost, ProtocolError
+from ..channels import ChannelTable
+from ..errors import AuthError, ConnectionLost, RemoteProtocolError
 from ..invocation import Invoker
 from ..process.pool import WorkerPool
 from ..protocol import Hello, WorkerRegistered
@@ -67,9 +68,11 @@ async def serve_unix(
 class SessionServer:
     """Authenticates connections and runs a :class:`Session` for each."""
 
-    def __init__(self, registry: Registry, invoker: Invoker, pool: WorkerPool, limits: SocketLimits) -> None:
+    def __init__(self, registry: Registry, invoker: Invoker, channels: ChannelTable, pool: WorkerPool,
+                 limits: SocketLimits) -> None:
         self.registry = registry
         self.invoker = invoker
+        self.channels = channels
         self.pool = pool
         self.limits = limits
         self._ids = itertools.count(1)
@@ -104,9 +107,9 @@ class SessionServer:
                 raise AuthError(f"worker {slot.name!r} is already connected")
         except trio.TooSlowError:
             await framed.send_error_and_close(
-                ProtocolError(f"no hello within {self.limits.handshake_timeout:g}s", code="handshake_timeout"))
+                RemoteProtocolError(f"no hello within {self.limits.handshake_timeout:g}s", code="handshake_timeout"))
             return
-        except ProtocolError as exc:  # includes AuthError and malformed first frames
+        except RemoteProtocolError as exc:  # includes AuthError and malformed first frames
             log.warning("worker socket: refused a connection: %s", exc.message)
             await framed.send_error_and_close(exc)
             return
@@ -115,7 +118,7 @@ class SessionServer:
         if slot.pid is not None and peer_pid != slot.pid:
             log.info("worker %s connected from pid %d (spawned as pid %d)", slot.name, peer_pid, slot.pid)
         session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
-                          invoker=self.invoker, is_worker=True, pid=peer_pid)
+                          invoker=self.invoker, channels=self.channels, is_worker=True, pid=peer_pid)
         self.pool.attach(slot, session)
         framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name,
                                             max_frame_size=self.limits.max_frame_size))
@@ -131,5 +134,5 @@ class SessionServer:
             return
         framed = self._framed(stream)
         session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
-                          registry=self.registry, invoker=self.invoker, is_worker=False, pid=peer_pid)
+                          registry=self.registry, invoker=self.invoker, channels=self.channels, is_worker=False, pid=peer_pid)
         await session.serve()

@@ -24,6 +24,20 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
 _PEERCRED = struct.Struct("3i")
 
 
+#: socket file names in the runtime directory
+WORKER_SOCKET = "iii.sock"
+CONTROL_SOCKET = "control.sock"
+
+
+def resolve_runtime_dir(configured: str | None, override: Path | None = None) -> Path:
+    """The ``--runtime-dir`` flag, else ``[supervisor] runtime_dir``, else the default."""
+    if override is not None:
+        return override
+    if configured:
+        return Path(configured)
+    return default_runtime_dir()
+
+
 def default_runtime_dir() -> Path:
     """``$RUNTIME_DIRECTORY`` (systemd), else ``$XDG_RUNTIME_DIR/iii-supervisor``, else /tmp."""
     if systemd_dir := os.environ.get("RUNTIME_DIRECTORY"):

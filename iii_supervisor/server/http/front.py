@@ -24,7 +24,7 @@ deadline). Once a response is streaming it may last as long as the handler write
 client disconnecting closes the channel, and the handler's next write raises.
 
 Cost per request (measured, see docs/performance.md) shaped this module: h11 parses, responses
-are serialised by :mod:`.http_messages`; the socket is a :class:`~iii_supervisor.plainsocket.PlainSocket`
+are serialised by :mod:`.messages`; the socket is a :class:`~iii_supervisor.plainsocket.PlainSocket`
 (a ``recv``/``send`` that can complete does so without a trip through trio's scheduler); read
 deadlines are one float per connection checked by one timer task (:meth:`HttpFront._expire_reads`)
 instead of a cancel scope per read; the answer arrives in an :class:`~iii_supervisor.inbox.Inbox`.
@@ -49,12 +49,11 @@ except ImportError:
     import h11  # type: ignore[no-redef]
 import trio
 
-from ..config import HttpConfig
-from ..errors import EngineError, InvocationError
-from ..inbox import Inbox
-from ..invocation import Invoker, Pending
-from ..plainsocket import PlainSocket
-from ..protocol import (
+from ...errors import EngineError, InvocationError
+from ...inbox import Inbox
+from ...invocation import Invoker, Pending
+from ...plainsocket import PlainSocket
+from ...protocol import (
     CHANNEL_WINDOW,
     ChannelClose,
     ChannelControl,
@@ -63,9 +62,10 @@ from ..protocol import (
     ErrorBody,
     InvocationResult,
 )
-from ..registry import Registry
-from ..session import Session
-from .http_messages import (
+from ...channels import Channel, ChannelPeer, ChannelTable
+from ...registry import Registry, TriggerTypeEntry
+from .config import HttpConfig
+from .messages import (
     CONTINUE,
     LAST_CHUNK,
     NO_BODY_STATUSES,
@@ -81,7 +81,7 @@ from .http_messages import (
     stream_framing,
     valid_status,
 )
-from .routes import Match, MethodNotAllowed, Router
+from .routes import HttpTriggerProvider, Match, MethodNotAllowed, Router
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ _STATUS_OF_ERROR = {
     "invocation_stopped": 502,
     "function_not_found": 503,
     "worker_overloaded": 503,
+    "request_too_large": 413,  # the call (request and its body, as JSON) does not fit in a frame
 }
 
 
@@ -115,7 +116,7 @@ class HttpConnection:
     """One client: h11 parses what it sends, our own writes answer it.
 
     The h11 connection is replaced for every request (its unread bytes carried over): h11 tracks
-    responses only through its own send path, which we do not use (see :mod:`.http_messages`).
+    responses only through its own send path, which we do not use (see :mod:`.messages`).
     """
 
     def __init__(self, sock: PlainSocket, *, write_timeout: float) -> None:
@@ -241,16 +242,21 @@ class HttpConnection:
 
 
 class HttpFront:
-    def __init__(self, config: HttpConfig, router: Router, registry: Registry, invoker: Invoker) -> None:
+    """The HTTP module: serves the routes of ``http`` triggers."""
+
+    def __init__(self, config: HttpConfig, registry: Registry, invoker: Invoker, channels: ChannelTable) -> None:
         self.config = config
-        self.router = router
+        self.router = Router()
         self.registry = registry
         self.invoker = invoker
+        self.channels = channels
         self.port: int | None = None
         self._live: set[HttpConnection] = set()
         self._some_live = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        self.registry.add_trigger_type(TriggerTypeEntry("http", "HTTP requests to config.api_path",
+                                                        HttpTriggerProvider(self.router)))
         try:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         except OSError as exc:
@@ -465,27 +471,25 @@ class HttpFront:
                 return render_result(await self.invoker.call(function_id, data, timeout=timeout))
             except InvocationError as exc:
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
-        session: Session = entry.owner  # type: ignore[assignment]
-        body_channel = session.new_channel_id()  # we write it; nothing comes back on it
-        response_channel, inbox = session.open_channel()
-        body_ref: dict[str, Any] = {"channel_id": body_channel, "direction": "read"}
-        if not stream_body and not body:
-            body_ref["eof"] = True  # an empty body: the worker's reader starts at its end, no frame needed
-        data["request_body"] = body_ref
-        data["response"] = {"channel_id": response_channel, "direction": "write"}
-        # the invoker's deadline ends the wait: an invocation_timeout result arrives in the inbox
-        pending = self.invoker.start_local(entry, data, timeout=timeout, notify=inbox)
-        exchange = _Exchange(session, response_channel, inbox, pending)
+        worker = entry.owner
+        assert worker is not None
+        response = self.channels.open_inbound(worker)
+        exchange = _Exchange(response)
         try:
+            body_ref = self.channels.open_outbound(worker, empty=not stream_body and not body)
+            data["request_body"] = body_ref.to_wire()
+            data["response"] = response.ref().to_wire()
+            # the invoker's deadline ends the wait: an invocation_timeout result arrives in the inbox
+            exchange.pending = self.invoker.start_local(entry, data, timeout=timeout, notify=response.inbox)
             if not stream_body:
                 if body:
-                    session.send_nowait(Chunk(body_channel, body))
-                    session.send_nowait(ChannelClose(channel_id=body_channel))
+                    response.peer.send_nowait(Chunk(body_ref.channel_id, body))
+                    response.peer.send_nowait(ChannelClose(channel_id=body_ref.channel_id))
                 return await self._respond(http, request, exchange)
             too_large = trio.CancelScope()  # cancelled by the pump if the body crosses the limit in time
             result = None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_body, http, session, body_channel, too_large)
+                nursery.start_soon(self._pump_body, http, response.peer, body_ref.channel_id, too_large)
                 with too_large:
                     result = await self._respond(http, request, exchange)
                 nursery.cancel_scope.cancel()
@@ -495,11 +499,12 @@ class HttpFront:
         finally:
             # The handler may still run (504, 413, client gone): make its next write raise
             # instead of waiting forever for window we will never grant.
-            exchange.abandon("response_abandoned", "the HTTP front no longer reads this response")
-            self.invoker.forget(pending)
-            session.close_channel(response_channel)
+            response.abandon("response_abandoned", "the HTTP front no longer reads this response")
+            if exchange.pending is not None:
+                self.invoker.forget(exchange.pending)
+            response.close()
 
-    async def _pump_body(self, http: HttpConnection, session: Session, channel_id: int,
+    async def _pump_body(self, http: HttpConnection, worker: ChannelPeer, channel_id: int,
                          too_large: trio.CancelScope) -> None:
         # if we are cancelled (the response is done: 504, early answer), the handler must not
         # wait for the rest of the body forever
@@ -507,7 +512,7 @@ class HttpFront:
         try:
             async with aclosing(self._body_chunks(http)) as chunks:
                 async for chunk in chunks:
-                    session.send_nowait(Chunk(channel_id, chunk))
+                    worker.send_nowait(Chunk(channel_id, chunk))
                     await trio.lowlevel.checkpoint()  # a fast client must not starve the others
             error = None
         except _TooLarge:
@@ -520,7 +525,7 @@ class HttpFront:
         finally:
             if http.timed_out:
                 error = ErrorBody(code="body_timeout", message="the client stopped sending the body")
-            session.send_nowait(ChannelClose(channel_id=channel_id, error=error))
+            worker.send_nowait(ChannelClose(channel_id=channel_id, error=error))
 
     async def _respond(self, http: HttpConnection, request: Request, exchange: _Exchange) -> Response | None:
         """Wait for the start of the answer; stream it or return it."""
@@ -539,7 +544,7 @@ class HttpFront:
                 error = event.error
                 # a timeout comes from the engine: the handler itself may still run
                 if error is None or error.code != "invocation_timeout":
-                    exchange.writer_done = True
+                    exchange.channel.writer_done = True
                 if error is not None:
                     return self._error_response(error.code, error.message, error.stacktrace)
                 if event.result is not None:
@@ -563,12 +568,13 @@ class HttpFront:
                 except ValueError as exc:
                     return json_response(500, "invalid_response", str(exc))
             elif kind is ChannelClose:
-                exchange.writer_done = touched = True
+                exchange.channel.writer_done = touched = True
                 error = event.error
                 if error is not None:
                     return self._error_response(error.code, error.message, error.stacktrace)
         # Streaming has no overall deadline (think SSE); it ends when the handler closes the
         # writer, the worker goes away, or the client does.
+        assert exchange.pending is not None
         self.invoker.clear_deadline(exchange.pending)
         await self._stream(http, request, exchange, head, event.data)
         return None
@@ -604,7 +610,7 @@ class HttpFront:
                 if kind is Chunk:
                     await forward(event.data)
                 elif kind is ChannelClose or (kind is InvocationResult and event.error is not None):
-                    exchange.writer_done = True
+                    exchange.channel.writer_done = True
                     if kind is ChannelClose and event.error is None:
                         if length is not None and sent < length and not no_body:
                             raise _ClientGone(_broken_length(request, exchange, f"{sent} of the {length} bytes"))
@@ -622,25 +628,26 @@ class HttpFront:
 class _Exchange:
     """One call's response channel, as the HTTP front sees it."""
 
-    session: Session
-    channel_id: int
-    inbox: Inbox[Any]
-    pending: Pending
-    #: the worker will not write on the channel any more (it closed it, or its handler returned)
-    writer_done: bool = False
+    channel: Channel
+    pending: Pending | None = None
+
+    @property
+    def inbox(self) -> Inbox[Any]:
+        return self.channel.inbox
+
+    @property
+    def function_id(self) -> str:
+        return self.pending.function_id if self.pending is not None else "?"
 
     def grant(self, size: int) -> None:
-        self.session.send_nowait(ChannelWindow(channel_id=self.channel_id, size=size))
+        self.channel.grant(size)
 
     def abandon(self, code: str, message: str) -> None:
-        """Tell a still-running handler that nobody reads its response: its next write raises."""
-        if not self.writer_done:
-            self.writer_done = True
-            self.session.send_nowait(ChannelClose(channel_id=self.channel_id, error=ErrorBody(code=code, message=message)))
+        self.channel.abandon(code, message)
 
 
 def _broken_length(request: Request, exchange: _Exchange, wrote: str) -> str:
-    message = (f"{request.method} {request.path}: function {exchange.pending.function_id!r} wrote {wrote} "
+    message = (f"{request.method} {request.path}: function {exchange.function_id!r} wrote {wrote} "
                f"its content-length declared; connection cut")
     log.warning("%s", message)
     return message

@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import TriggerRegistrationError
-from ..registry import TriggerEntry
+from ...errors import TriggerRegistrationError
+from ...registry import TriggerEntry
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _PARAM = None  # a parameter segment in a route's shape
