@@ -37,7 +37,7 @@ class Supervisor:
     """A supervisor subprocess with its own short runtime dir (AF_UNIX paths are ≤ 107 bytes)."""
 
     def __init__(self, workers_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 pipe_output: bool = False) -> None:
+                 pipe_output: bool = False, data_dir: Path | None = None) -> None:
         self.workers_dir = workers_dir
         self.env = env
         #: stdout and stderr to a pipe that only :meth:`read_pipe` reads (not to the log file)
@@ -45,6 +45,8 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="iii-t"))
         self.log_path = self.runtime_dir.with_suffix(".log")
         self.extra_args = extra_args
+        #: the store's directory: private to this supervisor unless given (to restart on the same data)
+        self.data_dir = data_dir if data_dir is not None else self.runtime_dir / "data"
         self.proc: trio.Process | None = None
         self._log = None
 
@@ -64,7 +66,8 @@ class Supervisor:
         """Start; wait for ``expect_workers`` running workers and for ``functions`` to be registered
         ("running" means connected: a worker registers its functions just after)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
-        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
+        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", "--data-dir", str(self.data_dir),
+                             *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE if self.pipe_output else self._log,
                                                      stderr=subprocess.STDOUT, start_new_session=True,
                                                      env={**os.environ, **(self.env or {})})

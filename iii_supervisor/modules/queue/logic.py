@@ -82,7 +82,7 @@ def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -
     if raw is None:
         return base or QueueSettings()
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: expected a table of settings, got {raw!r}")
+        raise ValueError(f"{where}: expected a table of settings, got {raw!r}")  # noqa: TRY004 - one error type for callers
     values: dict[str, Any] = attrs.asdict(base) if base is not None else {}
     for key, value in raw.items():
         if key not in SETTING_KEYS:

@@ -23,7 +23,7 @@ NAMESPACE = "queue"
 MIGRATIONS = [
     """
     CREATE TABLE queue_messages (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids order a fifo group and name dead letters
         receipt TEXT NOT NULL,
         queue TEXT NOT NULL,
         subscriber TEXT NOT NULL,
