@@ -59,6 +59,8 @@ class Supervisor:
         return self.runtime_dir / "iii.sock"
 
     def cli_args(self, *args: str) -> list[str]:
+        if args[:1] == ("start",) and "--data-dir" not in args:  # never the user's own data dir
+            args = (*args, "--data-dir", str(self.data_dir))
         return [sys.executable, "-m", "iii_supervisor", *args, "--runtime-dir", str(self.runtime_dir)]
 
     async def start(self, *, expect_workers: int | None = None, functions: tuple[str, ...] = (),
@@ -66,8 +68,7 @@ class Supervisor:
         """Start; wait for ``expect_workers`` running workers and for ``functions`` to be registered
         ("running" means connected: a worker registers its functions just after)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
-        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", "--data-dir", str(self.data_dir),
-                             *self.extra_args)
+        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE if self.pipe_output else self._log,
                                                      stderr=subprocess.STDOUT, start_new_session=True,
                                                      env={**os.environ, **(self.env or {})})

@@ -184,6 +184,9 @@ class SqliteStore:
             self._rq.put(_STOP)
             with trio.CancelScope(shield=True), trio.move_on_after(60) as waited:
                 await finished.wait()
+            st = self.stats
+            log.info("store: closed after %d write(s) in %d transaction(s) (largest group %d), %d read(s)",
+                     st.writes, st.transactions, st.largest_group, st.reads)
             if waited.cancelled_caught:
                 log.error("store: its threads did not finish within 60 s; leaving them (the lock goes with the process)")
             else:
