@@ -151,7 +151,7 @@ async def test_enqueue_into_a_named_queue_and_unknown_queue(env: Env) -> None:
     async with running(env.supervisor(), ("producer.go", "orders.charge")) as sup:
         with trio.fail_after(10):
             result = await sup.call("producer.go", {"id": 7, "queue": "payments"})
-            assert set(result) == {"messageReceiptId"} and len(result["messageReceiptId"]) == 36
+            assert set(result) == {"messageReceiptId"} and isinstance(result["messageReceiptId"], str)
             await sup.call("producer.go", {"id": 8, "queue": "default"})
             error = await sup.call("producer.go", {"id": 9, "queue": "nope"})
             assert error["code"] == "enqueue_error"

@@ -67,7 +67,7 @@ def hold_writer(seconds: float):
 async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with running(tmp_path) as store:
-            before = store.stats.transactions
+            before = store.stats.groups
             ids: list[int] = []
 
             async def writer(i: int) -> None:
@@ -76,7 +76,7 @@ async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
             async with trio.open_nursery() as nursery:
                 for i in range(300):
                     nursery.start_soon(writer, i)
-            transactions = store.stats.transactions - before
+            transactions = store.stats.groups - before
             assert sorted(await store.read(values)) == sorted(f"v{i}" for i in range(300))
             assert len(set(ids)) == 300
             assert transactions < 300 / 4, transactions
@@ -101,13 +101,13 @@ async def test_one_failing_op_does_not_fail_its_group(tmp_path: Path) -> None:
             await store.write(insert("pre"))
             store.write_nowait(hold_writer(0.3))
             await trio.sleep(0.05)  # the writer is now inside hold_writer
-            before = store.stats.transactions
+            before = store.stats.groups
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call, "a", insert("a"))
                 nursery.start_soon(call, "raises", insert_then_raise)
                 nursery.start_soon(call, "dup", insert("pre"))  # UNIQUE violation
                 nursery.start_soon(call, "b", insert("b"))
-            assert store.stats.transactions - before == 1  # all four in one transaction
+            assert store.stats.groups - before == 1  # all four in one group
             assert isinstance(results["a"], int) and isinstance(results["b"], int)
             assert isinstance(results["raises"], KeyError)
             dup = results["dup"]

@@ -2,12 +2,13 @@
 
 - **One writer thread** owns the write connection. Callers submit an op (a function of the
   connection) and park; the writer takes everything queued (up to ``max_group`` ops), runs it in
-  one transaction — each op inside its own SAVEPOINT, so one failing op is rolled back alone —
-  commits, and wakes every caller of the group with one ``run_sync_soon`` on the trio loop. A
-  caller is woken only after the commit: that is the durability point.
-- If SQLite aborts the whole transaction itself (disk full, I/O error), the ops that had
-  succeeded are run again in a fresh transaction without the one that failed; this is why an op
-  must not have effects outside the connection. A failed COMMIT fails every op of its group.
+  one transaction, commits, and wakes every caller of the group with one ``run_sync_soon`` on
+  the trio loop. A caller is woken only after the commit: that is the durability point.
+- One failing op does not fail its group: when an op raises, the transaction is rolled back and
+  the other ops run again in a fresh one, each inside its own SAVEPOINT (so a second failure is
+  rolled back alone). The same happens when SQLite aborts the whole transaction itself (disk
+  full, I/O error). This is why an op must not have effects outside the connection. A failed
+  COMMIT fails every op of its group.
 - **One reader thread** owns a second connection (``query_only``) for reads that need not
   queue behind writes; WAL lets it read while the writer writes.
 - Nothing here runs SQLite on the trio thread.
@@ -52,7 +53,8 @@ Synchronous = Literal["full", "normal"]
 class StoreStats:
     """Counters for tests and benchmarks (written by the store's threads)."""
 
-    transactions: int = 0  # write transactions committed or attempted
+    groups: int = 0  # groups of writes taken by the writer (one commit each)
+    transactions: int = 0  # write transactions begun (a group whose op failed takes two)
     writes: int = 0  # write ops run
     reads: int = 0
     largest_group: int = 0
@@ -298,37 +300,38 @@ class SqliteStore:
     def _writer(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         todo = batch
         stats = self.stats
+        stats.groups += 1
         stats.largest_group = max(stats.largest_group, len(batch))
+        # First pass without savepoints (two statements fewer per op); if an op raises, the
+        # whole transaction is undone and the others run again, each in its own savepoint.
+        careful = False
         try:
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 stats.transactions += 1
-                aborted = False
-                if len(todo) == 1:  # alone in its transaction: no savepoint needed
-                    job = todo[0]
+                again = False
+                for job in todo:
                     stats.writes += 1
+                    if careful:
+                        conn.execute("SAVEPOINT op")
                     try:
                         job.result = job.op(conn)
                     except Exception as exc:  # noqa: BLE001 - an op may raise anything: it goes to its caller
                         job.error = self._map_error(exc)
+                        if careful and conn.in_transaction:
+                            conn.execute("ROLLBACK TO op")
+                            conn.execute("RELEASE op")
+                            continue
+                        # the first pass, or SQLite itself aborted the transaction (disk full)
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
-                        return
-                else:
-                    for job in todo:
-                        stats.writes += 1
-                        conn.execute("SAVEPOINT op")
-                        try:
-                            job.result = job.op(conn)
-                        except Exception as exc:  # noqa: BLE001 - an op may raise anything: it goes to its caller
-                            job.error = self._map_error(exc)
-                            if not conn.in_transaction:
-                                aborted = True  # SQLite rolled back the whole transaction
-                                break
-                            conn.execute("ROLLBACK TO op")
+                        again = True
+                        break
+                    if careful:
                         conn.execute("RELEASE op")
-                if aborted:
+                if again:
                     todo = [job for job in todo if job.error is None]
+                    careful = True
                     if not todo:
                         return
                     continue
