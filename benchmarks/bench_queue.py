@@ -55,7 +55,8 @@ def start_supervisor(tmp: Path, synchronous: str) -> tuple[subprocess.Popen[byte
     config.write_text(f'[supervisor]\nstore_synchronous = "{synchronous}"\nlog_level = "warning"\n')
     runtime = tmp / "rt"
     proc = subprocess.Popen([str(BIN / "iii-supervisor"), "start", str(HERE / "workers_queue"), "--runtime-dir",
-                             str(runtime), "--data-dir", str(tmp / "data"), "--http-port", "0", "--config", str(config)],
+                             str(runtime), "--data-dir", str(tmp / "data"), "--http-port", "0",
+                             "--config", str(config)],
                             stdout=open(tmp / "supervisor.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True)
     deadline = time.monotonic() + 30

@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 import trio
-from supervisor_harness import Supervisor, run_cli, write_worker
 
 from iii_supervisor.errors import EngineError, EnqueueError
+from supervisor_harness import Supervisor, run_cli, write_worker
 
 #: every handler appends one JSON line per call to $LOG (O_APPEND: lines never interleave)
 RECORDER = """
@@ -292,7 +292,8 @@ async def test_condition_false_skips_the_message(env: Env) -> None:
         assert sorted(c["amount"] for c in env.calls()) == [2000, 5000]
         with trio.fail_after(5):
             while True:  # skipped messages are acknowledged, not retried nor dead
-                row = next(r for r in (await sup.call("engine::queue::topic_stats", {"topic": "order.placed"}))["queues"])
+                stats = await sup.call("engine::queue::topic_stats", {"topic": "order.placed"})
+                row = stats["queues"][0]
                 if row["ready"] == row["in_flight"] == row["delayed"] == row["dead"] == 0:
                     break
                 await trio.sleep(0.05)

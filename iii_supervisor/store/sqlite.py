@@ -148,7 +148,8 @@ class SqliteStore:
                     step(conn)
             if found < len(steps):
                 conn.execute("INSERT INTO schema_versions (namespace, version) VALUES (?, ?) "
-                             "ON CONFLICT (namespace) DO UPDATE SET version = excluded.version", (namespace, len(steps)))
+                             "ON CONFLICT (namespace) DO UPDATE SET version = excluded.version",
+                             (namespace, len(steps)))
             return found  # type: ignore[no-any-return]
 
         return await self.write(migrate)
@@ -190,7 +191,8 @@ class SqliteStore:
             log.info("store: closed after %d write(s) in %d transaction(s) (largest group %d), %d read(s)",
                      st.writes, st.transactions, st.largest_group, st.reads)
             if waited.cancelled_caught:
-                log.error("store: its threads did not finish within 60 s; leaving them (the lock goes with the process)")
+                log.error("store: its threads did not finish within 60 s; leaving them "
+                          "(the lock goes with the process)")
             else:
                 self._lock.release()
 

@@ -554,7 +554,8 @@ class QueueModule:
 
         async def enqueue_to_queue(data: Any) -> dict[str, Any]:
             if not isinstance(data, dict):
-                raise EnqueueError(f'engine::queue::enqueue needs {{"queue", "function_id", "data"}}, got {_short(data)}')
+                raise EnqueueError('engine::queue::enqueue needs {"queue", "function_id", "data"}, '
+                                   f"got {_short(data)}")
             return await self.enqueue(data.get("queue", DEFAULT_QUEUE), data.get("function_id"), data.get("data"))
 
         add("enqueue", publish, "Publish {topic, data} to every subscriber of the topic (durable)")
@@ -571,7 +572,8 @@ class QueueModule:
 
     async def _list_topics(self, _data: Any) -> dict[str, Any]:
         return {"topics": [{"topic": topic, "subscribers": [
-            {"function_id": s.function_id, "bindings": len(s.bindings), "condition_function_id": s.condition_function_id}
+            {"function_id": s.function_id, "bindings": len(s.bindings),
+             "condition_function_id": s.condition_function_id}
             for s in sorted(subs.values(), key=lambda s: s.function_id)]}
             for topic, subs in sorted(self.topics.items())]}
 
