@@ -97,7 +97,9 @@ def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -
     try:
         return QueueSettings(**values)
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        message = str(exc)
+        key = message.split(" ", 1)[0]
+        raise ValueError(f"{where}.{message}" if key in SETTING_KEYS else f"{where}: {message}") from None
 
 
 def retry_delay_ms(settings: QueueSettings, failed_attempts: int) -> int:
