@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 
-from inprocess import EngineParts, engine_parts
 from iii_supervisor.errors import EnqueueError, StoreFull, TriggerRegistrationError
 from iii_supervisor.modules import queue
 from iii_supervisor.protocol import Action, InvokeFunction
 from iii_supervisor.store import SqliteStore
+from inprocess import EngineParts, engine_parts
 
 
 @asynccontextmanager
