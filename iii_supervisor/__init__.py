@@ -13,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SDK = {"register_worker", "TriggerAction", "III", "InitOptions", "FunctionRef", "Trigger"}
+_SDK = {"register_worker", "TriggerAction", "III", "InitOptions", "FunctionRef", "Trigger", "Logger", "logger"}
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from .actions import TriggerAction
 from .client import III, FunctionRef, InitOptions, Trigger, TriggerConfig, TriggerTypeRef, register_worker
+from .logger import Logger, logger
 
-__all__ = ["III", "FunctionRef", "InitOptions", "Trigger", "TriggerAction", "TriggerConfig", "TriggerTypeRef",
-           "register_worker"]
+__all__ = ["III", "FunctionRef", "InitOptions", "Logger", "Trigger", "TriggerAction", "TriggerConfig", "TriggerTypeRef",
+           "logger", "register_worker"]

@@ -64,6 +64,8 @@ from ..protocol import (
     WorkerRegistered,
 )
 from ..transport import FramedStream
+from .logger import attach as _attach_logger
+from .logger import enter_invocation, outgoing_context
 from .channels import ChannelReader, ChannelWriter
 
 log = logging.getLogger("iii_supervisor.worker")
@@ -204,6 +206,7 @@ class III:
                                  f"within {self.options.connect_timeout:g}s")
         if self._startup_error is not None:
             raise self._startup_error
+        _attach_logger(self)  # `logger` sends here; printed lines get their handler's context
 
     # --- the loop thread ----------------------------------------------------------------------
 
@@ -345,6 +348,7 @@ class III:
 
     async def _serve_invocation(self, msg: InvokeFunction, channels: list[int]) -> None:
         _current_client.set(self)
+        enter_invocation(msg)  # function id and trace, for logger, prints and trigger()
         try:
             await self._run_invocation(msg)
         finally:
@@ -535,12 +539,16 @@ class III:
         action = _action(_field(request, "action"))
         timeout_ms = _field(request, "timeout_ms") or self.options.invocation_timeout_ms
         data = _field(request, "payload", _field(request, "data"))
+        # inside a handler, the call continues the handler's trace
+        traceparent, baggage = outgoing_context(_field(request, "traceparent"), _field(request, "baggage"))
         if action is not None and action.type == "void":
-            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata")))
+            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata"),
+                                      traceparent=traceparent, baggage=baggage))
             return None
         inv_id = str(next(self._ids))
         msg = InvokeFunction(function_id=function_id, data=data, invocation_id=inv_id, action=action,
-                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"))
+                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"),
+                             traceparent=traceparent, baggage=baggage)
         answer = await self._request(("call", inv_id), msg, None)  # the supervisor enforces timeout_ms
         assert isinstance(answer, InvocationResult)
         if answer.error is not None:
