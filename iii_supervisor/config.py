@@ -7,6 +7,7 @@ Command-line flags override the file.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,12 +120,32 @@ def _converter() -> cattrs.Converter:
 _CONVERTER = _converter()
 
 
+_FIELD_AT_START = re.compile(r"'?([a-z_]+)'?(?= |$)")
+
+
+def _name_key(problem: str, kind: Any) -> str:
+    """``"factor must be at least 1, got 0.5 @ restart"`` → ``"restart.factor must be …"``.
+
+    A validator of a section (attrs, run in ``__init__``) is reported at the section's path;
+    its message starts with the field's name, which then joins the path, so that every problem
+    names its full key (``restart.factor``) the way ill-typed values do."""
+    message, sep, path = problem.rpartition(" @ ")
+    if not sep:
+        return problem
+    match = _FIELD_AT_START.match(message)
+    if match and "." not in path and isinstance(kind, type) and attrs.has(kind) \
+            and match.group(1) in attrs.fields_dict(kind):
+        return f"{path}.{match.group(1)}{message[match.end():]}"
+    return f"{message} @ {path}"
+
+
 def structure_section(value: Any, kind: Any, path: str) -> Any:
     """Structure one section strictly; a :class:`ConfigError` names each bad key path and value."""
     try:
         return _CONVERTER.structure(value, kind)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(cattrs.transform_error(exc, path=path, format_exception=_format_problem))
+        problems = "; ".join(_name_key(m, kind) for m in
+                             cattrs.transform_error(exc, path=path, format_exception=_format_problem))
         raise ConfigError(problems) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

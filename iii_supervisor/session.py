@@ -39,10 +39,14 @@ from .protocol import (
     UnregisterTrigger,
     UnregisterTriggerType,
 )
+from .ratelimit import RateLimitedLog
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .transport import FramedStream
 
 log = logging.getLogger(__name__)
+#: protocol errors are logged at most once per 10 s per socket kind, with a count of the rest
+#: (one hostile client must not flood the journal); its flusher runs beside the socket servers
+PROTOCOL_WARNINGS = RateLimitedLog(log, 10.0)
 
 #: events dispatched between two checkpoints (measured: whole 64-frame reads serialise the
 #: pipeline A → supervisor → B; slices of 16 keep every process busy)
@@ -117,7 +121,8 @@ class Session:
                         # in the pipeline starts working instead of waiting for the whole read
                         await trio.lowlevel.checkpoint()
         except RemoteProtocolError as exc:
-            log.warning("%s: protocol error, closing the connection: %s", self.name, exc.message)
+            PROTOCOL_WARNINGS.warning("worker protocol errors" if self.is_worker else "control protocol errors",
+                                      "%s: protocol error, closing the connection: %s", self.name, exc.message)
             await self.stream.send_error_and_close(exc)
         except ConnectionLost:
             pass

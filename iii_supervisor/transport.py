@@ -47,10 +47,11 @@ class FramedStream:
         stream: trio.SocketStream,
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_receive_size: int | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
         self._sock = PlainSocket.take(stream)
-        self._conn = Connection(max_frame_size)
+        self._conn = Connection(max_frame_size, max_receive_size=max_receive_size)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         #: size of the batch the writer is sending while it waits for the socket (0 otherwise)
@@ -74,6 +75,16 @@ class FramedStream:
     @max_frame_size.setter
     def max_frame_size(self, value: int) -> None:
         self._conn.max_frame_size = value
+
+    @property
+    def max_receive_size(self) -> int:
+        """The largest frame accepted from the peer (``max_frame_size`` unless set apart: the
+        worker socket accepts only a small hello before the handshake)."""
+        return self._conn.max_receive_size
+
+    @max_receive_size.setter
+    def max_receive_size(self, value: int) -> None:
+        self._conn.max_receive_size = value
 
     # --- sending ------------------------------------------------------------------------------
 

@@ -171,6 +171,36 @@ def test_invalid_toml_names_path(tmp_path: Path) -> None:
     assert "TOML" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("restart", "message"),
+    [
+        ({"initial_delay": 0}, "restart.initial_delay must be at least 0.1, got 0.0"),
+        ({"max_delay": 0.5, "initial_delay": 2}, r"restart.max_delay \(0.5\) must be at least initial_delay \(2.0\)"),
+        ({"factor": 0.5}, r"restart.factor must be at least 1 \(1 keeps the delay constant\), got 0.5"),
+        ({"reset_after": 0}, "restart.reset_after must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_backoff_values_that_make_no_sense_are_refused(tmp_path: Path, restart: dict[str, float], message: str) -> None:
+    text = "[restart]\n" + "".join(f"{k} = {v}\n" for k, v in restart.items())
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert info.value.code == "config_error"
+    assert str(path) in info.value.message
+
+
+def test_backoff_infinity_from_toml_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="restart.max_delay must be a finite number of seconds, got inf"):
+        load_config(write(tmp_path, "[restart]\nmax_delay = inf\n"))
+
+
+def test_section_validator_messages_name_the_key_path() -> None:
+    with pytest.raises(ConfigError, match=r"supervisor.grace_period must be > 0, got -1.0"):
+        parse_config({"supervisor": {"grace_period": -1}})
+    with pytest.raises(ConfigError, match=r"extra fields found \(gracee\) @ supervisor"):
+        parse_config({"supervisor": {"gracee": 1}})
+
+
 def test_config_is_frozen() -> None:
     import attrs
 

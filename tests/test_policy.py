@@ -53,31 +53,34 @@ def test_huge_factor_does_not_overflow(factor: float) -> None:
     assert policy.delay(100) == 60.0
 
 
-def test_zero_initial_delay_stays_zero_even_with_huge_factor() -> None:
-    policy = BackoffPolicy(initial_delay=0, factor=1e10)
-    assert policy.delay(1) == 0.0
-    assert policy.delay(1000) == 0.0
-
-
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"initial_delay": -0.1},
-        {"max_delay": -1},
-        {"reset_after": -5},
-        {"factor": 0.5},
-        {"factor": -2},
+        ({"initial_delay": -0.1}, "initial_delay must be at least 0.1, got -0.1"),
+        ({"initial_delay": 0}, "initial_delay must be at least 0.1, got 0"),  # 0 gave 40 spawns/s
+        ({"initial_delay": 0.001}, "initial_delay must be at least 0.1, got 0.001"),
+        ({"initial_delay": math.nan}, "initial_delay must be a finite number of seconds, got nan"),
+        ({"max_delay": -1}, "max_delay must be at least 0.1, got -1"),
+        ({"max_delay": math.inf}, "max_delay must be a finite number of seconds, got inf"),
+        ({"reset_after": -5}, "reset_after must be a finite number > 0, got -5"),
+        ({"reset_after": 0}, "reset_after must be a finite number > 0, got 0"),  # every run "healthy"
+        ({"reset_after": math.inf}, "reset_after must be a finite number > 0, got inf"),
+        ({"factor": 0.5}, r"factor must be at least 1 \(1 keeps the delay constant\), got 0.5"),
+        ({"factor": -2}, "factor must be at least 1"),
+        ({"factor": math.inf}, "factor must be a finite number"),
+        ({"initial_delay": 5.0, "max_delay": 1.0}, r"max_delay \(1.0\) must be at least initial_delay \(5.0\)"),
+        ({"initial_delay": 60.0}, r"max_delay \(30.0\) must be at least initial_delay \(60.0\)"),  # default cap
     ],
 )
-def test_validators_reject_bad_values(kwargs: dict[str, float]) -> None:
-    name = next(iter(kwargs))
-    with pytest.raises(ValueError, match=name):
+def test_validators_reject_bad_values(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         BackoffPolicy(**kwargs)
 
 
 def test_validators_accept_boundaries() -> None:
-    policy = BackoffPolicy(initial_delay=0, max_delay=0, factor=1, reset_after=0)
-    assert policy.delay(5) == 0
+    policy = BackoffPolicy(initial_delay=0.1, max_delay=0.1, factor=1, reset_after=0.001)
+    assert policy.delay(5) == 0.1
+    assert BackoffPolicy(initial_delay=30.0, max_delay=30.0).delay(3) == 30.0
 
 
 # --- RestartTracker ----------------------------------------------------------------------------

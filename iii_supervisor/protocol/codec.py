@@ -234,9 +234,19 @@ class Connection:
     error to the peer (an ``error`` message) and closes.
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self._decoder = FrameDecoder(max_frame_size)
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *, max_receive_size: int | None = None) -> None:
+        #: the largest frame accepted from the peer (checked on its 4-byte header, before buffering)
+        self._decoder = FrameDecoder(max_frame_size if max_receive_size is None else max_receive_size)
+        #: the largest frame we send
         self.max_frame_size = max_frame_size
+
+    @property
+    def max_receive_size(self) -> int:
+        return self._decoder.max_frame_size
+
+    @max_receive_size.setter
+    def max_receive_size(self, value: int) -> None:
+        self._decoder.max_frame_size = value
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means end of stream."""

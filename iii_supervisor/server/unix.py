@@ -1,7 +1,8 @@
 """Unix-domain sockets: a private runtime directory, a lock, listeners and peer credentials.
 
-- The runtime directory is created 0700 and must be owned by us; sockets are bound under umask
-  0177, so they are born 0600 (``chmod`` after ``bind`` would leave a window).
+- The runtime directory is created 0700 and must be a real directory (not a symlink) owned by
+  us; sockets are bound under umask 0177, so they are born 0600 (``chmod`` after ``bind`` would
+  leave a window).
 - One supervisor per runtime directory: an ``flock`` on ``supervisor.lock`` is taken before any
   socket is touched. A socket file left by a dead supervisor is then known to be stale and is
   replaced; a live one means the lock holder is running, and we refuse with its pid.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -48,19 +50,40 @@ def default_runtime_dir() -> Path:
 
 
 def prepare_runtime_dir(path: Path) -> Path:
-    """Create ``path`` (0700) if needed and check it is ours and private."""
+    """Create ``path`` (0700) if needed and check it is ours and private, as ssh-agent and
+    systemd do: refuse a symlink (a local user could pre-create the ``/tmp`` fallback name as a
+    link to redirect our sockets, and have us chmod the target) and a directory owned by another
+    uid. The check and the mode fix work on one descriptor opened with ``O_NOFOLLOW``, so what is
+    chmodded is what was checked. Parent directories are created as needed (default mode)."""
     path = path.absolute()
+    shown = str(path)
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)  # never follows a symlink at path: EEXIST instead
+        except FileExistsError:
+            pass
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise RuntimeDirError(f"runtime directory {shown!r} is a symbolic link; refusing to follow it "
+                                  f"(remove it, or pass another --runtime-dir)")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except RuntimeDirError:
+        raise
     except OSError as exc:
-        raise RuntimeDirError(f"cannot create runtime directory {str(path)!r}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {str(path)!r} is not a directory")
-    if st.st_uid != os.getuid():
-        raise RuntimeDirError(f"runtime directory {str(path)!r} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        if exc.errno == errno.ELOOP:  # became a symlink since the lstat
+            raise RuntimeDirError(f"runtime directory {shown!r} is a symbolic link; refusing to follow it") from None
+        if exc.errno == errno.ENOTDIR:
+            raise RuntimeDirError(f"runtime directory {shown!r} is not a directory") from None
+        raise RuntimeDirError(f"cannot create runtime directory {shown!r}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise RuntimeDirError(f"runtime directory {shown!r} is owned by uid {st.st_uid}, not by us "
+                                  f"({os.getuid()}); refusing to use it")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)  # ours (checked on this very descriptor)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -72,7 +95,10 @@ class RuntimeLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # ELOOP: a symlink in our private directory is not ours to follow
+            raise RuntimeDirError(f"cannot open lock file {str(self.path)!r}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
