@@ -374,7 +374,7 @@ def _address(data: Any, function: str) -> tuple[str, str]:
 def _name(value: Any, name: str, function: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
         raise InvocationError(f"{function}: {name} must be a non-empty string of at most {MAX_NAME} "
-                              f"characters, got {_short(value)}", code="invalid_argument")
+                              f"chars, got {_short(value)}", code="invalid_argument")
     return value
 
 
