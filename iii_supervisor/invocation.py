@@ -11,7 +11,7 @@ entry, and is forwarded to the owner's session. The entry remembers where the an
 - *local*: the caller is in-process (control socket, HTTP front, cron …) and awaits
   :meth:`Invoker.call`; the entry holds a ``trio.Event``.
 
-Deadlines live in one heap served by one timer task, so a call that nobody answers fails with
+Deadlines live in one heap served by one timer task (:class:`~.deadlines.Deadlines`), so a call that nobody answers fails with
 ``invocation_timeout`` (default 30 s, per call ``timeout_ms``). When a session closes,
 :meth:`Invoker.session_closed` fails every call it was executing with ``invocation_stopped`` at
 once and forgets the calls it had started (their late results are dropped).
@@ -19,7 +19,6 @@ once and forgets the calls it had started (their late results are dropped).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any
 import attrs
 import trio
 
+from .deadlines import Deadlines
 from .errors import (
     EngineError,
     FunctionNotFound,
@@ -84,8 +84,7 @@ class Invoker:
         self._overload_logged: dict[str, float] = {}
         self.pending: dict[str, Pending] = {}
         self._ids = itertools.count(1)
-        self._deadlines: list[tuple[float, str]] = []
-        self._timer_scope: trio.CancelScope | None = None
+        self._deadlines: Deadlines[str] = Deadlines(self._expire, self._deadline_current)
         self._nursery: trio.Nursery | None = None
         #: engine invocation ids each peer is executing, and those it started (relayed calls)
         self._executing: dict[Peer, set[str]] = {}
@@ -94,39 +93,25 @@ class Invoker:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve deadlines and own the tasks of built-in calls. Runs until cancelled."""
+        """Serve deadlines and own the tasks of in-process calls. Runs until cancelled."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._deadlines.run)
             self._nursery = nursery
             task_status.started()
-            while True:
-                next_deadline = self._deadlines[0][0] if self._deadlines else math.inf
-                with trio.CancelScope(deadline=next_deadline) as scope:
-                    self._timer_scope = scope
-                    await trio.sleep_forever()
-                self._timer_scope = None
-                self._expire(trio.current_time())
 
     def _push_deadline(self, deadline: float, inv_id: str) -> None:
-        heap = self._deadlines
-        if len(heap) > 1024 and len(heap) > 4 * len(self.pending):
-            # entries of answered calls stay until their deadline: drop them now and then, so a
-            # long timeout_ms cannot make the heap grow with the number of calls
-            heap[:] = [(d, i) for d, i in heap if i in self.pending]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (deadline, inv_id))
-        scope = self._timer_scope
-        if scope is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        self._deadlines.add(deadline, inv_id)
 
-    def _expire(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, inv_id = heapq.heappop(heap)
-            pending = self.pending.get(inv_id)
-            if pending is not None and pending.deadline <= now:  # (a cleared deadline is inf)
-                timeout = InvocationTimeout(f"function {pending.function_id!r} did not answer in time")
-                self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
-                                                       error=ErrorBody.of(timeout)))
+    def _deadline_current(self, inv_id: str, when: float) -> bool:
+        pending = self.pending.get(inv_id)
+        return pending is not None and pending.deadline <= when  # (a cleared deadline is inf)
+
+    def _expire(self, inv_id: str, when: float) -> None:
+        if self._deadline_current(inv_id, when):
+            pending = self.pending[inv_id]
+            timeout = InvocationTimeout(f"function {pending.function_id!r} did not answer in time")
+            self._finish(pending, InvocationResult(invocation_id=inv_id, function_id=pending.function_id,
+                                                   error=ErrorBody.of(timeout)))
 
     def _timeout_of(self, msg: InvokeFunction) -> float:
         if msg.timeout_ms is not None and msg.timeout_ms > 0:

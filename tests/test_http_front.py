@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import h11
+import httpx
+import pytest
 import trio
+from inprocess import engine_parts
 
 from iii_supervisor.server.http.config import HttpConfig
 from iii_supervisor.channels import ChannelTable
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.registry import Registry
+from iii_supervisor.server import http as http_module
 from iii_supervisor.server.http.front import HttpFront
 
 
@@ -75,3 +80,97 @@ async def test_a_pipelining_client_that_never_pauses_does_not_starve_others() ->
             assert statuses == [404] * requests
             # the front yielded once per request: the other task ran about as often
             assert steps >= requests // 2, steps
+
+
+async def _status_of(stream: trio.SocketStream) -> int | None:
+    """The status of the one response the front sends before closing, or None if it just closed."""
+    data = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+
+
+async def test_a_head_trickled_byte_by_byte_is_timed_out_as_a_whole() -> None:
+    registry = Registry()
+    http = HttpFront(HttpConfig(port=0, header_timeout=0.5), registry, Invoker(registry), ChannelTable())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(http.run)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            started = trio.current_time()
+            head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200
+
+            async def trickle() -> None:
+                for byte in head:  # one byte every 50 ms: each read well inside header_timeout
+                    try:
+                        await stream.send_all(bytes([byte]))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    await trio.sleep(0.05)
+
+            nursery.start_soon(trickle)
+            status = await _status_of(stream)
+            elapsed = trio.current_time() - started
+            assert status == 408
+            assert elapsed < 2.0, elapsed  # the head's total deadline, not an idle time reset per byte
+            nursery.cancel_scope.cancel()
+
+
+async def test_connections_per_client_are_capped_and_refusals_logged_at_a_bounded_rate(
+        caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry()
+    http = HttpFront(HttpConfig(port=0, max_connections_per_client=2), registry, Invoker(registry), ChannelTable())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(http.run)
+            held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+            await trio.sleep(0.1)  # let the front accept them
+            caplog.clear()
+            statuses = []
+            for _ in range(20):
+                extra = await trio.open_tcp_stream("127.0.0.1", port)
+                statuses.append(await _status_of(extra))
+                await extra.aclose()
+            assert statuses == [503] * 20
+            refused = [r for r in caplog.records if "refused a connection" in r.getMessage()]
+            assert len(refused) == 1, [r.getMessage() for r in refused]
+            assert "127.0.0.1" in refused[0].getMessage() and "max_connections_per_client" in refused[0].getMessage()
+            # the held ones still work; closing one frees its slot
+            await held[0].send_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert await _status_of(held[0]) == 404
+            await held[0].aclose()
+            await trio.sleep(0.1)
+            again = await trio.open_tcp_stream("127.0.0.1", port)
+            await again.send_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert await _status_of(again) == 404
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_that_cannot_be_sent_to_its_worker_gets_413_and_leaks_no_channel() -> None:
+    # a JSON body re-encoded grows (1E9 → 1000000000.0): under the body limit, over the frame
+    frame = 1024 * 1024
+    config = {"supervisor": {"max_frame_size": frame, "max_queued_bytes": frame},
+              "http": {"port": 0, "max_body_size": 700 * 1024}}
+    with trio.fail_after(10):
+        async with engine_parts(modules=[http_module.SPEC], config=config) as parts:
+            worker = await parts.worker("api")
+
+            async def echo(data: Any) -> dict[str, Any]:
+                return {"status_code": 200, "body": {"n": len(data["body"] or [])}}
+
+            await worker.register_function("api.echo", echo)
+            await worker.register_trigger("http", "api.echo", {"api_path": "/echo", "http_method": "POST"})
+            port = parts.modules["http"].port  # type: ignore[attr-defined]
+            body = b"[" + b",".join([b"1E9"] * 170_000) + b"]"
+            assert len(body) < 700 * 1024
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                big = await client.post("/echo", content=body, headers={"content-type": "application/json"})
+                assert big.status_code == 413, big.text
+                assert big.json()["error"]["code"] == "request_too_large"
+                small = await client.post("/echo", json=[1, 2, 3])
+                assert small.status_code == 200 and small.json() == {"n": 3}
+            assert len(parts.channels) == 0 and parts.invoker.pending == {}
+            assert not worker.session.closed.is_set()

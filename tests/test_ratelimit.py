@@ -125,7 +125,7 @@ def test_rate_limited_log_appends_the_count(caplog: pytest.LogCaptureFixture) ->
 
 def test_flusher_reports_a_flood_that_stopped(caplog: pytest.LogCaptureFixture) -> None:
     clock = trio.testing.MockClock(autojump_threshold=0)
-    lines: list[str] = []
+    lines: list[float] = []
 
     async def main() -> None:
         limited = RateLimitedLog(logging.getLogger("test.rl.flush"), 10.0, clock=trio.current_time)
@@ -138,7 +138,7 @@ def test_flusher_reports_a_flood_that_stopped(caplog: pytest.LogCaptureFixture) 
                 start = trio.current_time()
                 while not caplog.records[1:]:
                     await trio.sleep(0.5)
-                lines.append(f"after {trio.current_time() - start:g}")
+                lines.append(trio.current_time() - start)
                 for _ in range(3):  # a second flood, later: reported again
                     limited.warning("proto", "protocol error")
                 await trio.sleep(25)
@@ -153,4 +153,6 @@ def test_flusher_reports_a_flood_that_stopped(caplog: pytest.LogCaptureFixture) 
         "protocol error",
         "proto: 2 similar line(s) suppressed in the last 10s",
     ]
-    assert lines == ["after 10"]
+    # reported when the window ended (the poll above may see it up to one step late: trio
+    # orders tasks that wake at the same instant at random)
+    assert len(lines) == 1 and 10 <= lines[0] <= 10.5, lines

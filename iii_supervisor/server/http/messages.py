@@ -264,3 +264,34 @@ def encode_response(response: Response, *, head_only: bool, close: bool) -> byte
     if no_body or head_only or not response.body:
         return head
     return head + response.body
+
+
+def request_data(request: Request, pattern: str, method: str, params: dict[str, str],
+                 body: bytes | None) -> dict[str, Any]:
+    """The payload an ``http`` trigger's function gets (without its channel references).
+
+    ``body`` is the buffered body (None when it is streamed): parsed JSON for a JSON request,
+    else text when it decodes, else None (the handler reads ``request_body``).
+    """
+    parsed: Any = None
+    if body:
+        if request.is_json:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                parsed = None
+        else:
+            try:
+                parsed = body.decode()
+            except UnicodeDecodeError:
+                parsed = None
+    return {
+        "method": request.method,
+        "path": pattern,
+        "request_path": request.path,
+        "path_params": params,
+        "query_params": request.query,
+        "headers": request.headers,
+        "body": parsed,
+        "trigger": {"type": "http", "path": pattern, "method": method},
+    }
