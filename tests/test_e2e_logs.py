@@ -139,18 +139,29 @@ async def test_logs_end_to_end(tmp_path: Path) -> None:
             assert sup.proc is not None and sup.proc.returncode is None
 
             # `logs -f` shows a new line within a second
-            follow = subprocess.Popen(sup.cli_args("logs", "api", "-f", "-n", "1"), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE)
-            try:
+            follow = await trio.lowlevel.open_process(sup.cli_args("logs", "api", "-f", "-n", "1"),
+                                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            buffered = b""
+
+            async def read_line() -> bytes:
+                nonlocal buffered
                 assert follow.stdout is not None
-                first_line = await trio.to_thread.run_sync(follow.stdout.readline)
+                while b"\n" not in buffered:
+                    chunk = await follow.stdout.receive_some(4096)
+                    assert chunk, f"logs -f ended: {buffered!r}"
+                    buffered += chunk
+                line, _, buffered = buffered.partition(b"\n")
+                return line
+
+            try:
+                first_line = await read_line()
                 assert b"api" in first_line, first_line
                 await sup.call("api.say", {"text": "follow-marker"})
                 said = time.monotonic()
-                line = await trio.to_thread.run_sync(follow.stdout.readline)
+                line = await read_line()
                 seen = time.monotonic()
                 assert b"follow-marker" in line and b"INFO" in line and b"api.say" in line, line
                 assert seen - said < 1.0, seen - said
             finally:
                 follow.kill()
-                follow.wait()
+                await follow.wait()
