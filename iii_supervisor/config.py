@@ -96,7 +96,8 @@ def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def strict_number(value: Any, kind: type) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                kind is int and not isinstance(value, int)):
             raise _BadValue(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
         return kind(value)
 
@@ -170,8 +171,10 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
             problems.append(exc.message)
     if problems:
         raise ConfigError(f"invalid {source}: {'; '.join(problems)}")
-    config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()), restart=parsed.get("restart", BackoffPolicy()),
-                    sections={m.section: parsed[m.section] if m.section in parsed else m.default_config() for m in modules})
+    config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()),
+                    restart=parsed.get("restart", BackoffPolicy()),
+                    sections={m.section: parsed[m.section] if m.section in parsed else m.default_config()
+                              for m in modules})
     problem = check_config(config, modules)
     if problem is not None:
         raise ConfigError(f"invalid {source}: {problem}")

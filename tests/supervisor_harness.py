@@ -214,7 +214,8 @@ async def open_control(path: Path) -> AsyncIterator[AsyncControl]:
         await trio.aclose_forcefully(stream)
 
 
-async def run_cli(sup: Supervisor, *args: str, stdin: bytes = b"", timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+async def run_cli(sup: Supervisor, *args: str, stdin: bytes = b"",
+                  timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(timeout):
         return await trio.run_process(sup.cli_args(*args), stdin=stdin, capture_stdout=True, capture_stderr=True,
                                       check=False)

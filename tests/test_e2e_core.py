@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
 import signal
 import socket
 import struct
+import tempfile
+import time
 from pathlib import Path
 
 import orjson

@@ -23,9 +23,9 @@ import attrs
 import psutil
 import trio
 
-from .policy import BackoffPolicy, RestartTracker
 from ..output import Output
 from ..worker_lines import WorkerLines
+from .policy import BackoffPolicy, RestartTracker
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:

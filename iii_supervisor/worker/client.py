@@ -63,6 +63,7 @@ from ..protocol import (
     UnregisterTriggerType,
     WorkerRegistered,
 )
+from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
 from .logger import attach as _attach_logger
 from .logger import enter_invocation, outgoing_context
@@ -84,10 +85,11 @@ def current_client() -> III:
         raise RuntimeError("not inside an iii handler") from None
 
 
-def _channel_id(ref: Any, direction: str) -> int:
-    if not isinstance(ref, dict) or ref.get("direction") != direction or not isinstance(ref.get("channel_id"), int):
+def _channel_id(ref: Any, direction: Direction) -> int:
+    parsed = ChannelRef.parse(ref, direction)
+    if parsed is None:
         raise ValueError(f"not a {direction} channel reference: {ref!r}")
-    return ref["channel_id"]
+    return parsed.channel_id
 
 
 @attrs.define(kw_only=True)
@@ -156,7 +158,9 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+    # an object with an ``async def __call__`` is an async handler too
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None))  # noqa: B004 - not a callable check
 
 
 def _field(request: Any, name: str, default: Any = None) -> Any:
@@ -312,19 +316,19 @@ class III:
         The reader/writer objects are built lazily (most handlers never use them); until then a
         channel is ``None`` here, so its frames are recognised and not dropped.
         """
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             return []
         opened = []
-        ref = data.get("request_body")
-        if type(ref) is dict and ref.get("direction") == "read" and type(ref.get("channel_id")) is int:
-            self._readers[ref["channel_id"]] = None
-            opened.append(ref["channel_id"])
-            if ref.get("eof"):  # an empty body: nothing will be sent on the channel
-                self._reader(ref["channel_id"])._end(None)
-        ref = data.get("response")
-        if type(ref) is dict and ref.get("direction") == "write" and type(ref.get("channel_id")) is int:
-            self._writers[ref["channel_id"]] = None
-            opened.append(ref["channel_id"])
+        body = ChannelRef.parse(data.get("request_body"), "read")
+        if body is not None:
+            self._readers[body.channel_id] = None
+            opened.append(body.channel_id)
+            if body.eof:  # an empty body: nothing will be sent on the channel
+                self._reader(body.channel_id)._end(None)
+        response = ChannelRef.parse(data.get("response"), "write")
+        if response is not None:
+            self._writers[response.channel_id] = None
+            opened.append(response.channel_id)
         return opened
 
     def _reader(self, channel_id: int) -> ChannelReader:
@@ -382,7 +386,8 @@ class III:
         except (TypeError, ProtocolError) as exc:  # not JSON-serializable, or over the frame limit
             self._send(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
                                         error=ErrorBody(code="invocation_failed",
-                                                        message=f"result of {msg.function_id!r} cannot be sent: {exc}")))
+                                                        message=f"result of {msg.function_id!r} cannot be sent: "
+                                                                f"{exc}")))
         except ConnectionLost:
             pass
 
