@@ -31,11 +31,28 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import (
+    HERE,
+    NOISY_CORES,
+    VENV_BIN,
+    CpuSampler,
+    LoggedProcess,
+    args_json,
+    fmt_cell,
+    fmt_k,
+    git_state,
+    machine_info,
+    median,
+    reap,
+    spread,
+    stop_process,
+    table,
+    utc_timestamp,
+    wait_quiet,
+    write_json,
+)
 
 from iii_supervisor.control import ControlClient
-
-from _common import (HERE, NOISY_CORES, VENV_BIN, CpuSampler, LoggedProcess, args_json, fmt_cell, fmt_k, git_state,
-                     machine_info, median, reap, spread, stop_process, table, utc_timestamp, wait_quiet, write_json)
 
 WORKERS_DIR = HERE / "workers_state"
 DEFAULT_OUTPUT = HERE / "results" / "state.json"

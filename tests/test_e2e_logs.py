@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import trio
+
 from supervisor_harness import Supervisor, write_worker
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

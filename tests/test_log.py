@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import trio
-from inprocess import FakeWorker, engine_parts
 
 from iii_supervisor.errors import EngineError, TriggerRegistrationError
 from iii_supervisor.modules import log
@@ -22,6 +21,7 @@ from iii_supervisor.tracing import (
     parse_traceparent,
 )
 from iii_supervisor.worker_lines import LineContext, WorkerLines, tag, untag
+from inprocess import FakeWorker, engine_parts
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 import trio
-from inprocess import FakeWorker, engine_parts
-from memstore import MemoryStore
 
 from iii_supervisor.errors import EngineError, TriggerRegistrationError
 from iii_supervisor.modules import state
 from iii_supervisor.modules.state import StateModule
 from iii_supervisor.protocol import InvokeFunction
+from inprocess import FakeWorker, engine_parts
+from memstore import MemoryStore
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

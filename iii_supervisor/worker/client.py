@@ -65,9 +65,9 @@ from ..protocol import (
 )
 from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
+from .channels import ChannelReader, ChannelWriter
 from .logger import attach as _attach_logger
 from .logger import enter_invocation, outgoing_context
-from .channels import ChannelReader, ChannelWriter
 
 log = logging.getLogger("iii_supervisor.worker")
 

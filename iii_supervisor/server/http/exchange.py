@@ -170,7 +170,8 @@ class Exchange:
                                  f"{function_id!r}, which is not registered")
         if entry.builtin is not None:
             try:
-                return render_result(await self.invoker.call(function_id, data, timeout=timeout, traceparent=traceparent))
+                result = await self.invoker.call(function_id, data, timeout=timeout, traceparent=traceparent)
+                return render_result(result)
             except InvocationError as exc:
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
         worker = entry.owner
