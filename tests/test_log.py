@@ -267,3 +267,22 @@ async def test_unregistered_log_trigger_stops_getting_entries() -> None:
             module(parts).record("info", "two")
             await settle()
             assert [e["message"] for e in got] == ["one"]
+
+
+async def test_a_listing_stays_within_its_byte_budget_and_the_cursor_goes_on() -> None:
+    with trio.fail_after(10):
+        async with engine_parts(modules=[log.SPEC], config={"log": {"max_message_size": 1024 * 1024}}) as parts:
+            mod = module(parts)
+            big = "x" * (1024 * 1024)
+            for _ in range(10):
+                mod.record("info", big)
+            w = await parts.worker()
+            tail = await w.call("engine::logs::list", {"limit": 10})
+            assert 1 <= len(tail["entries"]) <= 4 and tail["entries"][-1]["id"] == 10  # the newest ones
+            seen, cursor = [], 0
+            while cursor < 10:
+                page = await w.call("engine::logs::list", {"since_id": cursor, "limit": 10})
+                assert page["entries"]
+                seen += [e["id"] for e in page["entries"]]
+                cursor = page["cursor"]
+            assert seen == list(range(1, 11))

@@ -50,7 +50,8 @@ async def test_functions_have_the_reference_shapes() -> None:
             assert await w.call("state::list", {"scope": "users", "include_keys": True}) == [
                 {"key": "u0", "value": 0}, {"key": "u1", "value": {"name": "bob"}}]
             assert await w.call("state::list", {"scope": "nobody"}) == []
-            assert await w.call("state::list_groups", {}) == {"groups": ["config", "empty", "users"]}
+            assert await w.call("state::list_groups", {}) == {"groups": ["config", "empty", "users"],
+                                                               "counts": {"config": 1, "empty": 1, "users": 2}}
             assert await w.call("state::update", {"scope": "users", "key": "u1", "ops": [
                 {"type": "set", "path": "age", "value": 3}, {"type": "increment", "path": "age", "by": 2},
                 {"type": "append", "path": "tags", "value": "x"}]}) == {
@@ -61,7 +62,7 @@ async def test_functions_have_the_reference_shapes() -> None:
                 "name": "bob", "age": 5, "tags": ["x"]}
             assert await w.call("state::delete", {"scope": "users", "key": "u1"}) is None
             await w.call("state::delete", {"scope": "config", "key": "flags"})
-            assert await w.call("state::list_groups", {}) == {"groups": ["counters", "empty", "users"]}
+            assert (await w.call("state::list_groups", {}))["groups"] == ["counters", "empty", "users"]
 
 
 async def test_concurrent_updates_of_one_key_are_atomic() -> None:

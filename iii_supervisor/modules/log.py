@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 _LEVEL_ALIASES = {"warning": "warn", "err": "error", "information": "info"}
 _DROP_LOG_INTERVAL = 10.0
+#: about this many bytes of entries per engine::logs::list answer at most (the rest: next cursor)
+LIST_BUDGET = 4 * 1024 * 1024
 
 
 def level_rank(level: Any, *, what: str) -> int:
@@ -112,6 +114,8 @@ class LogModule:
         self.worker_lines = worker_lines
         self.clock = clock
         self.entries: deque[dict[str, Any]] = deque(maxlen=config.buffer_size)
+        #: approximate encoded size of each entry (aligned with ``entries``), to bound an answer
+        self._sizes: deque[int] = deque(maxlen=config.buffer_size)
         self._next_id = 1
         self._subscriptions: dict[str, _Subscription] = {}
         self._nursery: trio.Nursery | None = None
@@ -149,10 +153,12 @@ class LogModule:
         limit = self.config.max_message_size
         if len(message) > limit:
             message = f"{message[:limit]}… [{len(message) - limit} more characters cut]"
+        size = len(message) + 300
         if data is not None:
-            size = len(orjson.dumps(data, default=str))
-            if size > self.config.max_data_size:
-                data = {"truncated": size}
+            data_size = len(orjson.dumps(data, default=str))
+            if data_size > self.config.max_data_size:
+                data = {"truncated": data_size}
+            size += min(data_size, self.config.max_data_size)
         now = self.clock()
         entry = {
             "id": self._next_id,
@@ -169,6 +175,7 @@ class LogModule:
         }
         self._next_id += 1
         self.entries.append(entry)
+        self._sizes.append(size)
         if feed:
             self._feed(entry)
         return entry
@@ -223,13 +230,15 @@ class LogModule:
                     and (function is None or e["function_name"] == function))
 
         newest = self._next_id - 1
+        budget = LIST_BUDGET  # an answer must fit in a frame, whatever `limit` asks for
         if since is None:  # the last `limit` entries that match, oldest first
             found: list[dict[str, Any]] = []
-            for entry in reversed(self.entries):
-                if len(found) >= limit:
+            for entry, size in zip(reversed(self.entries), reversed(self._sizes), strict=True):
+                if len(found) >= limit or (found and size > budget):
                     break
                 if matches(entry):
                     found.append(entry)
+                    budget -= size
             found.reverse()
             cursor = newest
         else:  # what came after `since`, oldest first; the cursor says where to go on
@@ -238,12 +247,14 @@ class LogModule:
             start = max(0, since + 1 - first)
             if since > newest:  # a cursor from before a restart (ids start over): everything is new
                 start, cursor = 0, 0
-            for entry in itertools.islice(self.entries, start, None):
-                if len(found) >= limit:
+            for entry, size in zip(itertools.islice(self.entries, start, None),
+                                   itertools.islice(self._sizes, start, None), strict=True):
+                if len(found) >= limit or (found and size > budget):
                     break
                 cursor = entry["id"]
                 if matches(entry):
                     found.append(entry)
+                    budget -= size
         return {"entries": found, "cursor": cursor,
                 "triggers": [{"id": s.trigger.id, "function_id": s.trigger.function_id, "delivered": s.delivered,
                               "dropped": s.dropped, "failed": s.failed}

@@ -219,7 +219,8 @@ class StateModule:
         return [v for _k, v in items]
 
     async def _list_groups(self, _data: Any) -> dict[str, Any]:
-        return {"groups": sorted(scope for scope, items in self.data.items() if items)}
+        groups = sorted(scope for scope, items in self.data.items() if items)
+        return {"groups": groups, "counts": {scope: len(self.data[scope]) for scope in groups}}
 
     # --- the write path ---------------------------------------------------------------------------
 
@@ -400,12 +401,11 @@ def _cmd_state(args: argparse.Namespace, config: Config) -> int:
         elif args.state_command == "delete":
             print_json(client.call("state::delete", {"scope": args.scope, "key": args.key}))
         elif args.scope is None:
-            groups = client.call("state::list_groups", {})["groups"]
+            answer = client.call("state::list_groups", {})
             if args.json:
-                print_json(groups)
+                print_json(answer)
             else:
-                rows = [[g, str(len(client.call("state::list", {"scope": g})))] for g in groups]
-                print(table(["SCOPE", "KEYS"], rows))
+                print(table(["SCOPE", "KEYS"], [[g, str(answer["counts"][g])] for g in answer["groups"]]))
         else:
             items = client.call("state::list", {"scope": args.scope, "include_keys": True})
             if args.json:
