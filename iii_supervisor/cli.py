@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start the supervisor and every worker in DIR")
     start.add_argument("workers_dir", type=Path, metavar="DIR", help="directory of worker programs")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    start.add_argument("--data-dir", type=Path,
+                       help="directory of the embedded store (default: $STATE_DIRECTORY, else "
+                            "$XDG_STATE_HOME/iii-supervisor, else ~/.local/state/iii-supervisor)")
     for module in MODULES:
         for flag in module.flags:
             start.add_argument(flag.flag, type=flag.type, help=flag.help, dest=_flag_dest(module, flag))
@@ -131,7 +134,7 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
     config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
-    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir)
+    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir)
     try:
         trio.run(engine.run)
     except BaseExceptionGroup as group:

@@ -46,6 +46,11 @@ class SupervisorConfig:
     handshake_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
+    #: Directory of the embedded store (``--data-dir``; default: see ``store.datadir.default_data_dir``).
+    data_dir: str | None = None
+    #: The store's durability: "full" survives power loss, "normal" survives a crash of the
+    #: supervisor (see docs/store.md).
+    store_synchronous: str = attrs.field(default="full", validator=attrs.validators.in_(["full", "normal"]))
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +124,12 @@ def _converter() -> cattrs.Converter:
 
 
 _CONVERTER = _converter()
+
+
+def register_structure_hook(kind: Any, hook: Any) -> None:
+    """Let a module structure its section its own way (e.g. ``[queues]`` mixes options and tables);
+    ``hook(value, kind)`` raises :class:`ConfigError` naming the key path."""
+    _CONVERTER.register_structure_hook(kind, hook)
 
 
 _FIELD_AT_START = re.compile(r"'?([a-z_]+)'?(?= |$)")
