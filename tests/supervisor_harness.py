@@ -68,7 +68,8 @@ class Supervisor:
         """Start; wait for ``expect_workers`` running workers and for ``functions`` to be registered
         ("running" means connected: a worker registers its functions just after)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in aclose
-        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", *self.extra_args)
+        args = self.cli_args("start", str(self.workers_dir), "--http-port", "0", "--stream-port", "0",
+                             *self.extra_args)
         self.proc = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE if self.pipe_output else self._log,
                                                      stderr=subprocess.STDOUT, start_new_session=True,
                                                      env={**os.environ, **(self.env or {})})
@@ -98,6 +99,14 @@ class Supervisor:
             if "HTTP front listening on http://" in line:
                 return int(line.rsplit(":", 1)[1])
         raise RuntimeError("the supervisor logged no HTTP address")
+
+    @property
+    def stream_port(self) -> int:
+        """The stream endpoint's port, from its "listening on" log line."""
+        for line in self.output().splitlines():
+            if "stream endpoint listening on ws://" in line:
+                return int(line.rsplit(":", 1)[1])
+        raise RuntimeError("the supervisor logged no stream endpoint address")
 
     async def read_pipe(self, until: bytes, *, limit: int = 1 << 30) -> bytes:
         """With ``pipe_output``: read the supervisor's output until ``until`` appears."""
