@@ -62,7 +62,7 @@ def encode_text_frame(text: str) -> bytes:
 
 def check_trio_websocket() -> None:
     """Fail early if trio-websocket no longer has what :class:`FrameSink` relies on."""
-    needed = ("_stream", "_stream_lock", "_wsproto", "_close_reason", "_close_handshake")
+    needed = ("_stream", "_stream_lock", "_wsproto", "_close_reason", "_close_handshake", "_reader_running")
     probe = WebSocketConnection.__init__.__code__.co_names
     missing = [name for name in needed if name not in probe]
     if missing:

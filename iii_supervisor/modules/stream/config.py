@@ -17,7 +17,7 @@ class StreamConfig:
     #: it returns ``{context}`` (handed to join/leave handlers) or denies (401/403).
     auth_function_id: str | None = None
     #: ``Origin`` values accepted on the upgrade (exact ``scheme://host[:port]``; ``"*"``: any).
-    #: Empty: no check.
+    #: Empty (default): a browser page must come from the host the client connected to (any port).
     allowed_origins: tuple[str, ...] = ()
     #: Largest client message, in bytes; larger ones close the connection with 1009.
     max_message_size: int = attrs.field(default=64 * 1024, validator=positive)

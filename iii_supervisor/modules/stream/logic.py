@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import orjson
@@ -251,8 +252,6 @@ def name_arg(data: Any, field: str, function: str, *, required: bool = True) -> 
 def auth_request(headers: list[tuple[bytes, bytes]], target: str, addr: str) -> dict[str, Any]:
     """What the auth function gets: ``{headers, path, query_params, addr}`` (repeated query
     parameters become lists, as the HTTP front does)."""
-    from urllib.parse import parse_qsl, urlsplit
-
     parts = urlsplit(target)
     query: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -264,15 +263,32 @@ def auth_request(headers: list[tuple[bytes, bytes]], target: str, addr: str) -> 
             "path": parts.path or "/", "query_params": query, "addr": addr}
 
 
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """``allowed`` empty: any origin (and none); ``"*"`` in it: any; else an exact match
-    (scheme://host[:port], case-insensitive). A request without ``Origin`` (not a browser)
-    passes only when the list is empty or has ``"*"``."""
-    if not allowed or "*" in allowed:
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], host: str | None = None) -> bool:
+    """Whether an upgrade with this ``Origin`` may proceed.
+
+    - no ``Origin`` (not a browser: a script, a server): allowed unless ``allowed`` lists origins
+      without ``"*"``;
+    - ``allowed`` empty (the default): the origin's host must be the host the client connected to
+      (the ``Host`` header's, any port), so a page of another site cannot read the streams from a
+      visitor's browser, while a page served by this machine's HTTP front can;
+    - ``"*"`` in ``allowed``: any origin; else an exact match (``scheme://host[:port]``, case-insensitive).
+    """
+    if "*" in allowed:
         return True
     if origin is None:
-        return False
+        return not allowed
+    if not allowed:
+        if host is None:
+            return False
+        return _hostname(urlsplit(origin.strip()).netloc) == _hostname(host.strip())
     return origin.lower().rstrip("/") in {a.lower().rstrip("/") for a in allowed}
+
+
+def _hostname(netloc: str) -> str:
+    netloc = netloc.lower().rpartition("@")[2]
+    if netloc.startswith("["):
+        return netloc.partition("]")[0] + "]"
+    return netloc.partition(":")[0]
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -407,9 +407,10 @@ class StreamModule:
             addr = f"{peer[0]}:{peer[1]}"
         except OSError:
             addr = "?"
-        if not origin_allowed(origin, self.config.allowed_origins):
-            log.info("stream endpoint: refused an upgrade from %s: origin %r is not in stream.allowed_origins",
-                     addr, origin)
+        host = next((v.decode("latin-1") for k, v in headers if k.lower() == b"host"), None)
+        if not origin_allowed(origin, self.config.allowed_origins, host):
+            log.info("stream endpoint: refused an upgrade from %s: origin %r is not allowed "
+                     "(stream.allowed_origins)", addr, origin)
             await request.reject(403, body=f"origin {origin!r} is not allowed".encode())
             return
         context = None
@@ -474,8 +475,9 @@ class StreamModule:
             return
         with trio.move_on_after(self.config.close_timeout):
             await conn.aclose()
-        with trio.move_on_after(self.config.close_timeout):
-            await conn._close_handshake.wait()
+        if conn._reader_running:  # (trio-websocket stops reading after its own 1009 close: no answer comes)
+            with trio.move_on_after(self.config.close_timeout):
+                await conn._close_handshake.wait()
 
     async def _keepalive(self, client: Client) -> None:
         while True:
