@@ -175,6 +175,13 @@ def install_gate(request: WebSocketRequest) -> WriteGate:
     return gate
 
 
+def request_host(request: WebSocketRequest) -> str | None:
+    """The upgrade's ``Host`` header (wsproto takes it out of ``request.headers``)."""
+    event = getattr(request, "_event", None)
+    host = getattr(event, "host", None)
+    return host if isinstance(host, str) else None
+
+
 class FrameSink:
     """The pre-encoded frames bound for one connection (see the module docstring).
 

@@ -30,7 +30,7 @@ from wsproto.utilities import LocalProtocolError
 from ...errors import EngineError, InvocationError, ValueTooLarge
 from ...invocation import Invoker
 from ...registry import Registry, TriggerEntry, TriggerTypeEntry
-from ...server.ws import Flusher, FrameSink, encode_text_frame, install_gate, serve_ws
+from ...server.ws import Flusher, FrameSink, encode_text_frame, install_gate, request_host, serve_ws
 from ...tracing import call_context, child_traceparent
 from ..update_ops import apply_ops
 from .config import StreamConfig
@@ -407,7 +407,7 @@ class StreamModule:
             addr = f"{peer[0]}:{peer[1]}"
         except OSError:
             addr = "?"
-        host = next((v.decode("latin-1") for k, v in headers if k.lower() == b"host"), None)
+        host = request_host(request)
         if not origin_allowed(origin, self.config.allowed_origins, host):
             log.info("stream endpoint: refused an upgrade from %s: origin %r is not allowed "
                      "(stream.allowed_origins)", addr, origin)
@@ -447,7 +447,9 @@ class StreamModule:
     async def _authenticate(self, request: WebSocketRequest, addr: str) -> tuple[int | None, Any]:
         """(None, context) to accept; (status, None) to refuse."""
         assert self.config.auth_function_id is not None
-        payload = auth_request(request.headers, request.path, addr)
+        host = request_host(request)
+        headers = [(b"host", host.encode()), *request.headers] if host is not None else request.headers
+        payload = auth_request(headers, request.path, addr)
         try:
             result = await self.invoker.call(self.config.auth_function_id, payload,
                                              timeout=self.config.handler_timeout_ms / 1000)
