@@ -368,3 +368,28 @@ async def test_pings_and_pongs_interleave_with_fan_out() -> None:
                         await w.call("stream::set", {"stream_name": "chat", "group_id": "room1", "item_id": "m",
                                                      "data": {"n": i, "pad": "y" * (i % 300)}})
                 assert [e["event"]["data"]["n"] for e in got] == list(range(2000))
+
+
+async def test_a_connection_that_answers_no_ping_is_closed() -> None:
+    with trio.fail_after(10):
+        async with started({"ping_interval": 0.1, "ping_timeout": 0.2, "close_timeout": 0.2}) as (parts, port):
+            module: Any = parts.modules["stream"]
+            silent = await _stuck_client(port)  # completes the handshake, then never answers anything
+            try:
+                async with open_websocket_url(f"ws://127.0.0.1:{port}/") as alive:  # trio-websocket answers pings
+                    await send(alive, "join", **join("a"))
+                    await receive(alive)
+                    start = trio.current_time()
+                    while (await module._stats({}))["connections"] > 1:
+                        await trio.sleep(0.02)
+                    assert trio.current_time() - start < 2
+                    await trio.sleep(0.5)  # several ping rounds: the answering client stays
+                    assert (await module._stats({}))["connections"] == 1
+                silent.setblocking(True)
+                silent.settimeout(5)
+                data = b""
+                while chunk := silent.recv(65536):
+                    data += chunk
+                assert b"\x88" in data and (1001).to_bytes(2, "big") + b"no pong within ping_timeout" in data
+            finally:
+                silent.close()

@@ -210,6 +210,8 @@ class FrameSink:
         #: set once we decided to close (code, reason); nothing more is queued
         self.closing: tuple[int, str] | None = None
         self.dead = False
+        #: set once the socket is closed
+        self.cut = trio.Event()
         self._holding = False
         self._wake = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -299,6 +301,7 @@ class FrameSink:
             self.buffer.size = 0
             self.buffer.started = False
             self._stream.socket.close()  # trio wakes the tasks waiting on it
+            self.cut.set()
 
     # --- the writer task ---------------------------------------------------------------------
 

@@ -472,8 +472,7 @@ class StreamModule:
         conn, sink = client.conn, client.sink
         if sink.closing is not None:
             with trio.move_on_after(3 * self.config.close_timeout):
-                while not sink.dead:
-                    await trio.sleep(0.01)
+                await sink.cut.wait()
             return
         with trio.move_on_after(self.config.close_timeout):
             await conn.aclose()
