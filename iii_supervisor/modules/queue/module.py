@@ -213,7 +213,8 @@ class QueueModule:
         self._flush()  # the outcomes waiting ride on this commit
         ids = await self.store.write(storage.insert(rows))
         for sub, row, message_id in zip(subs, rows, ids, strict=True):
-            self._accepted((topic, sub.function_id), Message(message_id, sub.function_id, data, row.group))
+            self._accepted((topic, sub.function_id), Message(message_id, sub.function_id, data, row.group,
+                                                             size=len(blob)))
         return {"messageReceiptId": receipt, "subscribers": len(subs)}
 
     async def enqueue(self, queue: Any, function_id: Any, data: Any) -> dict[str, Any]:
@@ -231,7 +232,7 @@ class QueueModule:
         row = storage.NewRow(receipt, queue, "", function_id, blob, group, _now_ms())
         self._flush()
         (message_id,) = await self.store.write(storage.insert([row]))
-        self._accepted((queue, ""), Message(message_id, function_id, data, group))
+        self._accepted((queue, ""), Message(message_id, function_id, data, group, size=len(blob)))
         return {"messageReceiptId": receipt}
 
     def _accepted(self, key: LaneKey, msg: Message) -> None:
@@ -270,7 +271,7 @@ class QueueModule:
                 self._failed(key, lane, msg, f"function_not_found: function {target!r} not found")
                 continue
             self._call(key, msg, entry, condition)
-        if lane.backlog and len(lane) <= lane.window // 2:
+        if lane.backlog and len(lane) <= lane.window // 2 and lane.bytes <= lane.window_bytes // 2:
             self._request_refill(key)
 
     def _call(self, key: LaneKey, msg: Message, entry: FunctionEntry, condition: bool) -> None:
@@ -430,7 +431,7 @@ class QueueModule:
             key = await self._refills.get()
             self._refill_pending.discard(key)
             lane = self.lanes.get(key)
-            while lane is not None and lane.backlog and len(lane) < lane.window:
+            while lane is not None and lane.backlog and not lane.full():
                 seen = lane.disk_only_count
                 want = lane.window - len(lane)
                 asked = want + len(lane)
@@ -440,9 +441,10 @@ class QueueModule:
                 rows = await self.store.write(storage.load(key, asked))
                 now_ms, now = _now_ms(), trio.current_time()
                 for row in rows:
-                    if row.id in lane or len(lane) >= lane.window:
+                    if row.id in lane or lane.full():
                         continue
-                    msg = Message(row.id, row.function_id, orjson.loads(row.data), row.group, row.attempts)
+                    msg = Message(row.id, row.function_id, orjson.loads(row.data), row.group, row.attempts,
+                                  size=len(row.data))
                     due = now + (row.due_ms - now_ms) / 1000 if row.due_ms > now_ms else None
                     lane.add(msg, due=due)
                     if due is not None:
