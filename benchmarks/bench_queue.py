@@ -90,17 +90,25 @@ def ours(client: ControlClient, n: int, inflight: int) -> tuple[float, float]:
     return n / r["enqueue_s"], n / r["e2e_s"]
 
 
-def start_huey(tmp: Path) -> tuple[subprocess.Popen[bytes], Any]:
-    env = {**os.environ, "HUEY_DB": str(tmp / "huey.db"), "PYTHONPATH": str(HERE)}
-    os.environ["HUEY_DB"] = env["HUEY_DB"]
-    proc = subprocess.Popen([str(BIN / "huey_consumer"), "huey_app.huey", "-k", "process", "-w", "2", "-q"],
-                            cwd=HERE, env=env, stdout=open(tmp / "huey.log", "wb"),  # noqa: SIM115
+def start_huey(tmp: Path, mode: str) -> tuple[subprocess.Popen[bytes], Any]:
+    """A ``huey_consumer -k MODE -w 2`` on its own database, and a producer-side huey for it."""
+    db = tmp / f"huey-{mode}.db"
+    env = {**os.environ, "HUEY_DB": str(db), "PYTHONPATH": str(HERE)}
+    proc = subprocess.Popen([str(BIN / "huey_consumer"), "huey_app.huey", "-k", mode, "-w", "2", "-q"],
+                            cwd=HERE, env=env, stdout=open(tmp / f"huey-{mode}.log", "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
-    import huey_app  # noqa: PLC0415 - after HUEY_DB is set
+    import huey as huey_lib
+    import huey_app
+
+    producer = huey_lib.SqliteHuey(filename=str(db))
+    task = producer.task()(huey_app.trivial.func)  # the same function: the same task name as the consumer's
+
+    class App:
+        huey = producer
+        trivial = task
 
     time.sleep(1.0)
-    return proc, huey_app
-
+    return proc, App
 
 def huey_run(app: Any, n: int, threads: int) -> tuple[float, float]:
     app.huey.flush()
@@ -130,41 +138,50 @@ def main() -> None:
     reps = 1 if args.quick else args.reps
     sys.path.insert(0, str(HERE))
     tmp = Path(tempfile.mkdtemp(prefix="iii-bq"))
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in ("ours64", "ours1", "huey1", "huey64")}
-    sup = huey = None
+    keys = ("ours64", "ours1", "huey1", "huey_thread1", "huey64")
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         sup, client = start_supervisor(tmp, args.synchronous)
-        huey, app = start_huey(tmp)
+        procs.append(sup)
+        huey_p, app_p = start_huey(tmp, "process")
+        huey_t, app_t = start_huey(tmp, "thread")
+        procs += [huey_p, huey_t]
         ours(client, 1000, 64)  # warm-up
-        huey_run(app, 200, 1)
+        huey_run(app_p, 200, 1)
+        huey_run(app_t, 200, 1)
         for _ in range(reps):
             results["ours64"].append(ours(client, n_fast, 64))
-            results["huey1"].append(huey_run(app, n_huey, 1))
+            results["huey1"].append(huey_run(app_p, n_huey, 1))
             results["ours1"].append(ours(client, n_seq, 1))
-            results["huey64"].append(huey_run(app, n_huey, 64))
+            results["huey_thread1"].append(huey_run(app_t, n_huey, 1))
+            results["huey64"].append(huey_run(app_p, n_huey, 64))
         client.close()
     finally:
-        if sup is not None:
-            stop(sup)
-        if huey is not None:
-            stop(huey)
+        for proc in procs:
+            stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     def med(key: str, i: int) -> float:
         return statistics.median(r[i] for r in results[key])
 
-    huey_best = max(med("huey1", 1), med("huey64", 1))
+    huey_best = max(med("huey1", 1), med("huey_thread1", 1), med("huey64", 1))
     rows = [("iii-supervisor, 64 in flight", "ours64"), ("iii-supervisor, 1 sequential producer", "ours1"),
-            ("huey SqliteHuey, 1 producer", "huey1"), ("huey SqliteHuey, 64 producer threads", "huey64")]
+            ("huey SqliteHuey process -w 2, 1 producer", "huey1"),
+            ("huey SqliteHuey thread -w 2, 1 producer", "huey_thread1"),
+            ("huey SqliteHuey process -w 2, 64 threads", "huey64")]
     print(f"\nstore synchronous={args.synchronous}; {reps} interleaved rep(s); medians; messages/s")
-    print(f"{'what':<40} {'enqueue-only':>13} {'end to end':>11} {'vs best huey e2e':>17}")
+    print(f"{'what':<42} {'enqueue-only':>13} {'end to end':>11} {'vs best huey e2e':>17}")
     for label, key in rows:
-        print(f"{label:<40} {med(key, 0):>13,.0f} {med(key, 1):>11,.0f} {med(key, 1) / huey_best:>16.2f}x")
+        print(f"{label:<42} {med(key, 0):>13,.0f} {med(key, 1):>11,.0f} {med(key, 1) / huey_best:>16.2f}x")
     r64 = med("ours64", 1) / med("huey1", 1)
-    r1 = med("ours1", 1) / med("huey1", 1)
+    r1 = med("ours1", 1) / max(med("huey1", 1), med("huey_thread1", 1))
     print(f"\ntarget 1: end to end, 64 in flight >= 10x huey (defaults, 1 producer): {r64:.1f}x "
           f"{'MET' if r64 >= 10 else 'MISSED'}")
-    print(f"target 2: end to end, 1 sequential producer >= 1.5x huey: {r1:.1f}x {'MET' if r1 >= 1.5 else 'MISSED'}")
+    print(f"target 2: end to end, 1 sequential producer >= 1.5x huey (faster mode, 1 producer): {r1:.1f}x "
+          f"{'MET' if r1 >= 1.5 else 'MISSED'}")
+    print(f"(best huey end to end in this run: {huey_best:,.0f}/s; 64 in flight vs it: "
+          f"{med('ours64', 1) / huey_best:.1f}x)")
 
 
 if __name__ == "__main__":
