@@ -49,6 +49,9 @@ def test_settings_are_checked_naming_the_key() -> None:
     base = QueueSettings(backoff_ms=5)
     assert parse_settings({"max_retries": 7}, where="x", base=base) == QueueSettings(backoff_ms=5, max_retries=7)
     assert parse_settings(None, where="x", base=base) is base
+    # the reference engine's camelCase names are accepted too
+    assert parse_settings({"maxRetries": 1, "backoffDelayMs": 7}, where="x") == QueueSettings(max_retries=1,
+                                                                                            backoff_ms=7)
 
 
 def test_fifo_group_comes_from_the_data_and_is_required() -> None:

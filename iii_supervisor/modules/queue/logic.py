@@ -74,6 +74,9 @@ class QueueSettings:
 
 
 SETTING_KEYS = frozenset(f.name for f in attrs.fields(QueueSettings))
+#: the reference engine's camelCase names of the same settings (its subscribers' queue_config)
+SETTING_ALIASES = {"maxRetries": "max_retries", "backoffDelayMs": "backoff_ms", "backoffMs": "backoff_ms",
+                   "maxBackoffMs": "max_backoff_ms", "messageGroupField": "message_group_field"}
 
 
 def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -> QueueSettings:
@@ -87,6 +90,7 @@ def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -
         raise ValueError(f"{where}: expected a table of settings, got {raw!r}")  # noqa: TRY004 - one error type for callers
     values: dict[str, Any] = attrs.asdict(base) if base is not None else {}
     for key, value in raw.items():
+        key = SETTING_ALIASES.get(key, key)
         if key not in SETTING_KEYS:
             raise ValueError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(SETTING_KEYS))})")
         if key in ("type", "message_group_field"):
