@@ -18,7 +18,7 @@ from .builtins import install_builtins
 from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
-from .modules import queue
+from .modules import cron, queue
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MODULES: tuple[ModuleSpec, ...] = (
     http.SPEC,
     queue.SPEC,
+    cron.SPEC,
 )
 
 

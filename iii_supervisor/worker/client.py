@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 ``register_worker()`` connects to the supervisor's socket (``$III_SOCKET``), presents the secret
 token it was spawned with (``$III_WORKER_TOKEN``) and returns once the supervisor has accepted it.
-The connection lives in a trio loop on a **non-daemon thread**, so a worker script can register
-its functions and triggers and simply end its main code, like the iii documentation's snippets:
-the process keeps serving until the supervisor goes away, then exits.
+The connection lives in a trio loop on its own thread, so a worker script can register its
+functions and triggers and simply end its main code, like the iii documentation's snippets:
+the process keeps serving until the supervisor goes away, then exits. Python's shutdown waits
+for that before it begins (see :mod:`.lifetime`), so handlers can use the whole standard library
+(``concurrent.futures``, ``multiprocessing``, ``asyncio.run`` …).
 
 - Async handlers run as tasks on that trio loop (they may await trio primitives).
 - Sync handlers run in worker threads (``trio.to_thread``), so they never block the loop, and
@@ -37,7 +39,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..errors import ConnectionLost, EngineError, ProtocolError, RegistrationError, error_from_wire
+from ..errors import ConnectionLost, EngineError, InvocationTimeout, ProtocolError, RegistrationError, error_from_wire
 from ..inbox import Inbox
 from ..protocol import (
     Action,
@@ -65,6 +67,7 @@ from ..protocol import (
 )
 from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
+from . import lifetime
 from .channels import ChannelReader, ChannelWriter
 
 log = logging.getLogger("iii_supervisor.worker")
@@ -97,6 +100,9 @@ class InitOptions:
     worker_name: str | None = None
     #: Default deadline of ``trigger()`` calls (the supervisor enforces it).
     invocation_timeout_ms: int = 30_000
+    #: Seconds ``trigger()`` waits beyond a call's ``timeout_ms`` before it gives up on its own
+    #: (the supervisor answers ``invocation_timeout`` first; this covers an answer that is lost).
+    trigger_deadline_margin: float = 5.0
     #: Most sync handlers running at once (each in its own thread). More threads than cores
     #: only fight over the GIL: 8 measured faster than 64 for CPU-light handlers.
     max_threads: int = 8
@@ -155,6 +161,25 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"function id must be a str or a dict with a str 'id', got {spec!r}")
 
 
+def _without_argument(handler: Handler) -> Handler:
+    """A handler that takes no argument (``def cleanup():``, as the iii docs' cron examples
+    write it) is called without the payload."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it as given
+        return handler
+    if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        return handler
+    if _is_async(handler):
+        async def call_async(_data: Any) -> Any:
+            return await handler()  # type: ignore[call-arg]
+        return call_async
+
+    def call(_data: Any) -> Any:
+        return handler()  # type: ignore[call-arg]
+    return call
+
+
 def _is_async(handler: Handler) -> bool:
     # an object with an ``async def __call__`` is an async handler too
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
@@ -201,13 +226,30 @@ class III:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._shutting_down = False
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._thread_main, name=f"iii-worker[{name}]", daemon=False)
+        self._start()
+
+    def _start(self) -> None:
+        """Connect on the loop thread; return once the supervisor has accepted us."""
         self._thread.start()
         if not self._ready.wait(self.options.connect_timeout):
-            raise ConnectionLost(f"could not connect to the supervisor at {socket_path!r} "
+            raise ConnectionLost(f"could not connect to the supervisor at {self.socket_path!r} "
                                  f"within {self.options.connect_timeout:g}s")
         if self._startup_error is not None:
             raise self._startup_error
+        lifetime.keep_serving_after_main(self)
+
+    # --- the end of the main code (called by lifetime, in the main thread) --------------------
+
+    def _wait_until_closed(self) -> None:
+        self._thread.join()
+
+    def _close_at_exit(self, reason: str) -> None:
+        if self._thread.is_alive() and not self._shutting_down:
+            print(f"iii worker {self.name}: {reason}; closing the connection to the supervisor",
+                  file=sys.stderr, flush=True)
+            self.shutdown()
 
     # --- the loop thread ----------------------------------------------------------------------
 
@@ -231,6 +273,11 @@ class III:
             stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to the supervisor socket {self.socket_path!r}: {exc}") from None
+        await self._serve_stream(stream)
+
+    async def _serve_stream(self, stream: trio.SocketStream, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Handshake, then serve the connection until it ends (``task_status`` once accepted)."""
         framed = FramedStream(stream)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -247,18 +294,34 @@ class III:
                 framed.max_frame_size = first.max_frame_size
             self._trio_token = trio.lowlevel.current_trio_token()
             self._ready.set()
+            task_status.started()
             try:
                 async for batch in framed.batches():
                     for event in batch:
                         self._dispatch(event)
+                self._supervisor_gone()
             except (ConnectionLost, ProtocolError) as exc:
                 log.warning("connection to the supervisor failed: %s", exc)
+                self._supervisor_gone()
             finally:
                 lost = ConnectionLost("the connection to the supervisor was closed")
                 for waiter in self._waiters.values():
                     waiter.put(lost)
                 self._waiters.clear()
                 nursery.cancel_scope.cancel()
+
+    def _supervisor_gone(self) -> None:
+        """The connection ended and we did not close it: exit now (with ``exit_on_disconnect``),
+        not once the loop has unwound — a sync handler's thread cannot be cancelled, and a
+        worker in a long handler must not outlive its supervisor."""
+        if not self._shutting_down and self.options.exit_on_disconnect:
+            try:  # our output pipes were the supervisor's: writing may fail with EPIPE now
+                print(f"iii worker {self.name}: supervisor connection closed; exiting", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+            except BaseException:  # noqa: BLE001, S110 - nothing may stand between us and the exit
+                pass
+            finally:
+                os._exit(0)
 
     def _dispatch(self, event: Event) -> None:
         match event:
@@ -418,32 +481,39 @@ class III:
                 "use the async form instead (e.g. 'await iii.trigger_async(...)')")
         if self._trio_token is None:
             raise ConnectionLost("not connected to the supervisor")
+        self._check_process()
         try:
             return trio.from_thread.run(afn, *args, trio_token=self._trio_token)
         except trio.RunFinishedError:
             raise ConnectionLost("the connection to the supervisor was closed") from None
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:  # a fork (e.g. a multiprocessing pool's process): no loop here
+            raise ConnectionLost(f"this iii client is connected in process {self._pid}; a child process "
+                                 f"({os.getpid()}) cannot use it")
+
     def _send_threadsafe(self, message: Message) -> None:
         if self._in_loop():
             self._send(message)
         elif self._trio_token is not None:
+            self._check_process()
             try:
                 trio.from_thread.run_sync(self._send, message, trio_token=self._trio_token)
             except trio.RunFinishedError:
                 raise ConnectionLost("the connection to the supervisor was closed") from None
 
-    async def _request(self, key: tuple[str, str], message: Message, timeout: float | None) -> Message:
+    async def _request(self, key: tuple[str, str], message: Message, timeout: float,
+                       timeout_error: EngineError | None = None) -> Message:
+        """Send ``message`` and wait for the answer filed under ``key``, at most ``timeout`` seconds."""
         waiter: Inbox[Message | BaseException] = Inbox()
         self._waiters[key] = waiter
         try:
             self._send(message)
-            if timeout is None:  # (calls: the supervisor enforces their deadline)
+            with trio.fail_after(timeout):
                 answer = await waiter.get()
-            else:
-                with trio.fail_after(timeout):
-                    answer = await waiter.get()
         except trio.TooSlowError:
-            raise EngineError(f"no answer from the supervisor within {timeout:g}s", code="timeout") from None
+            raise timeout_error or EngineError(f"no answer from the supervisor within {timeout:g}s",
+                                               code="timeout") from None
         finally:
             self._waiters.pop(key, None)
         if isinstance(answer, BaseException):
@@ -454,7 +524,7 @@ class III:
 
     def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
-        """Register ``handler`` (sync or async, one argument) under an id.
+        """Register ``handler`` (sync or async; one argument, the payload, or none) under an id.
 
         ``function`` is ``"users.create"`` or ``{"id": "users.create", "description": ...}``.
         Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id.
@@ -465,7 +535,7 @@ class III:
         msg = RegisterFunction(id=function_id, description=description or extra.get("description"),
                                metadata=metadata or extra.get("metadata"),
                                request_format=extra.get("request_format"), response_format=extra.get("response_format"))
-        self._functions[function_id] = handler
+        self._functions[function_id] = _without_argument(handler)
         self._async[function_id] = _is_async(handler)
         if self._in_loop():
             self._send(msg)  # cannot wait for the ack here; a refusal is logged
@@ -539,6 +609,8 @@ class III:
             raise TypeError(f"trigger() needs a str 'function_id', got {request!r}")
         action = _action(_field(request, "action"))
         timeout_ms = _field(request, "timeout_ms") or self.options.invocation_timeout_ms
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise ValueError(f"trigger() 'timeout_ms' must be a positive integer (milliseconds), got {timeout_ms!r}")
         data = _field(request, "payload", _field(request, "data"))
         if action is not None and action.type == "void":
             self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata")))
@@ -546,7 +618,13 @@ class III:
         inv_id = str(next(self._ids))
         msg = InvokeFunction(function_id=function_id, data=data, invocation_id=inv_id, action=action,
                              timeout_ms=timeout_ms, metadata=_field(request, "metadata"))
-        answer = await self._request(("call", inv_id), msg, None)  # the supervisor enforces timeout_ms
+        # The supervisor enforces timeout_ms and answers invocation_timeout; our own deadline, a
+        # margin later, only fires if that answer is lost, so that no worker can hang on a call.
+        margin = self.options.trigger_deadline_margin
+        deadline = timeout_ms / 1000 + margin
+        lost = InvocationTimeout(f"no answer for function {function_id!r} within {deadline:g}s (its timeout_ms "
+                                 f"{timeout_ms} plus a {margin:g}s margin): the supervisor's answer was lost")
+        answer = await self._request(("call", inv_id), msg, deadline, lost)
         assert isinstance(answer, InvocationResult)
         if answer.error is not None:
             raise error_from_wire(answer.error.code, answer.error.message, answer.error.stacktrace)
@@ -557,6 +635,7 @@ class III:
     def shutdown(self) -> None:
         """Close the connection and stop the loop thread (the process may then exit)."""
         self._shutting_down = True
+        lifetime.forget(self)
         if self._in_loop():
             raise RuntimeError("use 'await iii.shutdown_async()' inside an async handler")
         if self._trio_token is not None and self._thread.is_alive():
@@ -590,7 +669,39 @@ def register_worker(address: str | None = None, options: InitOptions | dict[str,
             "III_SOCKET / III_WORKER_TOKEN are not set: run this worker under the supervisor "
             "('iii-supervisor start DIR' spawns every worker program in DIR)", code="not_supervised")
     name = options.worker_name or os.environ.get("III_WORKER_NAME") or f"worker-{os.getpid()}"
+    if lifetime.in_multiprocessing_child():
+        # a spawn/forkserver pool re-imports the worker script in its processes: the worker
+        # itself is connected already, this copy only needs the script's functions defined
+        return _UnconnectedIII(socket_path, token, name, options)
     return III(socket_path, token, name, options)
+
+
+class _UnconnectedIII(III):
+    """What ``register_worker()`` returns in a ``multiprocessing`` child: registrations are kept
+    locally (so the script runs as usual), nothing is sent; calls raise."""
+
+    def _start(self) -> None:
+        pass
+
+    def _run(self, afn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        raise ConnectionLost(f"this process ({os.getpid()}) is a multiprocessing child of worker {self.name!r}; "
+                             f"only the worker process itself is connected to the supervisor")
+
+    def _send_threadsafe(self, message: Message) -> None:
+        pass
+
+    def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
+                          metadata: dict[str, Any] | None = None) -> FunctionRef:
+        function_id, _ = _function_id(function)
+        self._functions[function_id] = handler
+        return FunctionRef(function_id, self)
+
+    def register_trigger(self, trigger: Any) -> Trigger:
+        return Trigger(_field(trigger, "id") or uuid.uuid4().hex, _field(trigger, "type") or "",
+                       _field(trigger, "function_id") or "", self)
+
+    def shutdown(self) -> None:
+        pass
 
 
 __all__ = ["III", "FunctionRef", "InitOptions", "RegistrationError", "Trigger", "TriggerConfig", "TriggerTypeRef",
