@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -103,6 +104,10 @@ async def test_enqueue_action_data_checks_and_unregistered_subscription(tmp_path
             worker.send(InvokeFunction(function_id="enqueue", data={"topic": "t", "data": "void"}))
             while "void" not in seen:
                 await trio.sleep(0.01)
+            # idle: no timer armed, no outcome waiting (an idle queue costs no wake-ups)
+            await trio.sleep(0.1)
+            assert module._flush_due == math.inf  # type: ignore[attr-defined]
+            assert not module._timers  # type: ignore[attr-defined]
 
 
 async def test_garbage_to_the_queue_functions_is_refused_naming_it(tmp_path: Path) -> None:
