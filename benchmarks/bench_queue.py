@@ -17,9 +17,10 @@ What it measures
   Measured inside the producer: *enqueue-only* = time until every publish returned; *end to end*
   = time until the consumer has handled all N.
 - **huey SqliteHuey** (its defaults: results stored, fsync per commit) with ``huey_consumer -k
-  process -w 2`` (process workers, the mode the issue's target names) and the same trivial task;
-  the producer enqueues N tasks from this process, sequentially and from 64 threads; end to end =
-  until the N results are stored.
+  process -w 2`` (process workers, the mode the issue's target names) and ``-k thread -w 2``,
+  each on its own database, with the same trivial task; the producer enqueues N tasks from this
+  process, sequentially (and, for process mode, from 8 threads: more hit huey's SQLite lock
+  timeout); end to end = until the N results are stored.
 
 Repetitions are interleaved (rep 1 of everything, then rep 2 ...); the table shows medians and the
 ratios against huey measured in the same run. Targets (issue 8): end to end with 64 in flight
@@ -120,10 +121,11 @@ def huey_run(app: Any, n: int, threads: int) -> tuple[float, float]:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(app.trivial, range(n), chunksize=16))
     enqueued = time.perf_counter()
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 120
     while app.huey.result_count() < n:
         if time.monotonic() > deadline:
-            raise RuntimeError("huey did not finish")
+            raise RuntimeError(f"huey did not finish: {app.huey.result_count()} of {n} results, "
+                               f"{app.huey.pending_count()} pending")
         time.sleep(0.005)
     return n / (enqueued - t0), n / (time.perf_counter() - t0)
 
@@ -138,7 +140,7 @@ def main() -> None:
     reps = 1 if args.quick else args.reps
     sys.path.insert(0, str(HERE))
     tmp = Path(tempfile.mkdtemp(prefix="iii-bq"))
-    keys = ("ours64", "ours1", "huey1", "huey_thread1", "huey64")
+    keys = ("ours64", "ours1", "huey1", "huey_thread1", "huey8")
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -155,21 +157,29 @@ def main() -> None:
             results["huey1"].append(huey_run(app_p, n_huey, 1))
             results["ours1"].append(ours(client, n_seq, 1))
             results["huey_thread1"].append(huey_run(app_t, n_huey, 1))
-            results["huey64"].append(huey_run(app_p, n_huey, 64))
+            try:  # several producer threads on one SQLite file can hit huey's 5 s lock timeout
+                results["huey8"].append(huey_run(app_p, n_huey, 8))
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                print(f"huey with 8 producer threads failed: {exc}", file=sys.stderr)
         client.close()
+    except BaseException:
+        for log in sorted(tmp.glob("*.log")):
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]),
+                  file=sys.stderr)
+        raise
     finally:
         for proc in procs:
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     def med(key: str, i: int) -> float:
-        return statistics.median(r[i] for r in results[key])
+        return statistics.median(r[i] for r in results[key]) if results[key] else float("nan")
 
-    huey_best = max(med("huey1", 1), med("huey_thread1", 1), med("huey64", 1))
+    huey_best = max(v for v in (med("huey1", 1), med("huey_thread1", 1), med("huey8", 1)) if v == v)
     rows = [("iii-supervisor, 64 in flight", "ours64"), ("iii-supervisor, 1 sequential producer", "ours1"),
             ("huey SqliteHuey process -w 2, 1 producer", "huey1"),
             ("huey SqliteHuey thread -w 2, 1 producer", "huey_thread1"),
-            ("huey SqliteHuey process -w 2, 64 threads", "huey64")]
+            ("huey SqliteHuey process -w 2, 8 threads", "huey8")]
     print(f"\nstore synchronous={args.synchronous}; {reps} interleaved rep(s); medians; messages/s")
     print(f"{'what':<42} {'enqueue-only':>13} {'end to end':>11} {'vs best huey e2e':>17}")
     for label, key in rows:
