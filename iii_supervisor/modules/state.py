@@ -74,13 +74,17 @@ SCHEMA = [
 ]
 
 
-def _put(scope: str, key: str, value: bytes, conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT INTO state_items (scope, key, value) VALUES (?, ?, ?) "
-                 "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value", (scope, key, value))
-
-
-def _delete(scope: str, key: str, conn: sqlite3.Connection) -> None:
-    conn.execute("DELETE FROM state_items WHERE scope = ? AND key = ?", (scope, key))
+def _apply(rows: list[tuple[str, str, bytes | None]], conn: sqlite3.Connection) -> None:
+    """Write a batch of ``(scope, key, value or None to delete)``, in order: only each key's
+    last row matters (they commit together)."""
+    last = {(scope, key): value for scope, key, value in rows}
+    puts = [(scope, key, value) for (scope, key), value in last.items() if value is not None]
+    deletes = [(scope, key) for (scope, key), value in last.items() if value is None]
+    if puts:
+        conn.executemany("INSERT INTO state_items (scope, key, value) VALUES (?, ?, ?) "
+                         "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value", puts)
+    if deletes:
+        conn.executemany("DELETE FROM state_items WHERE scope = ? AND key = ?", deletes)
 
 
 def _load_all(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
@@ -105,6 +109,15 @@ class StateConfig:
     max_value_size: int = attrs.field(default=1024 * 1024, validator=positive)
     #: Events queued for one ``state`` trigger whose handler is busy; beyond this they are dropped.
     trigger_buffer: int = attrs.field(default=10_000, validator=positive)
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """The writes made during one pass of the scheduler: one store op for all of them."""
+
+    rows: list[tuple[str, str, bytes | None]] = attrs.Factory(list)
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: EngineError | None = None
 
 
 @attrs.define(eq=False)
@@ -148,6 +161,7 @@ class StateModule:
         self._done: dict[int, tuple[dict[str, Any], str | None, str | None] | None] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._nursery: trio.Nursery | None = None
+        self._batch: _Batch | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.store.migrate("state", SCHEMA)
@@ -230,15 +244,15 @@ class StateModule:
         setting the new value awaits, so concurrent writes of one key cannot interleave."""
         items = self.data.get(scope)
         old = items.get(key, _MISSING) if items is not None else _MISSING
+        encoded: bytes | None = None
         if change is None:
-            new, op = _MISSING, partial(_delete, scope, key)
+            new = _MISSING
         else:
             new = change(old)
             encoded = orjson.dumps(new)
             if len(encoded) > self.config.max_value_size:
                 raise ValueTooLarge(f"value for {scope!r}/{key!r} is {len(encoded)} bytes of JSON, over the limit "
                                     f"of {self.config.max_value_size} (state.max_value_size)")
-            op = partial(_put, scope, key, encoded)
         if new is _MISSING:
             if items is not None:
                 items.pop(key, None)
@@ -249,19 +263,46 @@ class StateModule:
         version = self._versions[(scope, key)] = self._versions.get((scope, key), 0) + 1
         seq, self._seq = self._seq, self._seq + 1
         event = self._event(scope, key, old, new)
+        batch = self._batch
+        if batch is None:
+            assert self._nursery is not None, "StateModule.run is not running"
+            batch = self._batch = _Batch()
+            self._nursery.start_soon(self._flush, batch)
+        batch.rows.append((scope, key, encoded))
         try:
             with trio.CancelScope(shield=True):  # the write is made anyway: wait for it, then emit in order
-                try:
-                    await self.store.write(op)  # (submitted at once: seq order is commit order)
-                except EngineError:  # the store failed (disk full …): the write was not made
+                await batch.done.wait()
+                if batch.error is not None:  # the store failed (disk full …): the write was not made
                     event = None
                     await self._resync(scope, key, version)
-                    raise
+                    raise type(batch.error)(batch.error.message, code=batch.error.code)
         finally:
             if self._versions.get((scope, key)) == version:
                 del self._versions[(scope, key)]
             self._committed(seq, event)
         return old
+
+    async def _flush(self, batch: _Batch) -> None:
+        """Hand ``batch`` to the store once the writers of this scheduler pass have joined it.
+
+        Batches are submitted in the order they were opened (a batch opens only once the one
+        before was submitted), and the store commits in submission order: write order is commit
+        order. One store op per batch instead of one per write: the store's per-op costs (a
+        queue put that wakes its thread, a wake-up per caller) are paid once."""
+        try:
+            await trio.lowlevel.checkpoint()
+            if self._batch is batch:
+                self._batch = None
+            await self.store.write(partial(_apply, batch.rows))
+        except EngineError as exc:
+            batch.error = exc
+        except BaseException as exc:  # (cancelled at shutdown: its writers must not wait forever)
+            if self._batch is batch:
+                self._batch = None
+            batch.error = EngineError(f"state write not made: {exc!r}", code="store_error")
+            raise
+        finally:
+            batch.done.set()
 
     async def _resync(self, scope: str, key: str, version: int) -> None:
         """A write failed in the store: take the key's value back from what is committed, unless a
