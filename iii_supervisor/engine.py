@@ -18,8 +18,8 @@ from .builtins import install_builtins
 from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
+from .modules import cron, queue, state
 from .modules import log as log_module
-from .modules import queue, state
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
@@ -40,6 +40,7 @@ MODULES: tuple[ModuleSpec, ...] = (
     log_module.SPEC,
     queue.SPEC,
     state.SPEC,
+    cron.SPEC,
 )
 
 

@@ -163,6 +163,25 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"function id must be a str or a dict with a str 'id', got {spec!r}")
 
 
+def _without_argument(handler: Handler) -> Handler:
+    """A handler that takes no argument (``def cleanup():``, as the iii docs' cron examples
+    write it) is called without the payload."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it as given
+        return handler
+    if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        return handler
+    if _is_async(handler):
+        async def call_async(_data: Any) -> Any:
+            return await handler()  # type: ignore[call-arg]
+        return call_async
+
+    def call(_data: Any) -> Any:
+        return handler()  # type: ignore[call-arg]
+    return call
+
+
 def _is_async(handler: Handler) -> bool:
     # an object with an ``async def __call__`` is an async handler too
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
@@ -509,7 +528,7 @@ class III:
 
     def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
-        """Register ``handler`` (sync or async, one argument) under an id.
+        """Register ``handler`` (sync or async; one argument, the payload, or none) under an id.
 
         ``function`` is ``"users.create"`` or ``{"id": "users.create", "description": ...}``.
         Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id.
@@ -520,7 +539,7 @@ class III:
         msg = RegisterFunction(id=function_id, description=description or extra.get("description"),
                                metadata=metadata or extra.get("metadata"),
                                request_format=extra.get("request_format"), response_format=extra.get("response_format"))
-        self._functions[function_id] = handler
+        self._functions[function_id] = _without_argument(handler)
         self._async[function_id] = _is_async(handler)
         if self._in_loop():
             self._send(msg)  # cannot wait for the ack here; a refusal is logged
