@@ -7,17 +7,18 @@ Built-in functions (the reference engine's shapes):
 - ``state::delete {scope, key}`` ⇒ the deleted value, or null
 - ``state::update {scope, key, ops}`` ⇒ ``{old_value, new_value}`` (ops: modules/update_ops.py)
 - ``state::list {scope}`` ⇒ the scope's values, by key (``include_keys: true``: ``[{key, value}]``)
-- ``state::list_groups {}`` ⇒ ``{groups: [scopes, sorted]}``
+- ``state::list_groups {}`` ⇒ ``{groups: [scopes, sorted], counts: {scope: keys}}``
 
 How a write works. Values live in the embedded store (table ``state_items``) and, decoded, in
 memory. A write is computed on the trio thread against the in-memory value — so ``update`` is
-atomic without locks: nothing else runs between reading the old value and setting the new one
-— then handed to the store — the writes of one scheduler pass as one store op — and acknowledged
-once its transaction has committed (group commit: many writes share one). Reads are served from memory without waiting for the writer; a read may
-therefore see a write whose commit is still under way (for at most one group commit), but a
-write is acknowledged only once it is durable. The store commits writes in the order they were
-submitted; events are emitted in that order too (a sequence number per write), so the triggers
-of one key see its changes in commit order. A write that fails in the store (disk full) is
+atomic without locks: nothing else runs between reading the old value and setting the new one —
+then handed to the store (the writes of one scheduler pass as one store op), and acknowledged
+once its transaction has committed (group commit: many writes share one). Reads are served from
+memory without waiting for the writer; a read may therefore see a write whose commit is still
+under way (for at most one group commit), but a write is acknowledged only once it is durable.
+The store commits writes in the order they were submitted; events are emitted in that order too
+(a sequence number per write), so the triggers of one key see its changes in commit order. A
+write that fails in the store (disk full) is
 undone in memory from the store's committed data.
 
 ``state`` triggers (``config: {scope?, key?, condition_function_id?}``) get ``{type: "state",
