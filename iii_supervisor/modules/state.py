@@ -18,8 +18,7 @@ memory without waiting for the writer; a read may therefore see a write whose co
 under way (for at most one group commit), but a write is acknowledged only once it is durable.
 The store commits writes in the order they were submitted; events are emitted in that order too
 (a sequence number per write), so the triggers of one key see its changes in commit order. A
-write that fails in the store (disk full) is
-undone in memory from the store's committed data.
+write that fails in the store (disk full) is undone in memory from the store's committed data.
 
 ``state`` triggers (``config: {scope?, key?, condition_function_id?}``) get ``{type: "state",
 event_type: "created" | "updated" | "deleted", scope, key, old_value, new_value}`` after the
