@@ -308,3 +308,15 @@ async def test_the_supervisors_own_messages_are_entries_but_not_fed_to_triggers(
                                ("iii-supervisor", "error", "from a thread", "supervisor")]
             assert got == []
         logging.getLogger("iii_supervisor").warning("after the module stopped")  # (its handler is gone)
+
+
+async def test_data_nested_too_deep_for_json_does_not_fail_the_entry() -> None:
+    with trio.fail_after(10):
+        async with engine_parts(modules=[log.SPEC]) as parts:
+            deep: Any = []
+            for _ in range(300):
+                deep = [deep]
+            # (no client of ours can send this: the codec refuses to encode it; a foreign one could)
+            await parts.invoker.call("engine::log::info", {"message": "deep", "data": deep})
+            (entry,) = module(parts).entries
+            assert entry["message"] == "deep" and "unencodable" in entry["data"]

@@ -160,7 +160,10 @@ class LogModule:
             message = f"{message[:limit]}… [{len(message) - limit} more characters cut]"
         size = len(message) + 300
         if data is not None:
-            data_size = len(orjson.dumps(data, default=str))
+            try:
+                data_size = len(orjson.dumps(data, default=str))
+            except TypeError as exc:  # (nested deeper than orjson goes)
+                data, data_size = {"unencodable": str(exc)}, 64
             if data_size > self.config.max_data_size:
                 data = {"truncated": data_size}
             size += min(data_size, self.config.max_data_size)

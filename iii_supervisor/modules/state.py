@@ -249,7 +249,11 @@ class StateModule:
             new = _MISSING
         else:
             new = change(old)
-            encoded = orjson.dumps(new)
+            try:
+                encoded = orjson.dumps(new)
+            except TypeError as exc:  # (orjson: nested deeper than 254 levels)
+                raise InvocationError(f"value for {scope!r}/{key!r} cannot be stored as JSON: {exc}",
+                                      code="invalid_argument") from None
             if len(encoded) > self.config.max_value_size:
                 raise ValueTooLarge(f"value for {scope!r}/{key!r} is {len(encoded)} bytes of JSON, over the limit "
                                     f"of {self.config.max_value_size} (state.max_value_size)")
