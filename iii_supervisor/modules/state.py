@@ -116,6 +116,8 @@ class _Batch:
     """The writes made during one pass of the scheduler: one store op for all of them."""
 
     rows: list[tuple[str, str, bytes | None]] = attrs.Factory(list)
+    #: per row: (write sequence number, its event or None, key version)
+    writes: list[tuple[int, tuple[dict[str, Any], str | None, str | None] | None, int]] = attrs.Factory(list)
     done: trio.Event = attrs.Factory(trio.Event)
     error: EngineError | None = None
 
@@ -273,17 +275,10 @@ class StateModule:
             batch = self._batch = _Batch()
             self._nursery.start_soon(self._flush, batch)
         batch.rows.append((scope, key, encoded))
-        try:
-            with trio.CancelScope(shield=True):  # the write is made anyway: wait for it, then emit in order
-                await batch.done.wait()
-                if batch.error is not None:  # the store failed (disk full …): the write was not made
-                    event = None
-                    await self._resync(scope, key, version)
-                    raise type(batch.error)(batch.error.message, code=batch.error.code)
-        finally:
-            if self._versions.get((scope, key)) == version:
-                del self._versions[(scope, key)]
-            self._committed(seq, event)
+        batch.writes.append((seq, event, version))
+        await batch.done.wait()  # (a cancelled caller leaves the write to the batch: made, event emitted)
+        if batch.error is not None:  # the store failed (disk full …): the write was not made
+            raise type(batch.error)(batch.error.message, code=batch.error.code)
         return old
 
     async def _flush(self, batch: _Batch) -> None:
@@ -300,12 +295,18 @@ class StateModule:
             await self.store.write(partial(_apply, batch.rows))
         except EngineError as exc:
             batch.error = exc
+            for (scope, key, _value), (_seq, _event, version) in zip(batch.rows, batch.writes, strict=True):
+                await self._resync(scope, key, version)
         except BaseException as exc:  # (cancelled at shutdown: its writers must not wait forever)
             if self._batch is batch:
                 self._batch = None
             batch.error = EngineError(f"state write not made: {exc!r}", code="store_error")
             raise
         finally:
+            for (scope, key, _value), (seq, event, version) in zip(batch.rows, batch.writes, strict=True):
+                if self._versions.get((scope, key)) == version:
+                    del self._versions[(scope, key)]
+                self._committed(seq, event if batch.error is None else None)  # events in write order
             batch.done.set()
 
     async def _resync(self, scope: str, key: str, version: int) -> None:
