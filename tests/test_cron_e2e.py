@@ -133,3 +133,43 @@ except Exception as exc:
             await sup.wait_for_output("REFUSED")
             assert ("REFUSED TriggerRegistrationError trigger_registration_failed cron trigger" in sup.output())
             assert "cron expression '0 2 * *': has 4 field(s)" in sup.output()
+
+
+async def test_persistent_catch_up_after_a_supervisor_restart_on_the_same_data_dir(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    log = tmp_path / "runs.jsonl"
+    write_worker(workers, "nightly", f"""
+import json
+
+def nightly(data):
+    with open({str(log)!r}, "a") as f:
+        f.write(json.dumps(data) + "\\n")
+
+iii.register_function("nightly.run", nightly)
+iii.register_trigger({{"type": "cron", "function_id": "nightly.run",
+                      "config": {{"expression": "* * * * * *", "persistent": True}}}})
+""")
+    data_dir = tmp_path / "data"
+
+    def runs() -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    with trio.fail_after(60):
+        async with Supervisor(workers, "--data-dir", str(data_dir)) as sup:
+            await sup.start(expect_workers=1, functions=("nightly.run",))
+            while not runs():
+                await trio.sleep(0.05)
+            assert await sup.terminate() == 0
+        before = len(runs())
+        assert not any(r.get("catch_up") for r in runs())
+        await trio.sleep(2.2)  # down for two ticks or more
+        async with Supervisor(workers, "--data-dir", str(data_dir)) as sup:
+            await sup.start(expect_workers=1, functions=("nightly.run",))
+            while len(runs()) < before + 2:
+                await trio.sleep(0.05)
+            after = runs()[before:]
+            assert after[0]["catch_up"] is True  # first, at once, and only once
+            assert after[0]["scheduled_time"] > runs()[before - 1]["scheduled_time"]  # a tick of the downtime
+            assert [r.get("catch_up", False) for r in after[1:]] == [False] * (len(after) - 1)
+            assert "catching up the tick of" in sup.output()

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import trio
 from iii_supervisor.errors import TriggerRegistrationError
 from iii_supervisor.modules import cron
 from iii_supervisor.modules.cron import CronConfig, CronModule, MemoryLastRuns
+from iii_supervisor.modules.cron_storage import StoreLastRuns
+from iii_supervisor.store import SqliteStore
 from inprocess import EngineParts, engine_parts
 
 #: a wall-clock start half a second after a whole second, so ticks are not at the start instant
@@ -382,47 +385,75 @@ def test_bad_cron_sections_are_refused(section: dict[str, Any]) -> None:
     assert "cron" in info.value.message
 
 
-class _FileStore:
-    """The store's interface over a plain sqlite3 connection (the cron storage ops, on a real file)."""
-
-    def __init__(self, path: Any) -> None:
-        import sqlite3
-
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA synchronous = OFF")  # the SQL is under test here, not durability
-
-    async def migrate(self, namespace: str, steps: list[str]) -> int:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS versions (ns TEXT PRIMARY KEY, v INTEGER)")
-        row = self.conn.execute("SELECT v FROM versions WHERE ns = ?", (namespace,)).fetchone()
-        found = row[0] if row else 0
-        for step in steps[found:]:
-            self.conn.executescript(step)
-        self.conn.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (namespace, len(steps)))
-        return found
-
-    async def write(self, op: Any) -> Any:
-        with self.conn:
-            return op(self.conn)
-
-    async def read(self, op: Any) -> Any:
-        return op(self.conn)
+@asynccontextmanager
+async def stored_cron_parts(data_dir: Path, wall: FakeWall) -> AsyncIterator[tuple[EngineParts, CronModule]]:
+    """The module as the engine builds it, on a real store in ``data_dir``."""
+    store = SqliteStore(data_dir)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        async with engine_parts([cron.SPEC], store=store) as parts:
+            module = parts.modules["cron"]
+            assert isinstance(module, CronModule) and isinstance(module.last_runs, StoreLastRuns)
+            module.wall = wall
+            yield parts, module
+        nursery.cancel_scope.cancel()
 
 
-async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Any) -> None:
-    from iii_supervisor.modules.cron_storage import StoreLastRuns
-
-    path = tmp_path / "cron.db"
-    runs = StoreLastRuns(_FileStore(path))
-    await runs.prepare()
+async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Path) -> None:
     keys = [f"f{i}\x1f* * * * *\x1fUTC" for i in range(600)]  # more keys than one SELECT takes
-    for i, key in enumerate(keys):
-        await runs.set(key, 1000.0 + i)
-    await runs.set(keys[0], 5.5)  # an update, not a second row
-    again = StoreLastRuns(_FileStore(path))
-    await again.prepare()
-    found = await again.get_many([*keys, "unknown"])
-    assert len(found) == 600 and found[keys[0]] == 5.5 and found[keys[-1]] == 1599.0
-    assert await again.get_many([]) == {}
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            store = SqliteStore(tmp_path, synchronous="normal")
+            await nursery.start(store.run)
+            runs = StoreLastRuns(store)
+            await runs.prepare()
+            async with trio.open_nursery() as writers:
+                for i, key in enumerate(keys):
+                    writers.start_soon(runs.set, key, 1000.0 + i)
+            await runs.set(keys[0], 5.5)  # an update, not a second row
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            store = SqliteStore(tmp_path)
+            await nursery.start(store.run)
+            again = StoreLastRuns(store)
+            await again.prepare()
+            found = await again.get_many([*keys, "unknown"])
+            assert len(found) == 600 and found[keys[0]] == 5.5 and found[keys[-1]] == 1599.0
+            assert await again.get_many([]) == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_persistent_catch_up_on_a_real_store_after_a_restart(tmp_path: Path) -> None:
+    """Real time, real SQLite file; the wall clock is faked so that "three days" pass at once."""
+    config = {"expression": "0 2 * * *", "persistent": True}
+    with trio.fail_after(30):
+        wall = FakeWall(datetime(2026, 3, 1, 1, 59, 59, 700000, tzinfo=UTC).timestamp())
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            await worker.register_trigger("cron", "w.daily", config)
+            while not rec.calls:
+                await trio.sleep(0.02)
+        wall.jump(3 * 86400)
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            job_id = await worker.register_trigger("cron", "w.daily", config)
+            while not rec.calls:
+                await trio.sleep(0.02)
+            assert rec.calls[0]["catch_up"] is True and rec.calls[0]["scheduled_time"] == "2026-03-02T02:00:00Z"
+            assert (await jobs(parts))[job_id]["last_run"]["catch_up"] is True
+            await trio.sleep(0.3)
+            assert len(rec.calls) == 1
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):  # again at once: no second catch-up
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            await worker.register_trigger("cron", "w.daily", config)
+            await trio.sleep(0.5)
+            assert rec.calls == []
 
 
 async def test_ticks_skipped_by_overlap_are_not_caught_up_after_a_restart(autojump_clock: Any) -> None:
