@@ -499,13 +499,3 @@ async def test_a_catch_up_that_finds_no_function_stays_due(autojump_clock: Any) 
             assert [c["scheduled_time"] for c in rec.calls] == ["2026-02-28T02:00:00Z"]
             assert rec.calls[0]["catch_up"] is True
 
-
-async def test_a_worker_that_keeps_registering_again_cannot_grow_the_heap(autojump_clock: Any) -> None:
-    with trio.fail_after(4000):
-        async with cron_parts() as (parts, module, _wall):
-            worker = await parts.worker("w")
-            for i in range(1500):  # a daily job, registered and unregistered again and again
-                await worker.register_trigger("cron", "w.job", {"expression": "0 2 * * *"}, trigger_id=f"t{i}")
-                worker.unregister_trigger(f"t{i}")
-            await trio.sleep(0.1)
-            assert module.jobs == {} and len(module._heap) <= 1025
