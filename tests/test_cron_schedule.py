@@ -17,6 +17,7 @@ from iii_supervisor.modules.cron_schedule import (
     count_ticks,
     parse_job_config,
     rfc3339,
+    ticks_text,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -183,6 +184,8 @@ def test_count_ticks_is_bounded() -> None:
     every_second = Schedule.parse("* * * * * *", None, now=NOW)
     assert count_ticks(every_second, NOW, NOW + 10) == 10
     assert count_ticks(every_second, NOW, NOW + 10**6, limit=50) == 50
+    assert count_ticks(every_second, NOW, NOW + 10**6) == 100  # a log line never costs long
+    assert (ticks_text(5), ticks_text(100)) == ("5", "100 or more")
 
 
 def test_clock_jump() -> None:

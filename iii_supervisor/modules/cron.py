@@ -48,6 +48,7 @@ from .cron_schedule import (
     count_ticks,
     parse_job_config,
     rfc3339,
+    ticks_text,
 )
 from .cron_storage import StoreLastRuns
 
@@ -186,8 +187,8 @@ class CronModule:
         elif gone_until is not None:
             missed = count_ticks(config.schedule, gone_until, now)
             if missed:
-                log.info("cron job %s (%s): %d tick(s) skipped while it was not registered (its worker was "
-                         "down?); set persistent = true to catch up", job.id, trigger.function_id, missed)
+                log.info("cron job %s (%s): %s tick(s) skipped while it was not registered (its worker was "
+                         "down?); set persistent = true to catch up", job.id, trigger.function_id, ticks_text(missed))
         if self.timetable.add(job.slot, now) and self._wake is not None:
             self._wake.cancel()  # an earlier tick than the one the scheduler sleeps for
 
@@ -223,7 +224,8 @@ class CronModule:
                 log.warning("cron: the wall clock jumped %+.1fs; next ticks recomputed from %s", due.jump,
                             rfc3339(wall))
             for slot, late, missed in due.late:
-                log.warning("cron job %s: the scheduler was %.1fs late; %d tick(s) not run", slot.job.id, late, missed)
+                log.warning("cron job %s: the scheduler was %.1fs late; %s tick(s) not run", slot.job.id, late,
+                            ticks_text(missed))
             for run in due.runs:
                 self._start(run)
             with trio.CancelScope(deadline=mono + timetable.delay(wall, self.config.clock_check_interval)) as scope:
@@ -341,7 +343,8 @@ class CronModule:
     # --- engine::cron::list -------------------------------------------------------------------
 
     async def _list(self, _data: Any) -> dict[str, Any]:
-        return {"jobs": [self._describe(job) for job in sorted(self.jobs.values(), key=lambda j: j.id)]}
+        jobs = sorted(self.jobs.values(), key=lambda j: (j.slot.next_tick, j.id))  # the next to run first
+        return {"jobs": [self._describe(job) for job in jobs]}
 
     def _describe(self, job: Job) -> dict[str, Any]:
         schedule, slot = job.config.schedule, job.slot

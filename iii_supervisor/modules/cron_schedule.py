@@ -267,7 +267,11 @@ def catch_up_tick(schedule: Schedule, covered: float | None, now: float) -> floa
     return missed if missed <= now else None
 
 
-def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = 10_000) -> int:
+#: ticks counted at most for a log line (each costs a croniter step: ~0.1 ms)
+COUNT_LIMIT = 100
+
+
+def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = COUNT_LIMIT) -> int:
     """How many ticks fall in (start, end], counting at most ``limit``."""
     count = 0
     tick = schedule.next_after(start)
@@ -275,6 +279,11 @@ def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = 10
         count += 1
         tick = schedule.next_after(tick)
     return count
+
+
+def ticks_text(count: int, limit: int = COUNT_LIMIT) -> str:
+    """``count`` from :func:`count_ticks` for a log line (``100 or more`` at the limit)."""
+    return f"{count} or more" if count >= limit else str(count)
 
 
 def clock_jump(wall_elapsed: float, mono_elapsed: float, threshold: float) -> float | None:
