@@ -77,6 +77,7 @@ def test_every_second() -> None:
     ("0 0 0 1 1 * 2020", "matches no date"),
     ("", "config.expression (a non-empty string), got ''"),
     ("a b c d e", "the minute field 'a' is invalid"),
+    ("1," * 600 + "2 * * * *", "is 1209 characters long; at most 1024"),
 ])
 def test_invalid_expressions_are_refused_with_the_expression_quoted(expression: str, message: str) -> None:
     with pytest.raises(TriggerRegistrationError) as info:

@@ -39,6 +39,8 @@ _FIELDS = {
     7: ("second", "minute", "hour", "day of month", "month", "day of week", "year"),
 }
 CONFIG_KEYS = ("expression", "timezone", "timeout_ms", "persistent", "condition_function_id")
+#: longer expressions are refused (the parsed ones are cached: their size must be bounded)
+MAX_EXPRESSION = 1024
 #: a job that matches no date in this many years is refused (Feb 30, a past year)
 _MAX_YEARS = 50
 
@@ -92,6 +94,8 @@ class Schedule:
         if not isinstance(expression, str) or not expression.strip():
             raise TriggerRegistrationError(f"a cron trigger needs config.expression (a non-empty string), "
                                            f"got {_quote(expression)}")
+        if len(expression) > MAX_EXPRESSION:
+            raise _fail(expression, f"is {len(expression)} characters long; at most {MAX_EXPRESSION}")
         text = " ".join(expression.split())
         fields = text.split(" ")
         if text.startswith("@"):
