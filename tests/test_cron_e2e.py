@@ -183,3 +183,18 @@ iii.register_trigger({{"type": "cron", "function_id": "nightly.run",
             assert after[0]["scheduled_time"] > runs()[before - 1]["scheduled_time"]  # a tick of the downtime
             assert [r.get("catch_up", False) for r in after[1:]] == [False] * (len(after) - 1)
             assert "catching up the tick of" in sup.output()
+
+
+async def test_the_example_workers_start_and_register_their_cron_jobs(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "workers"
+    with trio.fail_after(60):
+        async with Supervisor(examples, "--data-dir", str(tmp_path / "data")) as sup:
+            await sup.start(functions=("reports.daily", "reports.cleanup", "reports.heartbeat", "reports.backup"))
+            listed = await cron_jobs(sup)
+            assert {f: j["expression"] for f, j in listed.items()} == {
+                "reports.daily": "0 2 * * *", "reports.cleanup": "0 3 * * *",
+                "reports.heartbeat": "0 * * * * *", "reports.backup": "30 1 * * *"}
+            assert listed["reports.backup"]["timezone"] == "Europe/Berlin" and listed["reports.backup"]["persistent"]
+            await trio.sleep(1)
+            workers = await sup.workers()
+            assert all(w["state"] == "running" and w["restarts"] == 0 for w in workers.values()), workers
