@@ -499,3 +499,17 @@ async def test_a_catch_up_that_finds_no_function_stays_due(autojump_clock: Any) 
             assert [c["scheduled_time"] for c in rec.calls] == ["2026-02-28T02:00:00Z"]
             assert rec.calls[0]["catch_up"] is True
 
+
+
+async def test_the_triggers_metadata_comes_with_the_payload(autojump_clock: Any) -> None:
+    from iii_supervisor.protocol import RegisterTrigger
+
+    with trio.fail_after(4000):
+        async with cron_parts() as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.job", rec)
+            worker.send(RegisterTrigger(id="m", trigger_type="cron", function_id="w.job",
+                                        config={"expression": "* * * * * *"}, metadata={"team": "ops"}))
+            await trio.sleep(1.2)
+            assert rec.calls[0]["metadata"] == {"team": "ops"} and rec.calls[0]["job_id"] == "m"
