@@ -513,3 +513,24 @@ async def test_the_triggers_metadata_comes_with_the_payload(autojump_clock: Any)
                                         config={"expression": "* * * * * *"}, metadata={"team": "ops"}))
             await trio.sleep(1.2)
             assert rec.calls[0]["metadata"] == {"team": "ops"} and rec.calls[0]["job_id"] == "m"
+
+
+async def test_persistent_catch_up_after_the_worker_was_down(autojump_clock: Any) -> None:
+    config = {"expression": "* * * * *", "persistent": True}
+    with trio.fail_after(4000):
+        async with cron_parts() as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.minute", rec)
+            await worker.register_trigger("cron", "w.minute", config)
+            await trio.sleep(60)  # the 12:01 run
+            await worker.framed.aclose()  # its process exits; it is back after 12:02 and 12:03
+            await trio.sleep(150)
+            again = await parts.worker("w")
+            await again.register_function("w.minute", rec)
+            await again.register_trigger("cron", "w.minute", config)
+            await trio.sleep(1)
+            assert [(c["scheduled_time"], c.get("catch_up", False)) for c in rec.calls] == [
+                ("2026-03-01T12:01:00Z", False), ("2026-03-01T12:02:00Z", True)]
+            await trio.sleep(60)
+            assert [c.get("catch_up", False) for c in rec.calls[2:]] == [False]  # then on schedule (12:04)
