@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -285,3 +286,27 @@ def test_removed_slots_do_not_run_and_cannot_grow_the_heap() -> None:
         table.remove(slot)
     assert len(table._heap) <= 1025 and table.slots == set()
     assert table.advance(NOW + 86400, 86400).runs == []
+
+
+def test_without_jobs_the_scheduler_sleeps_until_woken() -> None:
+    table = Timetable(jump_threshold=2.0)
+    assert table.delay(NOW, 1.0) == math.inf
+    table.advance(NOW, 0.0)
+    # hours later (NTP slewed the clocks apart by 3 s meanwhile) a job arrives: no "jump"
+    slot = every_second()
+    table.add(slot, NOW + 7200)
+    assert table.advance(NOW + 7200.5, 7197.5).jump is None
+    assert table.delay(NOW + 7200.5, 1.0) == 0.5
+
+
+def test_add_says_when_the_sleeper_must_wake() -> None:
+    table = Timetable(jump_threshold=2.0)
+    table.delay(NOW, 1.0)  # no jobs: sleeps until woken
+    hourly = Slot(schedule=Schedule.parse("@hourly", None, now=NOW))
+    assert table.add(hourly, NOW) is True
+    assert table.delay(NOW, 10.0) == 10.0  # wakes at NOW + 10 (the clock check)
+    assert table.add(Slot(schedule=Schedule.parse("@daily", None, now=NOW)), NOW) is False
+    assert table.add(every_second(), NOW) is True  # NOW + 1, before the planned wake-up
+    table.remove(hourly)
+    table.delay(NOW, 1e9)  # the earliest entry decides (a removed job's too: early, never late)
+    assert table.add(Slot(schedule=Schedule.parse("@hourly", None, now=NOW)), NOW) is False

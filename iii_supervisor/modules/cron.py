@@ -67,7 +67,8 @@ class CronConfig:
     #: A wall clock that moves this many seconds more (or less) than the monotonic clock has
     #: jumped: every job's next tick is recomputed from now.
     clock_jump_threshold: float = attrs.field(default=2.0)
-    #: The scheduler looks at the wall clock at least this often (seconds), to notice jumps.
+    #: While it has jobs, the scheduler looks at the wall clock at least this often (seconds), to
+    #: notice jumps.
     clock_check_interval: float = attrs.field(default=1.0)
 
     @default_timeout_ms.validator

@@ -370,12 +370,15 @@ class Timetable:
         self._heap: list[tuple[float, int, Slot]] = []
         self._seq = 0
         self._clocks: tuple[float, float] | None = None
+        #: the wall time the caller sleeps until (from the last :meth:`delay`)
+        self._wake_at = math.inf
 
     def add(self, slot: Slot, now: float) -> bool:
-        """Schedule ``slot`` from ``now``; True when its tick is now the earliest (wake the sleeper)."""
+        """Schedule ``slot`` from ``now``; True when its tick comes before the caller's planned
+        wake-up (wake the sleeper)."""
         self.slots.add(slot)
         self._push(slot, next_or_never(slot.schedule, now))
-        return bool(self._heap) and self._heap[0][2] is slot
+        return slot.next_tick < self._wake_at
 
     def remove(self, slot: Slot) -> None:
         """Stop scheduling ``slot`` (its heap entry is dropped when it comes up, or compacted)."""
@@ -396,17 +399,24 @@ class Timetable:
         heapq.heappush(heap, (tick, self._seq, slot))
 
     def delay(self, wall: float, limit: float) -> float:
-        """Seconds to sleep: until the earliest tick, at most ``limit`` (to notice clock steps)."""
-        if not self._heap:
-            return limit
-        return min(limit, max(self._heap[0][0] - wall, 0.0))
+        """Seconds to sleep: until the earliest tick, at most ``limit`` (to notice clock steps);
+        ``inf`` without jobs (the caller is woken by :meth:`add`)."""
+        if not self.slots:
+            seconds = math.inf
+        elif not self._heap:
+            seconds = limit
+        else:
+            seconds = min(limit, max(self._heap[0][0] - wall, 0.0))
+        self._wake_at = wall + seconds
+        return seconds
 
     def advance(self, wall: float, mono: float) -> Due:
         due = Due()
         if self._clocks is not None:
             last_wall, last_mono = self._clocks
             due.jump = clock_jump(wall - last_wall, mono - last_mono, self.jump_threshold)
-        self._clocks = (wall, mono)
+        # without jobs nothing needs protecting from a clock step: the next call starts afresh
+        self._clocks = (wall, mono) if self.slots else None
         if due.jump is not None:
             self._recompute(due, wall, forward=due.jump > 0)
         heap = self._heap
