@@ -210,7 +210,7 @@ class CronModule:
         await self.last_runs.prepare()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._restorer)
+            await nursery.start(self._restorer)
             self.registry.add_trigger_type(TriggerTypeEntry(
                 "cron", "Run a function on a schedule (config.expression: cron, 5/6/7 fields or @daily …)", self))
             task_status.started()
@@ -302,8 +302,9 @@ class CronModule:
         await self.last_runs.set(job.key, covered)
         job.covered = covered
 
-    async def _restorer(self) -> None:
+    async def _restorer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the last runs of newly registered persistent jobs (in batches) and catch up."""
+        task_status.started()
         while True:
             await self._restore_wake.wait()
             self._restore_wake = trio.Event()
