@@ -66,16 +66,27 @@ async def test_cron_jobs_run_every_second_never_overlap_and_show_in_cron_ls(tmp_
             await sup.start(expect_workers=1, functions=("jobs.calls",))
             while len(await cron_jobs(sup)) < 3:
                 await trio.sleep(0.05)
-            await trio.sleep(4.2)
+            cli: dict[str, Any] = {}
+
+            async def cron_ls(*flags: str) -> None:
+                await trio.sleep(1.5)  # (after a few runs) while the ticks go on
+                cli[" ".join(flags)] = await run_cli(sup, "cron", "ls", *flags)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 4.2)
+                nursery.start_soon(cron_ls)
+                nursery.start_soon(cron_ls, "--json")
             calls = await sup.call("jobs.calls")
 
             # every second, about once a second, at whole seconds
             fast = calls["fast"]
-            assert 3 <= len(fast) <= 5, fast
-            gaps = [b["at"] - a["at"] for a, b in zip(fast, fast[1:], strict=False)]
-            assert all(0.5 < g < 1.5 for g in gaps), gaps  # (loose: the machine is shared)
+            assert 3 <= len(fast) <= 6, fast
             ticks = [datetime.fromisoformat(c["scheduled_time"]).timestamp() for c in fast]
             assert [b - a for a, b in zip(ticks, ticks[1:], strict=False)] == [1.0] * (len(ticks) - 1)
+            # each run started at its tick (the handler's own clock is left out: on a loaded shared
+            # machine a worker thread can start half a second late)
+            late = [datetime.fromisoformat(c["actual_time"]).timestamp() - t for c, t in zip(fast, ticks, strict=True)]
+            assert all(0 <= d < 0.9 for d in late), late
             assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c["scheduled_time"]) for c in fast)
             assert all(c["actual_time"] >= c["scheduled_time"][:-1] for c in fast)
             assert {c["trigger"] for c in fast} == {"cron"}
@@ -92,12 +103,12 @@ async def test_cron_jobs_run_every_second_never_overlap_and_show_in_cron_ls(tmp_
             assert await sup.call("maintenance.cleanup", {"trigger": "cron"}) is None  # def cleanup(): runs
 
             # cron ls: a table and --json
-            table = await run_cli(sup, "cron", "ls")
+            table = cli[""]
             assert table.returncode == 0, table.stderr
             lines = table.stdout.decode().splitlines()
             assert lines[0].split()[:5] == ["JOB", "FUNCTION", "EXPRESSION", "TZ", "NEXT"]
             assert any("jobs.slow" in line and "* * * * * *" in line and "UTC" in line for line in lines[1:])
-            as_json = await run_cli(sup, "cron", "ls", "--json")
+            as_json = cli["--json"]
             assert as_json.returncode == 0
             rows = {j["function_id"]: j for j in orjson.loads(as_json.stdout)}
             assert rows["jobs.fast"]["last_run"]["status"] == "ok"
@@ -195,6 +206,6 @@ async def test_the_example_workers_start_and_register_their_cron_jobs(tmp_path: 
                 "reports.daily": "0 2 * * *", "reports.cleanup": "0 3 * * *",
                 "reports.heartbeat": "0 * * * * *", "reports.backup": "30 1 * * *"}
             assert listed["reports.backup"]["timezone"] == "Europe/Berlin" and listed["reports.backup"]["persistent"]
-            await trio.sleep(1)
+            await trio.sleep(0.5)
             workers = await sup.workers()
             assert all(w["state"] == "running" and w["restarts"] == 0 for w in workers.values()), workers
