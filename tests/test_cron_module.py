@@ -53,9 +53,15 @@ class Recorder:
         self.seconds = seconds
         self.running = 0
         self.max_running = 0
+        self._called = trio.Event()
+
+    async def wait_called(self) -> None:
+        """Until the first call (no polling)."""
+        await self._called.wait()
 
     async def __call__(self, data: Any) -> Any:
         self.calls.append(data)
+        self._called.set()
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         try:
@@ -375,6 +381,7 @@ async def test_garbage_trigger_configs_are_refused_and_the_module_keeps_going(
 
 
 @pytest.mark.parametrize("section", [{"clock_jump_threshold": 0}, {"default_timeout_ms": -1},
+                                     {"clock_check_interval": float("nan")}, {"clock_jump_threshold": float("inf")},
                                      {"clock_check_interval": "often"}, {"retries": 3}])
 def test_bad_cron_sections_are_refused(section: dict[str, Any]) -> None:
     from iii_supervisor.config import parse_config
@@ -433,16 +440,14 @@ async def test_persistent_catch_up_on_a_real_store_after_a_restart(tmp_path: Pat
             rec = Recorder()
             await worker.register_function("w.daily", rec)
             await worker.register_trigger("cron", "w.daily", config)
-            while not rec.calls:
-                await trio.sleep(0.02)
+            await rec.wait_called()
         wall.jump(3 * 86400)
         async with stored_cron_parts(tmp_path, wall) as (parts, _module):
             worker = await parts.worker("w")
             rec = Recorder()
             await worker.register_function("w.daily", rec)
             job_id = await worker.register_trigger("cron", "w.daily", config)
-            while not rec.calls:
-                await trio.sleep(0.02)
+            await rec.wait_called()
             assert rec.calls[0]["catch_up"] is True and rec.calls[0]["scheduled_time"] == "2026-03-02T02:00:00Z"
             assert (await jobs(parts))[job_id]["last_run"]["catch_up"] is True
             await trio.sleep(0.3)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ..config import Config
+from ..config import Config, positive
 from ..errors import EngineError, InvocationError, TriggerRegistrationError
 from ..registry import Registry, TriggerEntry, TriggerTypeEntry
 from .base import ModuleContext, ModuleSpec
@@ -66,21 +66,15 @@ class CronConfig:
     default_timeout_ms: int | None = attrs.field(default=None)
     #: A wall clock that moves this many seconds more (or less) than the monotonic clock has
     #: jumped: every job's next tick is recomputed from now.
-    clock_jump_threshold: float = attrs.field(default=2.0)
+    clock_jump_threshold: float = attrs.field(default=2.0, validator=positive)
     #: While it has jobs, the scheduler looks at the wall clock at least this often (seconds), to
     #: notice jumps.
-    clock_check_interval: float = attrs.field(default=1.0)
+    clock_check_interval: float = attrs.field(default=1.0, validator=positive)
 
     @default_timeout_ms.validator
     def _check_timeout(self, _attr: Any, value: int | None) -> None:
         if value is not None and value <= 0:
             raise ValueError(f"cron.default_timeout_ms must be > 0, got {value!r}")
-
-    @clock_jump_threshold.validator
-    @clock_check_interval.validator
-    def _check_positive(self, attr: Any, value: float) -> None:
-        if value <= 0:
-            raise ValueError(f"cron.{attr.name} must be > 0, got {value!r}")
 
 
 class LastRuns(Protocol):
