@@ -6,7 +6,7 @@ Every job (one per ``cron`` trigger) sits in one heap ordered by its next fire t
 :class:`~.cron_schedule.Timetable`, which makes every decision below — served by one scheduler
 task: idle jobs cost a heap entry, not a task. Schedules follow the *wall clock*
 (``wall_clock``, injected) while waits use trio's monotonic clock; the scheduler sleeps until the
-earliest tick, converted to a monotonic deadline, and wakes at least every
+earliest tick, converted to a monotonic deadline, and (while it has jobs) wakes at least every
 ``clock_check_interval`` to compare how far both clocks moved. A wall-clock step (NTP, ``date
 -s``, suspend/resume) larger than ``clock_jump_threshold`` makes every job recompute its next
 tick from now: no burst of missed ticks, no stall until the old time comes round again.
