@@ -24,6 +24,7 @@ import psutil
 import trio
 
 from ..output import Output
+from ..worker_lines import WorkerLines
 from .policy import BackoffPolicy, RestartTracker
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
@@ -75,11 +76,14 @@ class WorkerPool:
         grace: float,
         output: Output,
         base_env: Mapping[str, str] | None = None,
+        lines: WorkerLines | None = None,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
         self.socket_path = socket_path
         self.grace = grace
         self.output = output
+        #: every line a worker prints also goes here (the log module listens)
+        self.lines = lines
         env = dict(os.environ if base_env is None else base_env)
         self._base_env = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         self._stopping = False
@@ -166,7 +170,8 @@ class WorkerPool:
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
             worker: WorkerProcess = await nursery.start(
-                partial(run_worker_process, slot.spec, self._env(slot), self.output, grace=self.grace, stop=slot.stop))
+                partial(run_worker_process, slot.spec, self._env(slot), self.output, grace=self.grace, stop=slot.stop,
+                        lines=self.lines))
             slot.pid = worker.pid
             slot.started_at = trio.current_time()
             log.info("worker %s started (pid %d)", slot.name, worker.pid)

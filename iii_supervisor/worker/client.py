@@ -69,6 +69,8 @@ from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
 from . import lifetime
 from .channels import ChannelReader, ChannelWriter
+from .logger import attach as _attach_logger
+from .logger import enter_invocation, outgoing_context
 
 log = logging.getLogger("iii_supervisor.worker")
 
@@ -238,6 +240,7 @@ class III:
                                  f"within {self.options.connect_timeout:g}s")
         if self._startup_error is not None:
             raise self._startup_error
+        _attach_logger(self)  # `logger` sends here; printed lines get their handler's context
         lifetime.keep_serving_after_main(self)
 
     # --- the end of the main code (called by lifetime, in the main thread) --------------------
@@ -412,6 +415,7 @@ class III:
 
     async def _serve_invocation(self, msg: InvokeFunction, channels: list[int]) -> None:
         _current_client.set(self)
+        enter_invocation(msg)  # function id and trace, for logger, prints and trigger()
         try:
             await self._run_invocation(msg)
         finally:
@@ -612,12 +616,16 @@ class III:
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
             raise ValueError(f"trigger() 'timeout_ms' must be a positive integer (milliseconds), got {timeout_ms!r}")
         data = _field(request, "payload", _field(request, "data"))
+        # inside a handler, the call continues the handler's trace
+        traceparent, baggage = outgoing_context(_field(request, "traceparent"), _field(request, "baggage"))
         if action is not None and action.type == "void":
-            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata")))
+            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata"),
+                                      traceparent=traceparent, baggage=baggage))
             return None
         inv_id = str(next(self._ids))
         msg = InvokeFunction(function_id=function_id, data=data, invocation_id=inv_id, action=action,
-                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"))
+                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"),
+                             traceparent=traceparent, baggage=baggage)
         # The supervisor enforces timeout_ms and answers invocation_timeout; our own deadline, a
         # margin later, only fires if that answer is lost, so that no worker can hang on a call.
         margin = self.options.trigger_deadline_margin

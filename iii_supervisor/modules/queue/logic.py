@@ -155,6 +155,9 @@ class Message:
     condition_passed: bool = False
     #: bytes of the encoded data (for the lane's memory bound)
     size: int = 0
+    #: the publisher's trace, which the delivery continues (kept in memory only: a message
+    #: loaded from disk after a restart is delivered under a new trace)
+    traceparent: str | None = None
 
 
 @attrs.define(eq=False)
