@@ -1,4 +1,7 @@
-"""The huey peer of bench_queue.py: SqliteHuey with its defaults and a trivial task."""
+"""The huey peer of bench_queue.py: SqliteHuey with its defaults and a trivial task.
+
+``HUEY_DB`` names the database file (one per consumer mode, so two consumers never share one).
+"""
 
 import os
 

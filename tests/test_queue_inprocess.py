@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -103,3 +104,35 @@ async def test_enqueue_action_data_checks_and_unregistered_subscription(tmp_path
             worker.send(InvokeFunction(function_id="enqueue", data={"topic": "t", "data": "void"}))
             while "void" not in seen:
                 await trio.sleep(0.01)
+            # idle: no timer armed, no outcome waiting (an idle queue costs no wake-ups)
+            await trio.sleep(0.1)
+            assert module._flush_due == math.inf  # type: ignore[attr-defined]
+            assert not module._timers  # type: ignore[attr-defined]
+
+
+async def test_garbage_to_the_queue_functions_is_refused_naming_it(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with queue_parts(tmp_path) as parts:
+            worker = await parts.worker("w")
+            cases = [
+                ("engine::queue::dlq_messages", {"queue": "default", "limit": -1}, "limit"),
+                ("engine::queue::dlq_messages", {"queue": "default", "offset": "a"}, "offset"),
+                ("engine::queue::dlq_messages", [1, 2], "queue"),
+                ("iii::queue::redrive", {"queue": ""}, "queue"),
+                ("iii::queue::redrive", None, "queue"),
+                ("iii::queue::redrive_message", {"queue": "default", "message_id": True}, "message_id"),
+                ("iii::queue::discard_message", {"queue": "default", "message_id": "abc"}, "message_id"),
+                ("iii::queue::discard_message", {"queue": "default", "message_id": 12345}, "12345"),
+                ("engine::queue::enqueue", "x" * 500, "..."),
+                ("engine::queue::enqueue", {"queue": ["default"], "function_id": "f"}, "['default']"),
+                ("enqueue", {"topic": None, "data": 1}, "None"),
+            ]
+            for function_id, data, needle in cases:
+                answer = await worker.call_raw(function_id, data)
+                assert answer.error is not None, (function_id, data)
+                assert needle in answer.error.message, (function_id, data, answer.error.message)
+                assert answer.error.code in ("invalid_argument", "message_not_found", "enqueue_error"), answer.error
+            # and the module still works
+            stats = await worker.call("engine::queue::topic_stats", "whatever")
+            assert [r["name"] for r in stats["queues"]] == ["default"]
+            assert (await worker.call("iii::queue::redrive", {"queue": "default"}))["redriven"] == 0

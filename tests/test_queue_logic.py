@@ -49,6 +49,9 @@ def test_settings_are_checked_naming_the_key() -> None:
     base = QueueSettings(backoff_ms=5)
     assert parse_settings({"max_retries": 7}, where="x", base=base) == QueueSettings(backoff_ms=5, max_retries=7)
     assert parse_settings(None, where="x", base=base) is base
+    # the reference engine's camelCase names are accepted too
+    assert parse_settings({"maxRetries": 1, "backoffDelayMs": 7}, where="x") == QueueSettings(max_retries=1,
+                                                                                            backoff_ms=7)
 
 
 def test_fifo_group_comes_from_the_data_and_is_required() -> None:
@@ -151,3 +154,14 @@ def test_returned_message_goes_first_and_drop_removes_waiting_ones() -> None:
     assert lane.drop(1) is m and lane.next_due() is None
     assert lane.drop(2) is not None and lane.drop(99) is None
     assert [lane.take().id] == [3]  # type: ignore[union-attr]
+
+
+def test_window_bounds_the_bytes_held_too() -> None:
+    lane = Lane("q", QueueSettings(), window=100, window_bytes=1000)
+    lane.add(Message(id=1, function_id="f", data="x", size=600))
+    assert lane.accepts()
+    lane.add(Message(id=2, function_id="f", data="y", size=600))
+    assert not lane.accepts() and lane.bytes == 1200
+    lane.succeeded(lane.take())  # type: ignore[arg-type]
+    assert lane.bytes == 600 and lane.accepts()
+    assert lane.drop(2) is not None and lane.bytes == 0

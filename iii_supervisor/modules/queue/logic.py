@@ -33,6 +33,8 @@ from ...errors import EnqueueError
 DEFAULT_QUEUE = "default"
 #: messages a lane holds in memory (ready + in flight + waiting to retry); more stay on disk only
 DEFAULT_WINDOW = 4096
+#: ... and at most this many bytes of message data (so large messages cannot fill the memory)
+DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
@@ -72,6 +74,9 @@ class QueueSettings:
 
 
 SETTING_KEYS = frozenset(f.name for f in attrs.fields(QueueSettings))
+#: the reference engine's camelCase names of the same settings (its subscribers' queue_config)
+SETTING_ALIASES = {"maxRetries": "max_retries", "backoffDelayMs": "backoff_ms", "backoffMs": "backoff_ms",
+                   "maxBackoffMs": "max_backoff_ms", "messageGroupField": "message_group_field"}
 
 
 def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -> QueueSettings:
@@ -85,6 +90,7 @@ def parse_settings(raw: Any, *, where: str, base: QueueSettings | None = None) -
         raise ValueError(f"{where}: expected a table of settings, got {raw!r}")  # noqa: TRY004 - one error type for callers
     values: dict[str, Any] = attrs.asdict(base) if base is not None else {}
     for key, value in raw.items():
+        key = SETTING_ALIASES.get(key, key)
         if key not in SETTING_KEYS:
             raise ValueError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(SETTING_KEYS))})")
         if key in ("type", "message_group_field"):
@@ -147,6 +153,11 @@ class Message:
     last_error: str | None = None
     #: the condition function already said yes for this delivery
     condition_passed: bool = False
+    #: bytes of the encoded data (for the lane's memory bound)
+    size: int = 0
+    #: the publisher's trace, which the delivery continues (kept in memory only: a message
+    #: loaded from disk after a restart is delivered under a new trace)
+    traceparent: str | None = None
 
 
 @attrs.define(eq=False)
@@ -169,17 +180,21 @@ class Lane:
     a group's head is delivered alone, and stays the head (blocking its group, not the others)
     until it succeeds or is dead-lettered.
 
-    At most ``window`` messages are held; while more wait on disk, ``backlog`` is set and new
-    messages are not taken into memory (so the order on disk is kept); the module refills.
+    At most ``window`` messages (and ``window_bytes`` of data) are held; while more wait on disk,
+    ``backlog`` is set and new messages are not taken into memory (so the order on disk is kept);
+    the module refills.
     """
 
     def __init__(self, name: str, settings: QueueSettings, *, function_id: str | None = None,
-                 window: int = DEFAULT_WINDOW) -> None:
+                 window: int = DEFAULT_WINDOW, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
         self.name = name
         self.settings = settings
         #: the subscriber's function (topic lanes); named queues carry it per message
         self.function_id = function_id
         self.window = window
+        self.window_bytes = window_bytes
+        #: bytes of data held
+        self.bytes = 0
         self.in_flight: dict[int, Message] = {}
         self._ready: deque[Message] = deque()  # standard
         self._groups: dict[str, list[Message]] = {}  # fifo: each group's messages in id order
@@ -214,13 +229,17 @@ class Lane:
 
     def accepts(self) -> bool:
         """May a new message go straight into memory (else: disk only, and ``backlog``)?"""
-        return not self.backlog and len(self._ids) < self.window
+        return not self.backlog and not self.full()
+
+    def full(self) -> bool:
+        return len(self._ids) >= self.window or self.bytes >= self.window_bytes
 
     def add(self, msg: Message, *, due: float | None = None) -> None:
         """Hold ``msg``: ready now, or (``due``) waiting for its retry time."""
         if msg.id in self._ids:
             return
         self._ids.add(msg.id)
+        self.bytes += msg.size
         if self.fifo:
             assert msg.group is not None
             line = self._groups.get(msg.group)
@@ -258,7 +277,9 @@ class Lane:
     def succeeded(self, msg: Message) -> None:
         """``msg`` is done (handled, skipped by its condition, or dead-lettered): forget it."""
         self.in_flight.pop(msg.id, None)
-        self._ids.discard(msg.id)
+        if msg.id in self._ids:
+            self._ids.discard(msg.id)
+            self.bytes -= msg.size
         if self.fifo:
             assert msg.group is not None
             line = self._groups.get(msg.group)
@@ -314,6 +335,10 @@ class Lane:
         if message_id not in self._ids or message_id in self.in_flight:
             return None
         self._ids.discard(message_id)
+        found_size = [m.size for _, _, m in self._delayed if m.id == message_id] + \
+            [m.size for m in self._ready if m.id == message_id] + \
+            [m.size for line in self._groups.values() for m in line if m.id == message_id]
+        self.bytes -= found_size[0] if found_size else 0
         for i, (_, _, m) in enumerate(self._delayed):
             if m.id == message_id:
                 self._delayed.pop(i)

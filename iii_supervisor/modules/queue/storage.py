@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -53,8 +53,7 @@ Op = Callable[[sqlite3.Connection], Any]
 LaneKey = tuple[str, str]  # (queue or topic, subscriber function or '')
 
 
-@attrs.frozen
-class NewRow:
+class NewRow(NamedTuple):  # a tuple: built once per copy on the enqueue path
     receipt: str
     queue: str
     subscriber: str
@@ -91,10 +90,8 @@ def insert(rows: Sequence[NewRow]) -> Callable[[sqlite3.Connection], list[int]]:
     """Insert ``rows`` (the copies of one publish); returns their ids in order."""
     def op(conn: sqlite3.Connection) -> list[int]:
         ids = []
-        for r in rows:
-            cur = conn.execute(_INSERT, (r.receipt, r.queue, r.subscriber, r.function_id, r.data, r.group,
-                                         r.created_ms))
-            ids.append(cur.lastrowid)
+        for row in rows:
+            ids.append(conn.execute(_INSERT, row).lastrowid)
         return ids  # type: ignore[return-value]
     return op
 
