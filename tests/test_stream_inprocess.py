@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from iii_supervisor.errors import InvocationError
 from iii_supervisor.modules import stream
@@ -393,3 +399,38 @@ async def test_a_connection_that_answers_no_ping_is_closed() -> None:
                 assert b"\x88" in data and (1001).to_bytes(2, "big") + b"no pong within ping_timeout" in data
             finally:
                 silent.close()
+
+
+async def test_garbage_before_the_handshake_and_slow_handshakes_leave_the_endpoint_serving() -> None:
+    with trio.fail_after(15):
+        async with started({"handshake_timeout": 0.3, "max_connections": 8}) as (_parts, port):
+            async def raw(data: bytes) -> bytes:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                try:
+                    await stream.send_all(data)
+                    out = b""
+                    with trio.move_on_after(2):
+                        while chunk := await stream.receive_some(65536):
+                            out += chunk
+                    return out
+                except trio.BrokenResourceError:
+                    return b""
+                finally:
+                    await stream.aclose()
+
+            await raw(bytes(range(256)) * 64)                              # not HTTP at all
+            await raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")                # HTTP, no upgrade
+            await raw(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")  # a head never finished
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(8)]  # fill max_connections
+            try:
+                await trio.sleep(0.05)
+                with pytest.raises((HandshakeError, ConnectionClosed, trio.BrokenResourceError, OSError)):
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/", connect_timeout=2) as ws:  # the 9th
+                        await ws.get_message()
+                await trio.sleep(0.6)  # past handshake_timeout: they are dropped, the slots come back
+                async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+                    await send(ws, "join", **join("s"))
+                    assert (await receive(ws))["event"]["type"] == "sync"
+            finally:
+                for stream in idle:
+                    await stream.aclose()
