@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, WebSocketConnection, open_websocket_url
 
-from supervisor_harness import Supervisor, write_worker
+from supervisor_harness import Supervisor, run_cli, write_worker
 
 WORKER = """
     import time
@@ -211,3 +211,20 @@ async def _stuck_client(port: int) -> socket.socket:
     payload = orjson.dumps({"type": "join", "data": sub("stuck", "flood")})
     sock.send(bytes([0x81, 0x80 | len(payload)]) + b"\x00\x00\x00\x00" + payload)
     return sock
+
+
+async def test_a_busy_stream_port_is_a_clear_error(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with trio.fail_after(30):
+            async with Supervisor(workers) as sup:
+                out = await run_cli(sup, "start", str(workers), "--http-port", "0", "--stream-port", str(port))
+        assert out.returncode == 1 and b"Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"cannot listen on ws://127.0.0.1:{port}".encode() in out.stderr
+    finally:
+        taken.close()

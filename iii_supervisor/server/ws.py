@@ -374,17 +374,22 @@ class Flusher:
 ConnectionHandler = Callable[[WebSocketRequest, trio.SocketStream], Awaitable[None]]
 
 
-async def serve_ws(handler: ConnectionHandler, host: str, port: int, *, max_message_size: int,
-                   max_connections: int, handshake_timeout: float = 10.0, name: str = "stream endpoint",
-                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``host:port`` (0: a free port) and call ``handler(request, stream)`` for each
-    WebSocket handshake; the handler accepts or rejects it. Started with ``nursery.start``,
-    which returns the port. Logs ``"<name> listening on ws://HOST:PORT"``."""
-    check_trio_websocket()
+async def open_ws_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind ``host:port`` (0: a free port); an :class:`EngineError` (``ws_bind_failed``) names it.
+    Call it before opening the nursery that will serve, so the error reaches the CLI as is."""
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise EngineError(f"cannot listen on ws://{host}:{port}: {exc.strerror}", code="ws_bind_failed") from exc
+
+
+async def serve_ws(handler: ConnectionHandler, listeners: list[trio.SocketListener], *, max_message_size: int,
+                   max_connections: int, handshake_timeout: float = 10.0, name: str = "stream endpoint",
+                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``listeners`` (from :func:`open_ws_listeners`) and call ``handler(request, stream)`` for
+    each WebSocket handshake; the handler accepts or rejects it. Started with ``nursery.start``,
+    which returns the port. Logs ``"<name> listening on ws://HOST:PORT"``."""
+    check_trio_websocket()
     sockname = listeners[0].socket.getsockname()
     live = 0
     refused = 0

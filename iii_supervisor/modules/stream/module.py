@@ -30,7 +30,15 @@ from wsproto.utilities import LocalProtocolError
 from ...errors import EngineError, InvocationError, ValueTooLarge
 from ...invocation import Invoker
 from ...registry import Registry, TriggerEntry, TriggerTypeEntry
-from ...server.ws import Flusher, FrameSink, encode_text_frame, install_gate, request_host, serve_ws
+from ...server.ws import (
+    Flusher,
+    FrameSink,
+    encode_text_frame,
+    install_gate,
+    open_ws_listeners,
+    request_host,
+    serve_ws,
+)
 from ...tracing import call_context, child_traceparent
 from ..update_ops import apply_ops
 from .config import StreamConfig
@@ -157,45 +165,53 @@ class StreamModule:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.store.migrate("stream", SCHEMA)
-        for stream, group, item, raw in await self.store.read(_load_all):
-            self.data.setdefault(stream, {}).setdefault(group, {})[item] = orjson.loads(raw)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.registry.add_trigger_type(TriggerTypeEntry(
-                "stream", "After a stream change: {stream_name?, group_id?, item_id?, condition_function_id?}", self))
-            self.registry.add_trigger_type(TriggerTypeEntry(
-                "stream:join", "A client joins a stream subscription (may deny: {unauthorized: true})", self._joins))
-            self.registry.add_trigger_type(TriggerTypeEntry(
-                "stream:leave", "A client left a subscription (or disconnected)", self._leaves))
-            for name, handler, description in (
-                ("set", self._set, "Set an item: {stream_name, group_id, item_id, data} → {old_value, new_value}"),
-                ("get", self._get, "An item or null: {stream_name, group_id, item_id}"),
-                ("delete", self._delete, "Delete an item: {stream_name, group_id, item_id} → {old_value}"),
-                ("update", self._update,
-                 "Apply update ops atomically: {stream_name, group_id, item_id, ops} → {old_value, new_value}"),
-                ("list", self._list, "The items of a group: {stream_name, group_id}"),
-                ("list_groups", self._list_groups, "The groups of a stream: {stream_name}"),
-                ("list_all", self._list_all, "Every stream and its groups: {} → {stream: [{id, groups}], count}"),
-                ("send", self._send, "An ephemeral event to a group's subscribers: "
-                                     "{stream_name, group_id, id?, type, data}"),
-            ):
-                self.registry.add_builtin(f"stream::{name}", handler, description)
-            self.registry.add_builtin("engine::streams::stats", self._stats,
-                                      "The stream endpoint: connections, subscriptions, bytes queued, slow closes")
-            await nursery.start(self.flusher.run)
-            nursery.start_soon(self._run_leaves)
-            for sub in self._stream_triggers.values():
-                nursery.start_soon(self._deliver, sub)
-            self.port = await nursery.start(partial(
-                serve_ws, self._connection, self.config.host, self.config.port,
-                max_message_size=self.config.max_message_size, max_connections=self.config.max_connections,
-                handshake_timeout=self.config.handshake_timeout))
-            task_status.started(self.port)
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        listeners = await open_ws_listeners(self.config.host, self.config.port)  # a busy port fails here, plainly
+        try:
+            await self.store.migrate("stream", SCHEMA)
+            for stream, group, item, raw in await self.store.read(_load_all):
+                self.data.setdefault(stream, {}).setdefault(group, {})[item] = orjson.loads(raw)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.registry.add_trigger_type(TriggerTypeEntry(
+                    "stream", "After a stream change: {stream_name?, group_id?, item_id?, condition_function_id?}",
+                    self))
+                self.registry.add_trigger_type(TriggerTypeEntry(
+                    "stream:join", "A client joins a stream subscription (may deny: {unauthorized: true})",
+                    self._joins))
+                self.registry.add_trigger_type(TriggerTypeEntry(
+                    "stream:leave", "A client left a subscription (or disconnected)", self._leaves))
+                for name, handler, description in (
+                    ("set", self._set, "Set an item: {stream_name, group_id, item_id, data} → {old_value, new_value}"),
+                    ("get", self._get, "An item or null: {stream_name, group_id, item_id}"),
+                    ("delete", self._delete, "Delete an item: {stream_name, group_id, item_id} → {old_value}"),
+                    ("update", self._update,
+                     "Apply update ops atomically: {stream_name, group_id, item_id, ops} → {old_value, new_value}"),
+                    ("list", self._list, "The items of a group: {stream_name, group_id}"),
+                    ("list_groups", self._list_groups, "The groups of a stream: {stream_name}"),
+                    ("list_all", self._list_all, "Every stream and its groups: {} → {stream: [{id, groups}], count}"),
+                    ("send", self._send, "An ephemeral event to a group's subscribers: "
+                                         "{stream_name, group_id, id?, type, data}"),
+                ):
+                    self.registry.add_builtin(f"stream::{name}", handler, description)
+                self.registry.add_builtin("engine::streams::stats", self._stats,
+                                          "The stream endpoint: connections, subscriptions, bytes queued, slow closes")
+                await nursery.start(self.flusher.run)
+                nursery.start_soon(self._run_leaves)
+                for sub in self._stream_triggers.values():
+                    nursery.start_soon(self._deliver, sub)
+                self.port = await nursery.start(partial(
+                    serve_ws, self._connection, listeners,
+                    max_message_size=self.config.max_message_size, max_connections=self.config.max_connections,
+                    handshake_timeout=self.config.handshake_timeout))
+                task_status.started(self.port)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._nursery = None
+        finally:
+            for listener in listeners:  # (serve_ws closes them too; idempotent)
+                await trio.aclose_forcefully(listener)
+
 
     # --- built-ins ------------------------------------------------------------------------------
 
