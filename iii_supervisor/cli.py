@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iii-supervisor", description="Run and control iii workers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    start = sub.add_parser("start", help="start the supervisor and every worker in DIR")
-    start.add_argument("workers_dir", type=Path, metavar="DIR", help="directory of worker programs")
+    start = sub.add_parser("start", help="start the supervisor and every worker in DIR; or start worker NAME "
+                                         "of a running supervisor (when NAME is not a directory)")
+    start.add_argument("workers_dir", type=Path, metavar="DIR|NAME", help="directory of worker programs, or a worker's name")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     for module in MODULES:
         for flag in module.flags:
@@ -89,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--timeout-ms", type=int, help="call deadline in milliseconds (default: the engine's)")
     add_common(invoke)
 
-    restart = sub.add_parser("restart", help="restart a worker by name")
+    restart = sub.add_parser("restart", help="restart a worker by name (a stopped or FATAL one starts)")
     restart.add_argument("name")
     add_common(restart)
+
+    stop = sub.add_parser("stop", help="stop a worker by name and keep it stopped (until start/restart)")
+    stop.add_argument("name")
+    add_common(stop)
 
     for name, help_text in (("functions", "list registered functions"), ("triggers", "list registered triggers")):
         p = sub.add_parser(name, help=help_text)
@@ -128,6 +133,9 @@ def _apply_flags(args: argparse.Namespace, config: Config) -> Config:
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
     import trio
 
+    name = str(args.workers_dir)
+    if not args.workers_dir.is_dir() and "/" not in name and name not in (".", ".."):
+        return _worker_command(args, config, "start", name)
     setup_logging(args.log_level or config.supervisor.log_level)
     config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
@@ -171,11 +179,19 @@ def cmd_invoke(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_restart(args: argparse.Namespace, config: Config) -> int:
+def _worker_command(args: argparse.Namespace, config: Config, verb: str, name: str) -> int:
     with control_client(args, config) as client:
-        client.call("engine::workers::restart", {"name": args.name})
-    print(f"restarting {args.name}")
+        client.call(f"engine::workers::{verb}", {"name": name})
+    print(f"{'stopping' if verb == 'stop' else verb + 'ing'} {name}")
     return 0
+
+
+def cmd_restart(args: argparse.Namespace, config: Config) -> int:
+    return _worker_command(args, config, "restart", args.name)
+
+
+def cmd_stop(args: argparse.Namespace, config: Config) -> int:
+    return _worker_command(args, config, "stop", args.name)
 
 
 def cmd_functions(args: argparse.Namespace, config: Config) -> int:
@@ -201,7 +217,7 @@ def cmd_triggers(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status, "invoke": cmd_invoke, "restart": cmd_restart,
+COMMANDS = {"start": cmd_start, "status": cmd_status, "invoke": cmd_invoke, "restart": cmd_restart, "stop": cmd_stop,
             "functions": cmd_functions, "triggers": cmd_triggers}
 
 

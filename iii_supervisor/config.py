@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import cattrs
 
 from .errors import ConfigError
 from .process.policy import BackoffPolicy
+from .process.settings import WorkerConfig, check_worker_names
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .protocol.frames import ABSOLUTE_MAX_FRAME_SIZE
 
@@ -58,6 +60,8 @@ class Config:
 
     supervisor: SupervisorConfig = SupervisorConfig()
     restart: BackoffPolicy = BackoffPolicy()
+    #: ``[workers.NAME]`` sections, by worker name
+    workers: dict[str, WorkerConfig] = attrs.field(factory=dict)
     sections: dict[str, Any] = attrs.field(factory=lambda: {m.section: m.default_config() for m in _modules()})
 
     def section(self, name: str) -> Any:
@@ -71,7 +75,8 @@ class Config:
 
 
 #: the sections the supervisor itself owns (the others belong to modules)
-_CORE_SECTIONS = {"supervisor": SupervisorConfig, "restart": BackoffPolicy}
+_CORE_SECTIONS: dict[str, Any] = {"supervisor": SupervisorConfig, "restart": BackoffPolicy,
+                                   "workers": dict[str, WorkerConfig]}
 
 
 def _modules() -> tuple[ModuleSpec, ...]:
@@ -132,8 +137,12 @@ def _name_key(problem: str, kind: Any) -> str:
     message, sep, path = problem.rpartition(" @ ")
     if not sep:
         return problem
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)  # cattrs writes dict keys as workers['api']
     match = _FIELD_AT_START.match(message)
-    if match and "." not in path and isinstance(kind, type) and attrs.has(kind) \
+    depth = 0
+    if typing.get_origin(kind) is dict:  # [workers.NAME]: the class of the values, one level down
+        kind, depth = typing.get_args(kind)[1], 1
+    if match and path.count(".") == depth and isinstance(kind, type) and attrs.has(kind) \
             and match.group(1) in attrs.fields_dict(kind):
         return f"{path}.{match.group(1)}{message[match.end():]}"
     return f"{message} @ {path}"
@@ -164,6 +173,9 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
     for name, kind in [*_CORE_SECTIONS.items(), *((m.section, m.config_type) for m in modules)]:
         if name not in data:
             continue
+        if not isinstance(data[name], dict):
+            problems.append(f"{name}: expected a table ([{name}]), got {data[name]!r}")
+            continue
         try:
             parsed[name] = structure_section(data[name], kind, name)
         except ConfigError as exc:
@@ -171,6 +183,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
     if problems:
         raise ConfigError(f"invalid {source}: {'; '.join(problems)}")
     config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()), restart=parsed.get("restart", BackoffPolicy()),
+                    workers=parsed.get("workers", {}),
                     sections={m.section: parsed[m.section] if m.section in parsed else m.default_config() for m in modules})
     problem = check_config(config, modules)
     if problem is not None:
@@ -180,6 +193,8 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
 
 def check_config(config: Config, modules: tuple[ModuleSpec, ...] | None = None) -> str | None:
     """Checks across sections (after each section validated on its own); the first problem, or None."""
+    if (problem := check_worker_names(config.workers)) is not None:
+        return problem
     frame = config.supervisor.max_frame_size
     if frame > ABSOLUTE_MAX_FRAME_SIZE:
         return (f"supervisor.max_frame_size {frame} is over the 4-byte length prefix's limit of "

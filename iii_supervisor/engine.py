@@ -22,6 +22,7 @@ from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
 from .process.runner import discover_workers
+from .process.settings import worker_specs
 from .registry import Registry
 from .server import http
 from .server.sockets import SessionServer, SocketLimits, serve_unix
@@ -48,7 +49,7 @@ class Engine:
         self.registry = Registry()
         self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000,
                                max_backlog=sup.max_queued_bytes)
-        specs = discover_workers(workers_dir)
+        specs = worker_specs(discover_workers(workers_dir), config.workers, workers_dir)
         self.output = output or default_output()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
                                grace=sup.grace_period, output=self.output)

@@ -41,7 +41,8 @@ class WorkerState(enum.Enum):
     RUNNING = "running"  # connected and registered
     BACKOFF = "backoff"  # exited; waiting to restart
     STOPPING = "stopping"
-    STOPPED = "stopped"
+    STOPPED = "stopped"  # not running, and not restarted until asked (stop, enabled = false, restart policy)
+    FATAL = "fatal"  # crash loop: restart intensity exceeded; not restarted until asked
 
 
 @attrs.define(eq=False)
@@ -55,6 +56,8 @@ class WorkerSlot:
     started_at: float | None = None
     last_exit: int | None = None
     restart_requested: bool = False
+    #: why the worker is not run now ("stopped", "fatal"), or None: keep it running
+    held: str | None = None
     #: set to stop the current run gracefully
     stop: trio.Event = attrs.Factory(trio.Event)
     #: set to cut a backoff wait short
@@ -100,14 +103,43 @@ class WorkerPool:
             if slot.pid is not None:
                 slot.state = WorkerState.STOPPING
 
-    def restart(self, name: str) -> WorkerSlot:
-        """Stop the worker (gracefully) and start it again at once, without backoff."""
+    def _slot(self, name: str) -> WorkerSlot:
         slot = self.slots.get(name)
         if slot is None:
             raise KeyError(name)
+        return slot
+
+    def restart(self, name: str) -> WorkerSlot:
+        """Stop the worker (gracefully) and start it again at once, without backoff. A stopped or
+        FATAL worker just starts (its crash history is forgotten)."""
+        slot = self._slot(name)
+        if slot.held is not None:
+            return self.start(name)
         slot.restart_requested = True
         slot.wake.set()
         slot.stop.set()
+        return slot
+
+    def start(self, name: str) -> WorkerSlot:
+        """Start a stopped, disabled or FATAL worker (a running one is left alone)."""
+        slot = self._slot(name)
+        if slot.held is not None:
+            if slot.held == "fatal":
+                log.info("worker %s: FATAL cleared on request", slot.name)
+            slot.held = None
+            slot.tracker.clear()
+        slot.wake.set()  # also cuts a backoff wait short
+        return slot
+
+    def stop(self, name: str) -> WorkerSlot:
+        """Stop the worker gracefully and keep it stopped (until ``start``/``restart``)."""
+        slot = self._slot(name)
+        slot.held = "stopped"
+        slot.restart_requested = False
+        slot.wake.set()
+        slot.stop.set()
+        if slot.pid is not None:
+            slot.state = WorkerState.STOPPING
         return slot
 
     # --- one worker ---------------------------------------------------------------------------
@@ -116,6 +148,7 @@ class WorkerPool:
         assert slot.token is not None
         return {
             **self._base_env,
+            **slot.spec.env,
             "III_SOCKET": str(self.socket_path),
             "III_WORKER_NAME": slot.name,
             "III_WORKER_TOKEN": slot.token,
@@ -131,7 +164,15 @@ class WorkerPool:
                 reported = True
                 task_status.started()
 
+        if not slot.spec.enabled:
+            slot.held = "stopped"
         while not self._stopping:
+            if slot.held is not None:  # stopped, disabled, or FATAL: wait for start/restart
+                slot.state = WorkerState.FATAL if slot.held == "fatal" else WorkerState.STOPPED
+                report_started()
+                slot.wake = trio.Event()
+                await slot.wake.wait()
+                continue
             slot.token = secrets.token_urlsafe(32)
             slot.state = WorkerState.STARTING
             slot.wake = trio.Event()
@@ -155,7 +196,22 @@ class WorkerPool:
                 log.info("worker %s restarting on request", slot.name)
                 slot.tracker.restarts += 1
                 continue
+            if slot.held is not None:  # stopped on request
+                log.info("worker %s stopped on request", slot.name)
+                continue
+            mode = slot.spec.restart
+            if mode == "never" or (mode == "on-failure" and returncode == 0):
+                log.info("worker %s %s; not restarted (restart = %r)", slot.name, _describe_exit(returncode), mode)
+                slot.held = "stopped"
+                continue
             delay = slot.tracker.on_exit(started_at=spawned_at, now=trio.current_time())
+            if delay is None:
+                policy = slot.tracker.policy
+                log.error("worker %s %s; FATAL: more than %d restarts within %gs, not restarting it "
+                          "(`iii-supervisor restart %s` starts it again)", slot.name, _describe_exit(returncode),
+                          policy.max_restarts, policy.restart_window, slot.name)
+                slot.held = "fatal"
+                continue
             slot.state = WorkerState.BACKOFF
             log.warning("worker %s %s; restart #%d in %.1fs", slot.name, _describe_exit(returncode),
                         slot.tracker.restarts, delay)
@@ -166,7 +222,8 @@ class WorkerPool:
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
             worker: WorkerProcess = await nursery.start(
-                partial(run_worker_process, slot.spec, self._env(slot), self.output, grace=self.grace, stop=slot.stop))
+                partial(run_worker_process, slot.spec, self._env(slot), self.output,
+                        grace=slot.spec.grace_period or self.grace, stop=slot.stop))
             slot.pid = worker.pid
             slot.started_at = trio.current_time()
             log.info("worker %s started (pid %d)", slot.name, worker.pid)

@@ -39,12 +39,21 @@ MAX_LINE = 64 * 1024
 
 @attrs.frozen
 class WorkerSpec:
-    """A worker program found in the workers directory."""
+    """A worker program (found in the workers directory, or declared in ``[workers.NAME]``) and
+    how to supervise it (see :mod:`.settings` for the per-worker keys)."""
 
     name: str
     path: Path
     command: tuple[str, ...]
     cwd: Path
+    #: variables added to the worker's environment (over the supervisor's, under the III_* ones)
+    env: Mapping[str, str] = attrs.field(factory=dict, kw_only=True)
+    #: "always" | "on-failure" | "never"
+    restart: str = attrs.field(default="always", kw_only=True)
+    #: seconds between SIGTERM and SIGKILL (None: the supervisor's ``grace_period``)
+    grace_period: float | None = attrs.field(default=None, kw_only=True)
+    #: False: not started with the supervisor (``iii-supervisor start NAME`` starts it)
+    enabled: bool = attrs.field(default=True, kw_only=True)
 
 
 def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:

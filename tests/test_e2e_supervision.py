@@ -1,0 +1,158 @@
+"""End to end: production supervision — per-worker settings, crash-loop limits (FATAL), and the
+stop/start/restart commands. Real supervisor, real worker processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import orjson
+import trio
+
+from supervisor_harness import Supervisor, run_cli, write_worker
+
+ENV = """
+import os
+iii.register_function("target.env", lambda names: {n: os.environ.get(n) for n in names})
+iii.register_function("target.cwd", lambda _d: os.getcwd())
+"""
+
+#: a program that is not in the workers directory and does not use the SDK: it prints the
+#: III_* variables it got and then waits to be stopped
+EXTERNAL = "import os, sys, time; print('external', os.environ['III_WORKER_NAME'], bool(os.environ.get('III_WORKER_TOKEN')), sys.argv[1:], flush=True); time.sleep(600)"
+
+
+async def wait_state(sup: Supervisor, name: str, state: str) -> dict:
+    while (worker := (await sup.workers())[name])["state"] != state:
+        await trio.sleep(0.05)
+    return worker
+
+
+async def test_per_worker_command_env_cwd_restart_and_enabled(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    write_worker(workers, "target", ENV)
+    write_worker(workers, "once", "print('once ran', flush=True)\niii.shutdown()\n")
+    write_worker(workers, "off", 'iii.register_function("off.ping", lambda _d: "pong")\n')
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[workers.target]
+env = {{ GREETING = "hello", PATH_EXTRA = "x" }}
+cwd = "../elsewhere"
+
+[workers.external]
+command = {orjson.dumps([sys.executable, "-c", EXTERNAL, "--flag", "two words"]).decode()}
+grace_period = 1.0
+
+[workers.once]
+restart = "never"
+
+[workers.off]
+enabled = false
+""")
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(functions=("target.cwd",))
+            env = await sup.call("target.env", ["GREETING", "PATH_EXTRA", "III_WORKER_NAME"])
+            assert env == {"GREETING": "hello", "PATH_EXTRA": "x", "III_WORKER_NAME": "target"}
+            assert await sup.call("target.cwd") == str(tmp_path / "elsewhere")
+            # a command outside the directory, with arguments, with the same III_* environment
+            await sup.wait_for_output("external external True ['--flag', 'two words']")
+            ext = await wait_state(sup, "external", "starting")  # never registers: stays "starting"
+            assert ext["pid"] is not None
+            # restart = "never": ran once, exited 0, stays stopped
+            once = await wait_state(sup, "once", "stopped")
+            assert once["restarts"] == 0 and once["last_exit"] == 0 and once["pid"] is None
+            assert sup.output().count("once ran") == 1
+            # enabled = false: not started until asked
+            off = (await sup.workers())["off"]
+            assert off["state"] == "stopped" and off["pid"] is None
+            started = await run_cli(sup, "start", "off")
+            assert started.returncode == 0 and b"starting off" in started.stdout, started
+            await wait_state(sup, "off", "running")
+            while "off.ping" not in await sup.function_ids():
+                await trio.sleep(0.05)
+            assert await sup.call("off.ping") == "pong"
+            # stop keeps it stopped (no restart), and its functions are gone
+            stopped = await run_cli(sup, "stop", "off")
+            assert stopped.returncode == 0 and b"stopping off" in stopped.stdout
+            off = await wait_state(sup, "off", "stopped")
+            assert off["restarts"] == 0 and "off.ping" not in await sup.function_ids()
+            await trio.sleep(0.5)
+            assert (await sup.workers())["off"]["state"] == "stopped"
+            unknown = await run_cli(sup, "stop", "ghost")
+            assert unknown.returncode == 1 and b"worker_not_found" in unknown.stderr
+
+
+async def test_on_failure_restarts_only_failures(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    # exits 0 the first time it finds a marker file, 1 before that
+    write_worker(workers, "flaky", f"""
+import os, sys
+marker = {str(tmp_path / "marker")!r}
+if os.path.exists(marker):
+    iii.shutdown()
+    sys.exit(0)
+open(marker, "w").close()
+iii.shutdown()  # (a main code that ends keeps serving: to exit from it, close the connection first)
+sys.exit(1)
+""")
+    config = tmp_path / "config.toml"
+    config.write_text('[restart]\ninitial_delay = 0.1\n\n[workers.flaky]\nrestart = "on-failure"\n')
+    with trio.fail_after(30):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start()
+            flaky = await wait_state(sup, "flaky", "stopped")
+            assert flaky["restarts"] == 1 and flaky["last_exit"] == 0
+            assert "worker flaky exited with code 0; not restarted (restart = 'on-failure')" in sup.output()
+
+
+async def test_a_crash_loop_becomes_fatal_and_restart_clears_it(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "crashy", "raise SystemExit(3)\n", preamble=False)
+    write_worker(workers, "steady", 'iii.register_function("steady.ping", lambda _d: "pong")\n')
+    config = tmp_path / "config.toml"
+    config.write_text("[restart]\ninitial_delay = 0.1\nfactor = 1.0\nmax_restarts = 3\nrestart_window = 30.0\n")
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(functions=("steady.ping",))
+            crashy = await wait_state(sup, "crashy", "fatal")
+            assert crashy["restarts"] == 3 and crashy["last_exit"] == 3 and crashy["pid"] is None
+            output = sup.output()
+            assert output.count("FATAL: more than 3 restarts within 30s") == 1, output
+            status = await run_cli(sup, "status")
+            row = next(line for line in status.stdout.decode().splitlines() if line.startswith("crashy"))
+            assert " fatal " in row
+            await trio.sleep(0.5)  # no more restarts while FATAL
+            assert (await sup.workers())["crashy"]["restarts"] == 3
+            assert await sup.call("steady.ping") == "pong"  # the others are untouched
+            # restart clears FATAL: it runs again, and (still crashing) becomes FATAL again
+            restarted = await run_cli(sup, "restart", "crashy")
+            assert restarted.returncode == 0
+            while sup.output().count("FATAL: more than 3 restarts") < 2:
+                await trio.sleep(0.05)
+            crashy = await wait_state(sup, "crashy", "fatal")
+            assert crashy["restarts"] == 6
+            assert "worker crashy: FATAL cleared on request" in sup.output()
+            assert (await sup.workers())["steady"]["restarts"] == 0
+
+
+async def test_a_worker_section_without_a_program_or_command_is_refused(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text('[workers.ghost]\nrestart = "never"\n')
+    sup = Supervisor(workers, "--config", str(config))
+    try:
+        with trio.fail_after(20):
+            bad = await run_cli(sup, "start", str(workers), "--config", str(config))
+            assert bad.returncode == 78
+            assert b"workers.ghost: there is no worker program 'ghost'" in bad.stderr
+            config.write_text('[workers.api]\nrestart = "sometimes"\n')
+            bad = await run_cli(sup, "start", str(workers), "--config", str(config))
+            assert bad.returncode == 78 and b"workers.api.restart must be in" in bad.stderr
+    finally:
+        await sup.aclose()
