@@ -222,7 +222,7 @@ def fmt_cell(s: dict[str, Any], key: str, fmt: Callable[[float], str], reps: int
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A Markdown table with padded columns."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
 
@@ -457,7 +457,7 @@ def print_process_profile(name: str, prof: dict[str, Any], n_self: int, n_incl: 
 
 
 def utc_timestamp() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:

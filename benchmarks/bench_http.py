@@ -75,10 +75,31 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from _common import (HERE, NOISY_CORES, CpuSampler, LoggedProcess, args_json, collect_pyspy, find_pyspy, fmt_cell,
-                     fmt_f, fmt_k, git_state, machine_info, median, percentile, print_process_profile,
-                     pyspy_recording, reap, spread, stop_process, table, utc_timestamp, wait_quiet, write_json)
+from _common import (
+    HERE,
+    NOISY_CORES,
+    CpuSampler,
+    LoggedProcess,
+    args_json,
+    collect_pyspy,
+    find_pyspy,
+    fmt_cell,
+    fmt_f,
+    fmt_k,
+    git_state,
+    machine_info,
+    median,
+    percentile,
+    print_process_profile,
+    pyspy_recording,
+    reap,
+    spread,
+    stop_process,
+    table,
+    utc_timestamp,
+    wait_quiet,
+    write_json,
+)
 
 WORKERS_DIR = HERE / "workers_http"
 DEFAULT_OUTPUT = HERE / "results" / "http.json"
@@ -670,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     def paired(a: str, b: str, conns: int) -> dict[str, Any] | None:
         if a not in raw or b not in raw:
             return None
-        vals = [x["req_per_s"] / y["req_per_s"] for x, y in zip(raw[a][conns], raw[b][conns]) if y["req_per_s"]]
+        pairs = zip(raw[a][conns], raw[b][conns], strict=False)  # (reps may differ if one failed)
+        vals = [x["req_per_s"] / y["req_per_s"] for x, y in pairs if y["req_per_s"]]
         return {"paired": vals, "median": median(vals), "min": min(vals, default=float("nan")),
                 "max": max(vals, default=float("nan")),
                 "ratio_of_medians": summary[a][conns]["req_per_s"] / summary[b][conns]["req_per_s"]}

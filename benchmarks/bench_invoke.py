@@ -64,7 +64,6 @@ import concurrent.futures
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -73,12 +72,33 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import (
+    HERE,
+    NOISY_CORES,
+    VENV_BIN,
+    CpuSampler,
+    LoggedProcess,
+    args_json,
+    collect_pyspy,
+    find_pyspy,
+    fmt_cell,
+    fmt_k,
+    git_state,
+    latency_stats,
+    machine_info,
+    median,
+    print_process_profile,
+    pyspy_recording,
+    reap,
+    spread,
+    stop_process,
+    table,
+    utc_timestamp,
+    wait_quiet,
+    write_json,
+)
 
 from iii_supervisor.control import ControlClient
-
-from _common import (HERE, NOISY_CORES, VENV_BIN, CpuSampler, LoggedProcess, args_json, collect_pyspy, find_pyspy,
-                     fmt_cell, fmt_k, git_state, latency_stats, machine_info, median, print_process_profile,
-                     pyspy_recording, reap, spread, stop_process, table, utc_timestamp, wait_quiet, write_json)
 
 WORKERS_DIR = HERE / "workers_invoke"
 DEFAULT_OUTPUT = HERE / "results" / "invoke.json"
@@ -300,8 +320,10 @@ def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Pa
         short = target.rsplit("_", 1)[-1]
         duration = max(2, int(seconds))
         # --gil (PYSPY_EXTRA): only GIL holders
-        with pyspy_recording(pyspy, pids, lambda name: out_dir / f"pyspy_{short}_{name}.txt", duration, 500,
-                             PYSPY_EXTRA) as spies:
+        def profile_path(name: str, short: str = short) -> Path:
+            return out_dir / f"pyspy_{short}_{name}.txt"
+
+        with pyspy_recording(pyspy, pids, profile_path, duration, 500, PYSPY_EXTRA) as spies:
             stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
                                            "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
                              timeout=duration + 30)
@@ -448,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, Any] = {}
     for key, _mode, _target, label in OURS:
         s, peer = summary[key], summary["peer_" + PEER_OF[key]]
-        paired = [o["calls_per_s"] / p["calls_per_s"] for o, p in zip(raw[key], raw["peer_" + PEER_OF[key]])]
+        pairs = zip(raw[key], raw["peer_" + PEER_OF[key]], strict=False)
+        paired = [o["calls_per_s"] / p["calls_per_s"] for o, p in pairs]
         ratio = s["calls_per_s"] / peer["calls_per_s"]
         ratios[key] = {"ratio_of_medians": ratio, "paired": paired, "paired_median": median(paired)}
         ratio_cell = f"{ratio:.2f}x" + (f" [{min(paired):.2f}–{max(paired):.2f}]" if len(paired) > 1 else "")

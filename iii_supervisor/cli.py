@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import attrs
 import orjson
@@ -73,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="start the supervisor and every worker in DIR; or start worker NAME "
                                          "of a running supervisor (when NAME is not a directory)")
-    start.add_argument("workers_dir", type=Path, metavar="DIR|NAME", help="directory of worker programs, or a worker's name")
+    start.add_argument("workers_dir", type=Path, metavar="DIR|NAME",
+                       help="directory of worker programs, or a worker's name")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    start.add_argument("--data-dir", type=Path,
+                       help="directory of the embedded store (default: $STATE_DIRECTORY, else "
+                            "$XDG_STATE_HOME/iii-supervisor, else ~/.local/state/iii-supervisor)")
     for module in MODULES:
         for flag in module.flags:
             start.add_argument(flag.flag, type=flag.type, help=flag.help, dest=_flag_dest(module, flag))
@@ -140,7 +143,7 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
     config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
-    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir)
+    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir)
     try:
         trio.run(engine.run)
     except BaseExceptionGroup as group:

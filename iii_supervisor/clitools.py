@@ -53,6 +53,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def control_client(args: argparse.Namespace, config: Config, timeout: float = 60.0) -> ControlClient:
-    return ControlClient(resolve_runtime_dir(config.supervisor.runtime_dir, args.runtime_dir) / CONTROL_SOCKET, timeout=timeout)
+    path = resolve_runtime_dir(config.supervisor.runtime_dir, args.runtime_dir) / CONTROL_SOCKET
+    return ControlClient(path, timeout=timeout)
 
 

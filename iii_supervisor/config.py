@@ -48,6 +48,11 @@ class SupervisorConfig:
     handshake_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
+    #: Directory of the embedded store (``--data-dir``; default: see ``store.datadir.default_data_dir``).
+    data_dir: str | None = None
+    #: The store's durability: "full" survives power loss, "normal" survives a crash of the
+    #: supervisor (see docs/store.md).
+    store_synchronous: str = attrs.field(default="full", validator=attrs.validators.in_(["full", "normal"]))
 
 
 @attrs.frozen(kw_only=True)
@@ -101,7 +106,8 @@ def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def strict_number(value: Any, kind: type) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                kind is int and not isinstance(value, int)):
             raise _BadValue(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
         return kind(value)
 
@@ -123,6 +129,12 @@ def _converter() -> cattrs.Converter:
 
 
 _CONVERTER = _converter()
+
+
+def register_structure_hook(kind: Any, hook: Any) -> None:
+    """Let a module structure its section its own way (e.g. ``[queues]`` mixes options and tables);
+    ``hook(value, kind)`` raises :class:`ConfigError` naming the key path."""
+    _CONVERTER.register_structure_hook(kind, hook)
 
 
 _FIELD_AT_START = re.compile(r"'?([a-z_]+)'?(?= |$)")
@@ -182,9 +194,11 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
             problems.append(exc.message)
     if problems:
         raise ConfigError(f"invalid {source}: {'; '.join(problems)}")
-    config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()), restart=parsed.get("restart", BackoffPolicy()),
+    config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()),
+                    restart=parsed.get("restart", BackoffPolicy()),
                     workers=parsed.get("workers", {}),
-                    sections={m.section: parsed[m.section] if m.section in parsed else m.default_config() for m in modules})
+                    sections={m.section: parsed[m.section] if m.section in parsed else m.default_config()
+                              for m in modules})
     problem = check_config(config, modules)
     if problem is not None:
         raise ConfigError(f"invalid {source}: {problem}")

@@ -18,6 +18,7 @@ from .builtins import install_builtins
 from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
+from .modules import queue
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
@@ -27,6 +28,7 @@ from .registry import Registry
 from .server import http
 from .server.sockets import SessionServer, SocketLimits, serve_unix
 from .server.unix import CONTROL_SOCKET, WORKER_SOCKET, RuntimeLock, prepare_runtime_dir, resolve_runtime_dir
+from .store import SqliteStore, resolve_data_dir
 from .systemd import run_watchdog, sd_notify
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,13 @@ log = logging.getLogger(__name__)
 #: Every in-process module, in start order (see modules/base.py). Adding a module is one line here.
 MODULES: tuple[ModuleSpec, ...] = (
     http.SPEC,
+    queue.SPEC,
 )
 
 
 class Engine:
     def __init__(self, config: Config, workers_dir: Path, *, runtime_dir: Path | None = None,
-                 output: Output | None = None) -> None:
+                 data_dir: Path | None = None, output: Output | None = None) -> None:
         self.config = config
         self.workers_dir = workers_dir
         self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config.supervisor.runtime_dir, runtime_dir))
@@ -55,8 +58,13 @@ class Engine:
                                grace=sup.grace_period, output=self.output)
         self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
+        #: the embedded store, opened (lock, integrity check) by run() before any module starts
+        self.store: SqliteStore | None = None
+        if any(spec.uses_store for spec in MODULES):
+            self.store = SqliteStore(resolve_data_dir(data_dir, sup.data_dir),
+                                     synchronous=sup.store_synchronous)  # type: ignore[arg-type]
         context = ModuleContext(registry=self.registry, invoker=self.invoker, channels=self.channels, config=config,
-                                runtime_dir=self.runtime_dir)
+                                runtime_dir=self.runtime_dir, store=self.store)
         self.modules: dict[str, Module] = {spec.name: spec.build(context, config.section(spec.section))
                                            for spec in MODULES}
         self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)
@@ -77,6 +85,8 @@ class Engine:
                 if handle_signals:
                     await nursery.start(self._watch_signals)
                 await nursery.start(self.invoker.run)
+                if self.store is not None:  # refuses to start on a locked, unwritable or corrupt data dir
+                    await nursery.start(self.store.run)
                 await nursery.start(serve_unix, self.worker_socket, self.server.handle_worker, self.limits)
                 await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
                 for module in self.modules.values():  # each is ready (its types and functions in) before the next

@@ -90,6 +90,47 @@ class RuntimeDirError(EngineError):
     code = "runtime_dir_error"
 
 
+# --- store ----------------------------------------------------------------------------------
+# The startup failures are ConfigErrors: the supervisor refuses to start (exit 78) rather than
+# run with its queue or state silently off.
+
+
+class DataDirError(ConfigError):
+    """The data directory cannot be created or written."""
+
+    code = "data_dir_error"
+
+
+class DataDirLocked(DataDirError):
+    """Another supervisor holds the data directory's lock."""
+
+    code = "data_dir_locked"
+
+
+class StoreCorrupt(DataDirError):
+    """The database file is not a database, fails its integrity check, or has a newer schema."""
+
+    code = "store_corrupt"
+
+
+class StoreError(EngineError):
+    """A store operation failed (after start); the operation had no effect."""
+
+    code = "store_error"
+
+
+class StoreFull(StoreError):
+    """The disk (or the database's size limit) is full: the write was not made; earlier data is intact."""
+
+    code = "store_full"
+
+
+class StoreClosed(StoreError):
+    """The store is not running (not started yet, or shut down)."""
+
+    code = "store_closed"
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -160,6 +201,12 @@ _BY_CODE: dict[str, type[EngineError]] = {
         UnknownMessageType,
         AuthError,
         ConfigError,
+        DataDirError,
+        DataDirLocked,
+        StoreCorrupt,
+        StoreError,
+        StoreFull,
+        StoreClosed,
         RegistrationError,
         FunctionConflict,
         TriggerRegistrationError,

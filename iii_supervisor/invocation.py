@@ -11,7 +11,8 @@ entry, and is forwarded to the owner's session. The entry remembers where the an
 - *local*: the caller is in-process (control socket, HTTP front, cron …) and awaits
   :meth:`Invoker.call`; the entry holds a ``trio.Event``.
 
-Deadlines live in one heap served by one timer task (:class:`~.deadlines.Deadlines`), so a call that nobody answers fails with
+Deadlines live in one heap served by one timer task (:class:`~.deadlines.Deadlines`), so a call
+that nobody answers fails with
 ``invocation_timeout`` (default 30 s, per call ``timeout_ms``). When a session closes,
 :meth:`Invoker.session_closed` fails every call it was executing with ``invocation_stopped`` at
 once and forgets the calls it had started (their late results are dropped).
@@ -42,7 +43,7 @@ from .errors import (
     error_from_wire,
 )
 from .inbox import Inbox
-from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction, Message
+from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction
 from .registry import ActionCall, FunctionEntry, Owner, Registry
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ class Invoker:
         return WorkerOverloaded(f"worker {target.name!r} is not keeping up: {backlog} bytes are queued for it "
                                 f"(limit {self.max_backlog}); is it stopped or blocking its event loop?")
 
-    def _answer(self, caller: Peer, msg: InvokeFunction, *, result: Any = None, error: EngineError | None = None) -> None:
+    def _answer(self, caller: Peer, msg: InvokeFunction, *, result: Any = None,
+                error: EngineError | None = None) -> None:
         if msg.invocation_id is None:
             if error is not None:
                 log.warning("void call from %s to %r failed: %s", caller.name, msg.function_id, error)

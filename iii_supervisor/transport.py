@@ -27,7 +27,6 @@ import trio
 from .errors import ConnectionLost, ProtocolError
 from .plainsocket import PlainSocket
 from .protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Event, Message
-from .protocol.codec import encode
 
 log = logging.getLogger(__name__)
 

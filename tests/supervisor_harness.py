@@ -37,7 +37,7 @@ class Supervisor:
     """A supervisor subprocess with its own short runtime dir (AF_UNIX paths are ≤ 107 bytes)."""
 
     def __init__(self, workers_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 pipe_output: bool = False) -> None:
+                 pipe_output: bool = False, data_dir: Path | None = None) -> None:
         self.workers_dir = workers_dir
         self.env = env
         #: stdout and stderr to a pipe that only :meth:`read_pipe` reads (not to the log file)
@@ -45,6 +45,8 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="iii-t"))
         self.log_path = self.runtime_dir.with_suffix(".log")
         self.extra_args = extra_args
+        #: the store's directory: private to this supervisor unless given (to restart on the same data)
+        self.data_dir = data_dir if data_dir is not None else self.runtime_dir / "data"
         self.proc: trio.Process | None = None
         self._log = None
 
@@ -57,6 +59,8 @@ class Supervisor:
         return self.runtime_dir / "iii.sock"
 
     def cli_args(self, *args: str) -> list[str]:
+        if args[:1] == ("start",) and "--data-dir" not in args:  # never the user's own data dir
+            args = (*args, "--data-dir", str(self.data_dir))
         return [sys.executable, "-m", "iii_supervisor", *args, "--runtime-dir", str(self.runtime_dir)]
 
     async def start(self, *, expect_workers: int | None = None, functions: tuple[str, ...] = (),
@@ -214,7 +218,8 @@ async def open_control(path: Path) -> AsyncIterator[AsyncControl]:
         await trio.aclose_forcefully(stream)
 
 
-async def run_cli(sup: Supervisor, *args: str, stdin: bytes = b"", timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+async def run_cli(sup: Supervisor, *args: str, stdin: bytes = b"",
+                  timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(timeout):
         return await trio.run_process(sup.cli_args(*args), stdin=stdin, capture_stdout=True, capture_stderr=True,
                                       check=False)

@@ -8,7 +8,8 @@ import trio.testing
 from iii_supervisor.deadlines import Deadlines
 
 
-async def test_entries_expire_in_order_and_an_earlier_one_moves_the_timer(autojump_clock: trio.testing.MockClock) -> None:
+async def test_entries_expire_in_order_and_an_earlier_one_moves_the_timer(
+        autojump_clock: trio.testing.MockClock) -> None:
     fired: list[tuple[str, float]] = []
     deadlines: Deadlines[str] = Deadlines(lambda key, when: fired.append((key, when)), lambda key, when: True)
     with trio.fail_after(100):

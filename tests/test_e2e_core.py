@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
 import signal
 import socket
 import struct
+import tempfile
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 import trio
 
-from iii_supervisor.errors import FunctionNotFound, InvocationFailed, InvocationStopped, InvocationTimeout
+from iii_supervisor.errors import EngineError, FunctionNotFound, InvocationFailed, InvocationStopped, InvocationTimeout
 from iii_supervisor.protocol import Connection, Error, Hello, InvokeFunction
 from supervisor_harness import Supervisor, pid_alive, run_cli, write_worker
 
@@ -527,6 +527,33 @@ async def test_oversize_result_fails_the_call_not_the_worker(workers_dir: Path, 
             workers = await sup.workers()
             assert workers["big"]["restarts"] == 0 and workers["big"]["state"] == "running"
             assert await sup.call("big.result", 3) == "xxx"
+
+
+async def test_a_listing_over_the_frame_limit_fails_that_call_and_the_supervisor_lives(
+        workers_dir: Path, tmp_path: Path) -> None:
+    # found by a hostile-input probe: an answer of a built-in over the frame limit used to kill
+    # the invoker's nursery, and so the supervisor
+    write_worker(workers_dir, "many", """
+    iii.register_function("many.f", lambda data: data)
+    for i in range(40):
+        iii.register_trigger({"type": "http", "function_id": "many.f",
+                              "config": {"api_path": f"/many/{i}", "pad": "p" * 10_000}})
+    iii.register_function("many.ready", lambda data: True)
+    """)
+    cfg = tmp_path / "frames.toml"
+    cfg.write_text("[supervisor]\nmax_frame_size = 300000\n[http]\nmax_body_size = 1000\n")
+    with trio.fail_after(30):
+        async with Supervisor(workers_dir, "--config", str(cfg)) as sup:
+            await sup.start(expect_workers=3, functions=(*READY, "many.ready"))
+            with pytest.raises(EngineError) as info:
+                await sup.call("engine::triggers::list")
+            assert info.value.code == "result_too_large"
+            listed = await run_cli(sup, "triggers", "--config", str(cfg))
+            assert listed.returncode == 1 and b"result_too_large" in listed.stderr, listed.stderr
+            # everything else still works, and no worker was disconnected
+            assert await sup.call("many.f", {"a": 1}) == {"a": 1}
+            workers = await sup.workers()
+            assert all(w["state"] == "running" and w["restarts"] == 0 for w in workers.values())
 
 
 async def test_start_errors_are_reported_without_traceback(workers_dir: Path, tmp_path: Path) -> None:

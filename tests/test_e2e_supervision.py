@@ -19,7 +19,8 @@ iii.register_function("target.cwd", lambda _d: os.getcwd())
 
 #: a program that is not in the workers directory and does not use the SDK: it prints the
 #: III_* variables it got and then waits to be stopped
-EXTERNAL = "import os, sys, time; print('external', os.environ['III_WORKER_NAME'], bool(os.environ.get('III_WORKER_TOKEN')), sys.argv[1:], flush=True); time.sleep(600)"
+EXTERNAL = ("import os, sys, time; print('external', os.environ['III_WORKER_NAME'], "
+            "bool(os.environ.get('III_WORKER_TOKEN')), sys.argv[1:], flush=True); time.sleep(600)")
 
 
 async def wait_state(sup: Supervisor, name: str, state: str) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from supervisor_harness import Supervisor, pid_alive, write_worker
 
 POOLS = """

@@ -11,14 +11,14 @@ import h11
 import httpx
 import pytest
 import trio
-from inprocess import engine_parts
 
-from iii_supervisor.server.http.config import HttpConfig
 from iii_supervisor.channels import ChannelTable
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.registry import Registry
 from iii_supervisor.server import http as http_module
+from iii_supervisor.server.http.config import HttpConfig
 from iii_supervisor.server.http.front import HttpFront
+from inprocess import engine_parts
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ import trio
 from iii_supervisor.errors import EngineError
 from iii_supervisor.protocol import Action, InvocationResult, InvokeFunction
 from iii_supervisor.registry import ActionCall, TriggerEntry, TriggerTypeEntry
-
 from inprocess import engine_parts
 
 LIMIT = 4096  # a small frame limit, so that "too large" is cheap to reach

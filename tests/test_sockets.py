@@ -184,6 +184,7 @@ async def test_a_flood_of_bad_tokens_logs_one_line_and_a_count(caplog: pytest.Lo
             sockets.REFUSED_WARNINGS.flush()
     lines = [r.getMessage() for r in caplog.records if r.name == "iii_supervisor.server.sockets"]
     assert lines == [
-        "worker socket: refused a connection: invalid worker token: only workers spawned by this supervisor may connect",
+        "worker socket: refused a connection: invalid worker token: only workers spawned by this supervisor "
+        "may connect",
         "worker socket: refused connections: 49 similar line(s) suppressed in the last 10s",
     ]

@@ -23,8 +23,8 @@ import attrs
 import psutil
 import trio
 
-from .policy import BackoffPolicy, RestartTracker
 from ..output import Output
+from .policy import BackoffPolicy, RestartTracker
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:

@@ -90,7 +90,8 @@ def line_relay(output: Output, name: str, pid: int, *, err: bool) -> Callable[[b
     return relay
 
 
-async def pump_lines(stream: trio.abc.ReceiveStream, emit: Callable[[bytes], None], *, max_line: int = MAX_LINE) -> None:
+async def pump_lines(stream: trio.abc.ReceiveStream, emit: Callable[[bytes], None], *,
+                     max_line: int = MAX_LINE) -> None:
     """Read ``stream`` to EOF, calling ``emit`` once per line (without the newline)."""
     buf = bytearray()
     async with stream:

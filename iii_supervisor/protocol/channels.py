@@ -38,6 +38,8 @@ class ChannelRef:
         if type(value) is not dict:
             return None
         channel_id, kind = value.get("channel_id"), value.get("direction")
-        if type(channel_id) is not int or kind not in ("read", "write") or (direction is not None and kind != direction):
+        if type(channel_id) is not int or kind not in ("read", "write"):
+            return None
+        if direction is not None and kind != direction:
             return None
         return cls(channel_id, kind, value.get("eof") is True)

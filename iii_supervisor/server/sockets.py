@@ -5,7 +5,8 @@ Worker socket: the peer must run as our uid (SO_PEERCRED) and its first frame, w
 else gets an ``error`` frame naming the problem and is disconnected; other connections are not
 disturbed. Until the token is checked a connection costs little: its first frame may be at most
 ``hello_max_frame_size`` bytes (refused on the length header, before buffering), and at most
-``max_pending_handshakes`` connections may be waiting to authenticate; more are refused at once. Control socket: same uid check, no token; the session may only call functions.
+``max_pending_handshakes`` connections may be waiting to authenticate; more are refused at once.
+Control socket: same uid check, no token; the session may only call functions.
 
 A bug in one connection's handling is logged with its traceback and closes that connection;
 it never takes the supervisor down.
@@ -118,7 +119,8 @@ class SessionServer:
             return
         limits = self.limits
         if self.pending_handshakes >= limits.max_pending_handshakes:
-            exc = RemoteProtocolError(f"too many connections waiting to authenticate ({limits.max_pending_handshakes}); "
+            exc = RemoteProtocolError(f"too many connections waiting to authenticate "
+                                      f"({limits.max_pending_handshakes}); "
                                 f"connection from pid {peer_pid} refused, try again", code="too_many_handshakes")
             REFUSED_WARNINGS.warning("worker socket: refused connections",
                                      "worker socket: refused a connection: %s", exc.message)
@@ -145,7 +147,8 @@ class SessionServer:
                     raise FrameTooLarge(f"{exc.message} before authentication: the first frame must be a hello "
                                         f"of at most {limits.hello_max_frame_size} bytes") from None
             if not isinstance(hello, Hello):
-                raise AuthError(f"first frame must be 'hello' with the worker token, got {type(hello).__name__.lower()!r}")
+                raise AuthError("first frame must be 'hello' with the worker token, "
+                                f"got {type(hello).__name__.lower()!r}")
             slot = self.pool.authenticate(hello.token)
             if slot is None:
                 raise AuthError("invalid worker token: only workers spawned by this supervisor may connect")
@@ -185,5 +188,6 @@ class SessionServer:
             return
         framed = self._framed(stream)
         session = Session(framed, name=f"control[{peer_pid}]", worker_id=f"control-{next(self._ids)}",
-                          registry=self.registry, invoker=self.invoker, channels=self.channels, is_worker=False, pid=peer_pid)
+                          registry=self.registry, invoker=self.invoker, channels=self.channels, is_worker=False,
+                          pid=peer_pid)
         await session.serve()

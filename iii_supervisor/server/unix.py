@@ -127,7 +127,8 @@ def bind_unix_socket(path: Path, *, backlog: int = 128) -> socket.socket:
     raw = os.fsencode(path)
     if len(raw) > MAX_SOCKET_PATH:
         raise RuntimeDirError(
-            f"socket path {str(path)!r} is {len(raw)} bytes; AF_UNIX allows {MAX_SOCKET_PATH}: use a shorter --runtime-dir"
+            f"socket path {str(path)!r} is {len(raw)} bytes; AF_UNIX allows {MAX_SOCKET_PATH}: "
+            "use a shorter --runtime-dir"
         )
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):

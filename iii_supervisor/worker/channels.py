@@ -13,11 +13,10 @@ If the reader goes away (the HTTP client disconnected), the next write raises
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import logging
 
 import trio
 

@@ -162,7 +162,9 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+    # an object with an ``async def __call__`` is an async handler too
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None))  # noqa: B004 - not a callable check
 
 
 def _field(request: Any, name: str, default: Any = None) -> Any:
@@ -424,7 +426,8 @@ class III:
         except (TypeError, ProtocolError) as exc:  # not JSON-serializable, or over the frame limit
             self._send(InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
                                         error=ErrorBody(code="invocation_failed",
-                                                        message=f"result of {msg.function_id!r} cannot be sent: {exc}")))
+                                                        message=f"result of {msg.function_id!r} cannot be sent: "
+                                                                f"{exc}")))
         except ConnectionLost:
             pass
 
