@@ -22,6 +22,7 @@ from .modules import queue
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
+from .process.reaper import Reaper
 from .process.runner import discover_workers
 from .process.settings import worker_specs
 from .registry import Registry
@@ -54,8 +55,9 @@ class Engine:
                                max_backlog=sup.max_queued_bytes)
         specs = worker_specs(discover_workers(workers_dir), config.workers, workers_dir)
         self.output = output or default_output()
+        self.reaper = Reaper()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
-                               grace=sup.grace_period, output=self.output)
+                               grace=sup.grace_period, output=self.output, reaper=self.reaper)
         self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
         #: the embedded store, opened (lock, integrity check) by run() before any module starts
@@ -91,6 +93,7 @@ class Engine:
                 await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
                 for module in self.modules.values():  # each is ready (its types and functions in) before the next
                     await nursery.start(module.run)
+                await nursery.start(self.reaper.run)  # before any worker: none may outlive us
                 pool_done = trio.Event()
                 await nursery.start(self._run_pool, pool_done)
                 await nursery.start(run_watchdog)

@@ -3,13 +3,16 @@ stop/start/restart commands. Real supervisor, real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import time
 from pathlib import Path
 
 import orjson
 import trio
 
-from supervisor_harness import Supervisor, run_cli, write_worker
+from supervisor_harness import Supervisor, pid_alive, run_cli, write_worker
 
 ENV = """
 import os
@@ -157,3 +160,71 @@ async def test_a_worker_section_without_a_program_or_command_is_refused(tmp_path
             assert bad.returncode == 78 and b"workers.api.restart must be in" in bad.stderr
     finally:
         await sup.aclose()
+
+
+def _tree(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _in_sessions(sessions: set[int]) -> set[int]:
+    """Every live process (zombies excluded) whose session is one of ``sessions``."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) in sessions:
+                found.add(proc.pid)
+        except (ProcessLookupError, psutil.Error, OSError):
+            pass
+    return found
+
+
+async def test_supervisor_kill_9_leaves_no_process_behind(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    # an SDK worker busy in a long sync handler, with a child of its own
+    write_worker(workers, "busy", """
+import subprocess, time
+child = subprocess.Popen(["sleep", "600"])
+def sleepy(_data):
+    time.sleep(600)
+iii.register_function("busy.sleepy", sleepy)
+iii.register_function("busy.child", lambda _d: child.pid)
+""")
+    # a program that ignores its socket and SIGTERM, with a child that ignores SIGTERM too
+    write_worker(workers, "deaf", """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+deaf_child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", deaf_child])
+print("deaf ready", flush=True)
+time.sleep(600)
+""", preamble=False)
+    with trio.fail_after(40):
+        async with Supervisor(workers) as sup:
+            await sup.start(functions=("busy.child",))
+            await sup.wait_for_output("deaf ready")
+            assert sup.proc is not None
+            async with trio.open_nursery() as nursery:
+                async def call_sleepy() -> None:
+                    with contextlib.suppress(Exception):  # the supervisor dies under it
+                        await sup.call("busy.sleepy")
+                nursery.start_soon(call_sleepy)
+                await trio.sleep(0.3)
+                worker_pids = {w["pid"] for w in (await sup.workers()).values()}
+                tree = _tree(sup.proc.pid)  # workers, their children, the reaper
+                assert len(tree) >= 5, tree  # 2 workers + 2 children + the reaper
+                sup.proc.kill()
+                await sup.proc.wait()
+                killed_at = time.monotonic()
+                while left := {p for p in tree if pid_alive(p)} | _in_sessions(worker_pids):
+                    assert time.monotonic() - killed_at < 1.5, f"still alive after 1.5 s: {sorted(left)}"
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            assert "reaper: the supervisor is gone; stopping 2 worker group(s)" in sup.output()

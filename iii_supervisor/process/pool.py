@@ -25,6 +25,7 @@ import trio
 
 from ..output import Output
 from .policy import BackoffPolicy, RestartTracker
+from .reaper import Reaper
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class WorkerPool:
         grace: float,
         output: Output,
         base_env: Mapping[str, str] | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
         self.socket_path = socket_path
@@ -86,6 +88,8 @@ class WorkerPool:
         env = dict(os.environ if base_env is None else base_env)
         self._base_env = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         self._stopping = False
+        #: told about every worker's process group, so that none outlives a killed supervisor
+        self.reaper = reaper
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn every worker, then supervise them until cancelled (which stops them all)."""
@@ -220,20 +224,27 @@ class WorkerPool:
         slot.state = WorkerState.STOPPED
 
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
-        async with trio.open_nursery() as nursery:
-            worker: WorkerProcess = await nursery.start(
-                partial(run_worker_process, slot.spec, self._env(slot), self.output,
-                        grace=slot.spec.grace_period or self.grace, stop=slot.stop))
-            slot.pid = worker.pid
-            slot.started_at = trio.current_time()
-            log.info("worker %s started (pid %d)", slot.name, worker.pid)
-            report_started()
-            await worker.exited.wait()
-            # Gone: its token must not authenticate anyone, its registrations go now, not
-            # after the output pipes drain.
-            slot.token = None
-            self._detach(slot)
-        assert worker.proc.returncode is not None  # (reaped when run_worker_process returned)
+        watched: int | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                worker: WorkerProcess = await nursery.start(
+                    partial(run_worker_process, slot.spec, self._env(slot), self.output,
+                            grace=slot.spec.grace_period or self.grace, stop=slot.stop))
+                slot.pid = watched = worker.pid
+                if self.reaper is not None:
+                    self.reaper.watch(worker.pid)  # its pid is its process group's id
+                slot.started_at = trio.current_time()
+                log.info("worker %s started (pid %d)", slot.name, worker.pid)
+                report_started()
+                await worker.exited.wait()
+                # Gone: its token must not authenticate anyone, its registrations go now, not
+                # after the output pipes drain.
+                slot.token = None
+                self._detach(slot)
+        finally:
+            if watched is not None and self.reaper is not None:
+                self.reaper.forget(watched)  # reaped (run_worker_process returned): the id may be reused
+        assert worker.proc.returncode is not None
         return worker.proc.returncode
 
     def _detach(self, slot: WorkerSlot) -> None:

@@ -13,7 +13,8 @@
 - No ``PR_SET_PDEATHSIG``: trio forks from a thread of its thread cache, and the kernel sends
   the parent-death signal when that *thread* exits (after 10 s idle), which killed every worker
   10 s after its start. A worker learns of a dead supervisor from its socket instead (the SDK
-  exits on EOF); under systemd, ``KillMode=mixed`` reaps the rest.
+  exits on EOF), and the watchdog of :mod:`.reaper` kills every worker's group when the
+  supervisor is gone; under systemd, ``KillMode=`` covers the whole control group.
 """
 
 from __future__ import annotations
