@@ -46,6 +46,14 @@ class SupervisorConfig:
     invocation_timeout_ms: int = attrs.field(default=30_000, validator=positive)
     #: Seconds a new worker connection has to present its token.
     handshake_timeout: float = attrs.field(default=5.0, validator=positive)
+    #: Seconds a spawned worker has to connect and finish registering (the SDK says so when the
+    #: script's main code ends, or on ``iii.ready()``); then it is restarted. 0: no limit.
+    #: Per worker: ``[workers.NAME] start_timeout``.
+    start_timeout: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    #: Seconds between two pings of a connected worker (0: no pings) ...
+    ping_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    #: ... and how long its answer may take before the worker counts as hung and is restarted.
+    ping_timeout: float = attrs.field(default=20.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
     #: Directory of the embedded store (``--data-dir``; default: see ``store.datadir.default_data_dir``).

@@ -57,7 +57,9 @@ class Engine:
         self.output = output or default_output()
         self.reaper = Reaper()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
-                               grace=sup.grace_period, output=self.output, reaper=self.reaper)
+                               grace=sup.grace_period, output=self.output, reaper=self.reaper,
+                               start_timeout=sup.start_timeout, ping_interval=sup.ping_interval,
+                               ping_timeout=sup.ping_timeout)
         self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
         #: the embedded store, opened (lock, integrity check) by run() before any module starts

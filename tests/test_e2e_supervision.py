@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from supervisor_harness import Supervisor, pid_alive, run_cli, write_worker
+from supervisor_harness import Supervisor, open_control, pid_alive, run_cli, write_worker
 
 ENV = """
 import os
@@ -228,3 +229,75 @@ time.sleep(600)
                     await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
             assert "reaper: the supervisor is gone; stopping 2 worker group(s)" in sup.output()
+
+
+async def test_start_readiness_and_start_timeout(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    # registers, then its main code goes on (a loop of its own) without saying it is ready
+    write_worker(workers, "slowpoke", """
+import time
+iii.register_function("slowpoke.f", lambda _d: 1)
+print("slowpoke registered", flush=True)
+time.sleep(600)
+""")
+    # the same, but it says so
+    write_worker(workers, "looper", """
+import time
+iii.register_function("looper.f", lambda _d: 1)
+iii.ready()
+time.sleep(600)
+""")
+    # never connects at all
+    write_worker(workers, "mute", "import time\ntime.sleep(600)\n", preamble=False)
+    config = tmp_path / "config.toml"
+    config.write_text("[supervisor]\nstart_timeout = 1.5\n\n[restart]\ninitial_delay = 20.0\n\n"
+                      "[workers.mute]\nstart_timeout = 1.0\n")
+    with trio.fail_after(30):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start()
+            await sup.wait_for_output("slowpoke registered")
+            workers_now = await sup.workers()
+            assert workers_now["slowpoke"]["state"] == "starting"  # connected and registered, not ready
+            assert workers_now["mute"]["state"] == "starting"
+            await wait_state(sup, "looper", "running")
+            await sup.wait_for_output("worker mute did not finish starting within 1s (still connecting")
+            await sup.wait_for_output("worker slowpoke did not finish starting within 1.5s (still registering")
+            slowpoke = await wait_state(sup, "slowpoke", "backoff")
+            assert slowpoke["restarts"] == 1
+            looper = (await sup.workers())["looper"]
+            assert looper["state"] == "running" and looper["restarts"] == 0
+
+
+async def test_hung_workers_are_restarted(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "blocker", """
+import os, time
+async def block(_data):
+    time.sleep(600)  # blocks the worker's event loop: no more pongs
+iii.register_function("blocker.block", block)
+iii.register_function("blocker.pid", lambda _d: os.getpid())
+""")
+    write_worker(workers, "sleeper", 'iii.register_function("sleeper.pid", lambda _d: __import__("os").getpid())\n')
+    write_worker(workers, "healthy", 'iii.register_function("healthy.pid", lambda _d: __import__("os").getpid())\n')
+    config = tmp_path / "config.toml"
+    config.write_text("[supervisor]\nping_interval = 0.3\nping_timeout = 1.0\ngrace_period = 1.0\n\n"
+                      "[restart]\ninitial_delay = 0.2\n")
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(expect_workers=3)
+            healthy_pid = await sup.call("healthy.pid")
+            sleeper_pid = await sup.call("sleeper.pid")
+            os.kill(sleeper_pid, signal.SIGSTOP)
+            async with open_control(sup.control_socket) as control:
+                blocked = await control.call_raw("blocker.block", timeout_ms=60_000)
+            # the call in flight to the hung worker fails when it is restarted
+            assert blocked.error is not None and blocked.error.code == "invocation_stopped", blocked
+            await sup.wait_for_output("worker blocker did not answer a ping within 1s")
+            await sup.wait_for_output("worker sleeper did not answer a ping within 1s")
+            workers_now = await sup.wait_running(3, restarts=2)
+            assert workers_now["sleeper"]["pid"] != sleeper_pid and workers_now["sleeper"]["restarts"] == 1
+            assert workers_now["blocker"]["restarts"] == 1
+            assert workers_now["healthy"]["restarts"] == 0 and await sup.call("healthy.pid") == healthy_pid
+            assert not pid_alive(sleeper_pid)

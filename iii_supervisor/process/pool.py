@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -59,6 +60,8 @@ class WorkerSlot:
     restart_requested: bool = False
     #: why the worker is not run now ("stopped", "fatal"), or None: keep it running
     held: str | None = None
+    #: set when the current run has finished starting (connected, registered, said ready)
+    ready: trio.Event = attrs.Factory(trio.Event)
     #: set to stop the current run gracefully
     stop: trio.Event = attrs.Factory(trio.Event)
     #: set to cut a backoff wait short
@@ -80,6 +83,9 @@ class WorkerPool:
         output: Output,
         base_env: Mapping[str, str] | None = None,
         reaper: Reaper | None = None,
+        start_timeout: float = 0.0,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 20.0,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
         self.socket_path = socket_path
@@ -90,6 +96,9 @@ class WorkerPool:
         self._stopping = False
         #: told about every worker's process group, so that none outlives a killed supervisor
         self.reaper = reaper
+        self.start_timeout = start_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn every worker, then supervise them until cancelled (which stops them all)."""
@@ -181,6 +190,7 @@ class WorkerPool:
             slot.state = WorkerState.STARTING
             slot.wake = trio.Event()
             slot.stop = trio.Event()
+            slot.ready = trio.Event()
             slot.restart_requested = False
             returncode: int | None = None
             spawned_at = trio.current_time()
@@ -236,7 +246,10 @@ class WorkerPool:
                 slot.started_at = trio.current_time()
                 log.info("worker %s started (pid %d)", slot.name, worker.pid)
                 report_started()
+                watchers = trio.CancelScope()
+                nursery.start_soon(self._watch_run, slot, watchers)
                 await worker.exited.wait()
+                watchers.cancel()
                 # Gone: its token must not authenticate anyone, its registrations go now, not
                 # after the output pipes drain.
                 slot.token = None
@@ -246,6 +259,35 @@ class WorkerPool:
                 self.reaper.forget(watched)  # reaped (run_worker_process returned): the id may be reused
         assert worker.proc.returncode is not None
         return worker.proc.returncode
+
+    async def _watch_run(self, slot: WorkerSlot, scope: trio.CancelScope) -> None:
+        """Restart a worker that does not finish starting within its start timeout, or that
+        stops answering pings (a blocked event loop, SIGSTOP): it is hung."""
+        with scope:
+            timeout = slot.spec.start_timeout if slot.spec.start_timeout is not None else self.start_timeout
+            with trio.move_on_after(timeout or math.inf):
+                await slot.ready.wait()
+            if not slot.ready.is_set():
+                how = "registering" if slot.session is not None else "connecting"
+                log.warning("worker %s did not finish starting within %gs (still %s; the SDK says it is ready "
+                            "when the script's main code ends, or on iii.ready()); restarting it",
+                            slot.name, timeout, how)
+                slot.stop.set()
+                return
+            while self.ping_interval:
+                await trio.sleep(self.ping_interval)
+                session = slot.session
+                if session is None:
+                    continue
+                answered = session.ping()
+                with trio.move_on_after(self.ping_timeout):
+                    await answered.wait()
+                if not answered.is_set() and slot.session is session:
+                    log.warning("worker %s did not answer a ping within %gs (its event loop is blocked, or it is "
+                                "stopped); restarting it", slot.name, self.ping_timeout)
+                    slot.state = WorkerState.STOPPING
+                    slot.stop.set()
+                    return
 
     def _detach(self, slot: WorkerSlot) -> None:
         session, slot.session = slot.session, None
@@ -263,8 +305,16 @@ class WorkerPool:
         return found
 
     def attach(self, slot: WorkerSlot, session: Session) -> None:
+        """The worker connected; it is ``running`` once it says it is ready (``workerready``)."""
         slot.session = session
-        slot.state = WorkerState.RUNNING
+        session.on_ready = partial(self._on_ready, slot, session)
+
+    def _on_ready(self, slot: WorkerSlot, session: Session) -> None:
+        if slot.session is session and not slot.ready.is_set():
+            slot.ready.set()
+            if slot.state is WorkerState.STARTING:
+                slot.state = WorkerState.RUNNING
+            log.info("worker %s ready (%d function(s))", slot.name, len(session.registry.functions_of(session)))
 
     def detach(self, slot: WorkerSlot, session: Session) -> None:
         """``session`` ended while its process may live on: it may connect again."""

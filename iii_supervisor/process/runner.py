@@ -55,6 +55,8 @@ class WorkerSpec:
     grace_period: float | None = attrs.field(default=None, kw_only=True)
     #: False: not started with the supervisor (``iii-supervisor start NAME`` starts it)
     enabled: bool = attrs.field(default=True, kw_only=True)
+    #: seconds to connect and finish registering (None: the supervisor's ``start_timeout``; 0: none)
+    start_timeout: float | None = attrs.field(default=None, kw_only=True)
 
 
 def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:
@@ -220,6 +222,7 @@ async def terminate(pgid: int, exited: trio.Event, *, grace: float) -> None:
     if exited.is_set():
         return
     signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGCONT)  # a stopped (SIGSTOP) worker acts on SIGTERM only once continued
     with trio.move_on_after(grace):
         await exited.wait()
     if not exited.is_set():

@@ -11,6 +11,7 @@ gets the same ``III_*`` environment as every worker)::
     restart = "on-failure"                            # "always" (default) | "on-failure" | "never"
     grace_period = 5.0                                # default: [supervisor] grace_period
     enabled = false                                   # start it with `iii-supervisor start api`
+    start_timeout = 20.0                              # default: [supervisor] start_timeout (0: none)
 
 Pure: structuring and validation happen in :mod:`..config`; :func:`worker_specs` merges the
 sections with what :func:`.runner.discover_workers` found.
@@ -70,6 +71,8 @@ class WorkerConfig:
     restart: str = attrs.field(default="always", validator=attrs.validators.in_(RESTART_MODES))
     grace_period: float | None = attrs.field(default=None, validator=_grace)
     enabled: bool = True
+    start_timeout: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(0)))
 
 
 def check_worker_names(workers: dict[str, WorkerConfig]) -> str | None:
@@ -102,5 +105,5 @@ def worker_specs(discovered: list[WorkerSpec], workers: dict[str, WorkerConfig],
         command = cfg.command if cfg.command is not None else spec.command  # type: ignore[union-attr]
         path = spec.path if spec is not None else Path(command[0])
         specs.append(WorkerSpec(name, path, command, cwd, env=dict(cfg.env), restart=cfg.restart,
-                                grace_period=cfg.grace_period, enabled=cfg.enabled))
+                                grace_period=cfg.grace_period, enabled=cfg.enabled, start_timeout=cfg.start_timeout))
     return specs
