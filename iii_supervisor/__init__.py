@@ -13,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SDK = {"register_worker", "TriggerAction", "III", "InitOptions", "FunctionRef", "Trigger"}
+_SDK = {"register_worker", "TriggerAction", "III", "InitOptions", "FunctionRef", "Trigger", "Logger"}
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from . import worker
 
         return getattr(worker, name)
+    if name == "logger":
+        from .worker.logger import logger
+
+        return logger
     if name == "http":
         from .worker.http import http
 
@@ -28,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'iii_supervisor' has no attribute {name!r}")
 
 
-__all__ = sorted(_SDK | {"http", "__version__"})
+__all__ = sorted(_SDK | {"http", "logger", "__version__"})

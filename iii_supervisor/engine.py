@@ -18,7 +18,8 @@ from .builtins import install_builtins
 from .channels import ChannelTable
 from .config import Config
 from .invocation import Invoker
-from .modules import queue
+from .modules import cron, queue, state
+from .modules import log as log_module
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
@@ -31,13 +32,17 @@ from .server.sockets import SessionServer, SocketLimits, serve_unix
 from .server.unix import CONTROL_SOCKET, WORKER_SOCKET, RuntimeLock, prepare_runtime_dir, resolve_runtime_dir
 from .store import SqliteStore, resolve_data_dir
 from .systemd import run_watchdog, sd_notify
+from .worker_lines import WorkerLines
 
 log = logging.getLogger(__name__)
 
 #: Every in-process module, in start order (see modules/base.py). Adding a module is one line here.
 MODULES: tuple[ModuleSpec, ...] = (
     http.SPEC,
+    log_module.SPEC,
     queue.SPEC,
+    state.SPEC,
+    cron.SPEC,
 )
 
 
@@ -55,11 +60,12 @@ class Engine:
                                max_backlog=sup.max_queued_bytes)
         specs = worker_specs(discover_workers(workers_dir), config.workers, workers_dir)
         self.output = output or default_output()
+        self.worker_lines = WorkerLines()
         self.reaper = Reaper()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
-                               grace=sup.grace_period, output=self.output, reaper=self.reaper,
-                               start_timeout=sup.start_timeout, ping_interval=sup.ping_interval,
-                               ping_timeout=sup.ping_timeout)
+                               grace=sup.grace_period, output=self.output, lines=self.worker_lines,
+                               reaper=self.reaper, start_timeout=sup.start_timeout,
+                               ping_interval=sup.ping_interval, ping_timeout=sup.ping_timeout)
         self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
         #: the embedded store, opened (lock, integrity check) by run() before any module starts
@@ -68,7 +74,7 @@ class Engine:
             self.store = SqliteStore(resolve_data_dir(data_dir, sup.data_dir),
                                      synchronous=sup.store_synchronous)  # type: ignore[arg-type]
         context = ModuleContext(registry=self.registry, invoker=self.invoker, channels=self.channels, config=config,
-                                runtime_dir=self.runtime_dir, store=self.store)
+                                runtime_dir=self.runtime_dir, store=self.store, worker_lines=self.worker_lines)
         self.modules: dict[str, Module] = {spec.name: spec.build(context, config.section(spec.section))
                                            for spec in MODULES}
         self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)

@@ -185,6 +185,42 @@ class WorkerOverloaded(InvocationError):
     code = "worker_overloaded"
 
 
+class UpdateOpError(InvocationError):
+    """An update operation (``state::update``, ``stream::update``) cannot be applied; nothing was
+    changed. ``index``, ``op`` and ``path`` name the operation (see modules/update_ops.py)."""
+
+    code = "invalid_update"
+
+    def __init__(self, message: str, *, index: int | None = None, op: str | None = None,
+                 path: list[str] | None = None, code: str | None = None, stacktrace: str | None = None):
+        super().__init__(message, code=code, stacktrace=stacktrace)
+        self.index = index
+        self.op = op
+        self.path = path
+
+
+class UnknownUpdateOp(UpdateOpError):
+    code = "unknown_update_op"
+
+
+class UpdatePathError(UpdateOpError):
+    """The op's path is malformed, or goes through something that is not an object."""
+
+    code = "update_path_error"
+
+
+class UpdateTypeError(UpdateOpError):
+    """The value at the path (or the op's operand) has the wrong type (increment of a string …)."""
+
+    code = "update_type_error"
+
+
+class ValueTooLarge(InvocationError):
+    """A value is over the module's size limit (the reference engine's code)."""
+
+    code = "VALUE_TOO_LARGE"
+
+
 class ConnectionLost(EngineError):
     """The peer of a framed connection went away."""
 
@@ -217,6 +253,11 @@ _BY_CODE: dict[str, type[EngineError]] = {
         InvocationTimeout,
         EnqueueError,
         WorkerOverloaded,
+        UpdateOpError,
+        UnknownUpdateOp,
+        UpdatePathError,
+        UpdateTypeError,
+        ValueTooLarge,
         ConnectionLost,
     )
 }

@@ -45,6 +45,7 @@ from .errors import (
 from .inbox import Inbox
 from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction
 from .registry import ActionCall, FunctionEntry, Owner, Registry
+from .tracing import CallContext, calling, ensure_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class Invoker:
         if msg.invocation_id is None:  # void: fire and forget, no pending entry
             try:
                 target.send_nowait(InvokeFunction(function_id=msg.function_id, data=msg.data, metadata=msg.metadata,
-                                                  traceparent=msg.traceparent, baggage=msg.baggage))
+                                                  traceparent=ensure_traceparent(msg.traceparent),
+                                                  baggage=msg.baggage))
             except LocalProtocolError as exc:
                 log.warning("void call from %s to %r dropped: %s", caller.name, msg.function_id, exc.message)
             return
@@ -152,7 +154,7 @@ class Invoker:
                           caller=caller, caller_invocation_id=msg.invocation_id)
         self._start(pending, InvokeFunction(
             function_id=msg.function_id, data=msg.data, invocation_id=inv_id, metadata=msg.metadata,
-            traceparent=msg.traceparent, baggage=msg.baggage))
+            traceparent=ensure_traceparent(msg.traceparent), baggage=msg.baggage))
 
     def _route_action(self, caller: Peer, msg: InvokeFunction, action: Action) -> None:
         handler = self.registry.action_handler(action.type)
@@ -207,7 +209,8 @@ class Invoker:
     async def _relay_task(self, caller: Peer, msg: InvokeFunction, what: str,
                           handler: Callable[[Any], Awaitable[Any]], data: Any) -> None:
         try:
-            result = await self._run_inline(msg.function_id, what, handler, data, self._timeout_of(msg))
+            with calling(CallContext(caller.name, ensure_traceparent(msg.traceparent), msg.baggage)):
+                result = await self._run_inline(msg.function_id, what, handler, data, self._timeout_of(msg))
         except EngineError as exc:
             self._answer(caller, msg, error=exc)
         else:
@@ -309,15 +312,18 @@ class Invoker:
     # --- calls from inside the engine ---------------------------------------------------------
 
     async def call(self, function_id: str, data: Any = None, *, timeout: float | None = None,
-                   metadata: dict[str, Any] | None = None) -> Any:
+                   metadata: dict[str, Any] | None = None, traceparent: str | None = None,
+                   baggage: str | None = None) -> Any:
         """Call a function and return its result, raising an :class:`InvocationError` subclass."""
         timeout = self.default_timeout if timeout is None else timeout
         entry = self.registry.lookup(function_id)
         if entry is None:
             raise FunctionNotFound(f"function {function_id!r} not found")
         if entry.builtin is not None:
-            return await self._run_inline(entry.id, "built-in", entry.builtin, data, timeout)
-        outcome = await self.wait(self.start_local(entry, data, timeout=timeout, metadata=metadata))
+            with calling(CallContext("", ensure_traceparent(traceparent), baggage)):
+                return await self._run_inline(entry.id, "built-in", entry.builtin, data, timeout)
+        outcome = await self.wait(self.start_local(entry, data, timeout=timeout, metadata=metadata,
+                                                   traceparent=traceparent, baggage=baggage))
         if outcome.error is not None:
             err = outcome.error
             raise error_from_wire(err.code, err.message, err.stacktrace)
@@ -325,7 +331,8 @@ class Invoker:
 
     def start_local(self, entry: FunctionEntry, data: Any, *, timeout: float,
                     metadata: dict[str, Any] | None = None,
-                    notify: Inbox[Any] | None = None) -> Pending:
+                    notify: Inbox[Any] | None = None, traceparent: str | None = None,
+                    baggage: str | None = None) -> Pending:
         """Send a call to the worker owning ``entry``.
 
         The answer comes from :meth:`wait`, or, with ``notify``, as an ``InvocationResult`` put
@@ -340,7 +347,8 @@ class Invoker:
             self._deliver_local(pending, InvocationResult(invocation_id=inv_id, function_id=entry.id,
                                                           error=ErrorBody.of(overloaded)))
             return pending
-        self._start(pending, InvokeFunction(function_id=entry.id, data=data, invocation_id=inv_id, metadata=metadata))
+        self._start(pending, InvokeFunction(function_id=entry.id, data=data, invocation_id=inv_id, metadata=metadata,
+                                            traceparent=ensure_traceparent(traceparent), baggage=baggage))
         return pending
 
     async def wait(self, pending: Pending) -> InvocationResult:

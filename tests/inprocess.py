@@ -44,6 +44,7 @@ from iii_supervisor.protocol import (
 from iii_supervisor.registry import Registry
 from iii_supervisor.session import Session
 from iii_supervisor.transport import FramedStream
+from iii_supervisor.worker_lines import WorkerLines
 
 Handler = Callable[[Any], Awaitable[Any]]
 
@@ -181,7 +182,7 @@ class EngineParts:
 
 @asynccontextmanager
 async def engine_parts(modules: Iterable[ModuleSpec] = (), config: dict[str, Any] | None = None,
-                       *, store: Any = None) -> AsyncIterator[EngineParts]:
+                       *, store: Any = None, worker_lines: WorkerLines | None = None) -> AsyncIterator[EngineParts]:
     """Registry, invoker and channel table, with ``modules`` built and started as the engine does.
 
     ``config`` is the TOML content as a dict (validated like the file). Everything is cancelled
@@ -199,7 +200,7 @@ async def engine_parts(modules: Iterable[ModuleSpec] = (), config: dict[str, Any
             parts = EngineParts(registry, invoker, channels, parsed, Path(tmp), nursery,
                                 max_frame_size=parsed.supervisor.max_frame_size)
             context = ModuleContext(registry=registry, invoker=invoker, channels=channels, config=parsed,
-                                    runtime_dir=Path(tmp), store=store)
+                                    runtime_dir=Path(tmp), store=store, worker_lines=worker_lines)
             for spec in specs:
                 module = spec.build(context, parsed.section(spec.section))
                 parts.modules[spec.name] = module

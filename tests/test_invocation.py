@@ -82,16 +82,31 @@ def only(peer: FakePeer, cls: type) -> Any:
 
 # --- relay: worker → worker --------------------------------------------------------------------
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_every_forwarded_call_carries_a_valid_traceparent(invoker: Invoker, a: FakePeer, b: FakePeer) -> None:
+    from iii_supervisor.tracing import parse_traceparent
+
+    with trio.fail_after(5):
+        async with running(invoker):
+            invoker.route(a, InvokeFunction(function_id="b.work", invocation_id="a-1"))  # none: a new trace
+            invoker.route(a, InvokeFunction(function_id="b.work", invocation_id="a-2", traceparent="garbage"))
+            first, second = [m for m in b.sent if isinstance(m, InvokeFunction)]
+            assert parse_traceparent(first.traceparent) is not None
+            assert parse_traceparent(second.traceparent) is not None and second.traceparent != first.traceparent
+
+
 
 async def test_route_forwards_with_fresh_engine_id(invoker: Invoker, a: FakePeer, b: FakePeer) -> None:
     with trio.fail_after(5):
         async with running(invoker):
             invoker.route(a, InvokeFunction(function_id="b.work", data={"x": 1}, invocation_id="a-1",
-                                            metadata={"k": "v"}, traceparent="tp"))
+                                            metadata={"k": "v"}, traceparent=TRACEPARENT))
             fwd = only(b, InvokeFunction)
             assert fwd.function_id == "b.work"
             assert fwd.data == {"x": 1}
-            assert fwd.metadata == {"k": "v"} and fwd.traceparent == "tp"
+            assert fwd.metadata == {"k": "v"} and fwd.traceparent == TRACEPARENT
             assert fwd.invocation_id is not None and fwd.invocation_id != "a-1"
             assert fwd.invocation_id in invoker.pending
             assert invoker.executing(b) == {fwd.invocation_id}

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..invocation import Invoker
     from ..registry import Registry
+    from ..worker_lines import WorkerLines
 
 
 class Module(Protocol):
@@ -49,6 +50,8 @@ class ModuleContext:
     runtime_dir: Path
     #: the embedded store, for modules that keep data (``ModuleSpec.uses_store``); else None
     store: Any = None
+    #: every line the workers print to stdout/stderr (see worker_lines.py); None when no workers run
+    worker_lines: WorkerLines | None = None
 
 
 @attrs.frozen(kw_only=True)

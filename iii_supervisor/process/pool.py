@@ -25,6 +25,7 @@ import psutil
 import trio
 
 from ..output import Output
+from ..worker_lines import WorkerLines
 from .policy import BackoffPolicy, RestartTracker
 from .reaper import Reaper
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
@@ -86,11 +87,14 @@ class WorkerPool:
         start_timeout: float = 0.0,
         ping_interval: float = 0.0,
         ping_timeout: float = 20.0,
+        lines: WorkerLines | None = None,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
         self.socket_path = socket_path
         self.grace = grace
         self.output = output
+        #: every line a worker prints also goes here (the log module listens)
+        self.lines = lines
         env = dict(os.environ if base_env is None else base_env)
         self._base_env = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         self._stopping = False
@@ -239,7 +243,8 @@ class WorkerPool:
             async with trio.open_nursery() as nursery:
                 worker: WorkerProcess = await nursery.start(
                     partial(run_worker_process, slot.spec, self._env(slot), self.output,
-                            grace=slot.spec.grace_period or self.grace, stop=slot.stop))
+                            grace=slot.spec.grace_period or self.grace, stop=slot.stop,
+                            lines=self.lines))
                 slot.pid = watched = worker.pid
                 if self.reaper is not None:
                     self.reaper.watch(worker.pid)  # its pid is its process group's id

@@ -32,6 +32,7 @@ import trio
 
 from ..errors import ConfigError
 from ..output import Output
+from ..worker_lines import WorkerLines, untag
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,17 @@ def discover_workers(directory: Path, *, python: str = sys.executable) -> list[W
     return specs
 
 
-def line_relay(output: Output, name: str, pid: int, *, err: bool) -> Callable[[bytes], None]:
-    """Where one worker stream's lines go: ``name[pid] line`` on the supervisor's own stream."""
+def line_relay(output: Output, name: str, pid: int, *, err: bool,
+               lines: WorkerLines | None = None) -> Callable[[bytes], None]:
+    """Where one worker stream's lines go: ``name[pid] line`` on the supervisor's own stream, and
+    to ``lines`` (the log module), without the SDK's context tag (see worker_lines.py)."""
     prefix = f"{name}[{pid}] ".encode()
 
     def relay(line: bytes) -> None:
+        line, context = untag(line)
         output.write_line(prefix + line, err=err)
+        if lines is not None:
+            lines.line(name, pid, line, err, context)
 
     return relay
 
@@ -149,6 +155,7 @@ async def run_worker_process(
     *,
     grace: float,
     stop: trio.Event,
+    lines: WorkerLines | None = None,
     task_status: trio.TaskStatus[WorkerProcess] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Spawn ``spec``, relay its output, and return its exit code (``-N`` for signal N).
@@ -192,8 +199,8 @@ async def run_worker_process(
     try:
         async with trio.open_nursery() as nursery:
             assert proc.stdout is not None and proc.stderr is not None
-            nursery.start_soon(pump_lines, proc.stdout, line_relay(output, spec.name, pid, err=False))
-            nursery.start_soon(pump_lines, proc.stderr, line_relay(output, spec.name, pid, err=True))
+            nursery.start_soon(pump_lines, proc.stdout, line_relay(output, spec.name, pid, err=False, lines=lines))
+            nursery.start_soon(pump_lines, proc.stderr, line_relay(output, spec.name, pid, err=True, lines=lines))
             nursery.start_soon(watch_exit)
             nursery.start_soon(stop_when_asked)
             await worker.exited.wait()

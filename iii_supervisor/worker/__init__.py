@@ -2,6 +2,7 @@
 
 from .actions import TriggerAction
 from .client import III, FunctionRef, InitOptions, Trigger, TriggerConfig, TriggerTypeRef, register_worker
+from .logger import Logger  # (`logger`, the instance, is iii_supervisor.logger: .logger is the module)
 
-__all__ = ["III", "FunctionRef", "InitOptions", "Trigger", "TriggerAction", "TriggerConfig", "TriggerTypeRef",
+__all__ = ["III", "FunctionRef", "InitOptions", "Logger", "Trigger", "TriggerAction", "TriggerConfig", "TriggerTypeRef",
            "register_worker"]

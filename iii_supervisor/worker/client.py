@@ -70,6 +70,8 @@ from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
 from . import lifetime
 from .channels import ChannelReader, ChannelWriter
+from .logger import attach as _attach_logger
+from .logger import enter_invocation, outgoing_context
 
 log = logging.getLogger("iii_supervisor.worker")
 
@@ -162,6 +164,25 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"function id must be a str or a dict with a str 'id', got {spec!r}")
 
 
+def _without_argument(handler: Handler) -> Handler:
+    """A handler that takes no argument (``def cleanup():``, as the iii docs' cron examples
+    write it) is called without the payload."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it as given
+        return handler
+    if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        return handler
+    if _is_async(handler):
+        async def call_async(_data: Any) -> Any:
+            return await handler()  # type: ignore[call-arg]
+        return call_async
+
+    def call(_data: Any) -> Any:
+        return handler()  # type: ignore[call-arg]
+    return call
+
+
 def _is_async(handler: Handler) -> bool:
     # an object with an ``async def __call__`` is an async handler too
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
@@ -221,6 +242,7 @@ class III:
                                  f"within {self.options.connect_timeout:g}s")
         if self._startup_error is not None:
             raise self._startup_error
+        _attach_logger(self)  # `logger` sends here; printed lines get their handler's context
         lifetime.keep_serving_after_main(self)
 
     # --- the end of the main code (called by lifetime, in the main thread) --------------------
@@ -401,6 +423,7 @@ class III:
 
     async def _serve_invocation(self, msg: InvokeFunction, channels: list[int]) -> None:
         _current_client.set(self)
+        enter_invocation(msg)  # function id and trace, for logger, prints and trigger()
         try:
             await self._run_invocation(msg)
         finally:
@@ -513,7 +536,7 @@ class III:
 
     def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
-        """Register ``handler`` (sync or async, one argument) under an id.
+        """Register ``handler`` (sync or async; one argument, the payload, or none) under an id.
 
         ``function`` is ``"users.create"`` or ``{"id": "users.create", "description": ...}``.
         Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id.
@@ -524,7 +547,7 @@ class III:
         msg = RegisterFunction(id=function_id, description=description or extra.get("description"),
                                metadata=metadata or extra.get("metadata"),
                                request_format=extra.get("request_format"), response_format=extra.get("response_format"))
-        self._functions[function_id] = handler
+        self._functions[function_id] = _without_argument(handler)
         self._async[function_id] = _is_async(handler)
         if self._in_loop():
             self._send(msg)  # cannot wait for the ack here; a refusal is logged
@@ -601,12 +624,16 @@ class III:
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
             raise ValueError(f"trigger() 'timeout_ms' must be a positive integer (milliseconds), got {timeout_ms!r}")
         data = _field(request, "payload", _field(request, "data"))
+        # inside a handler, the call continues the handler's trace
+        traceparent, baggage = outgoing_context(_field(request, "traceparent"), _field(request, "baggage"))
         if action is not None and action.type == "void":
-            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata")))
+            self._send(InvokeFunction(function_id=function_id, data=data, metadata=_field(request, "metadata"),
+                                      traceparent=traceparent, baggage=baggage))
             return None
         inv_id = str(next(self._ids))
         msg = InvokeFunction(function_id=function_id, data=data, invocation_id=inv_id, action=action,
-                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"))
+                             timeout_ms=timeout_ms, metadata=_field(request, "metadata"),
+                             traceparent=traceparent, baggage=baggage)
         # The supervisor enforces timeout_ms and answers invocation_timeout; our own deadline, a
         # margin later, only fires if that answer is lost, so that no worker can hang on a call.
         margin = self.options.trigger_deadline_margin

@@ -42,6 +42,7 @@ from ...inbox import Inbox
 from ...invocation import Invoker, Pending
 from ...protocol import ChannelClose, ChannelControl, Chunk, ErrorBody, InvocationResult
 from ...registry import Registry
+from ...tracing import ensure_traceparent
 from .config import HttpConfig
 from .connection import BodyTooLarge, ClientGone, HttpConnection
 from .messages import (
@@ -124,18 +125,22 @@ class Exchange:
                             body_bytes if buffered else None)
         # one deadline for the condition and the handler together: the response must start in time
         deadline = trio.current_time() + self.config.request_timeout_ms / 1000
-        response = await self._check_condition(found, data, deadline)
+        traceparent = ensure_traceparent(request.headers.get("traceparent"))  # the client's trace, if it sent one
+        response = await self._check_condition(found, data, deadline, traceparent)
         if response is None:
-            response = await self._invoke(http, request, found, data, body_bytes, deadline, stream_body=not buffered)
+            response = await self._invoke(http, request, found, data, body_bytes, deadline, stream_body=not buffered,
+                                          traceparent=traceparent)
         if response is not None:
             await http.respond(response, request)
 
-    async def _check_condition(self, found: Match, data: dict[str, Any], deadline: float) -> Response | None:
+    async def _check_condition(self, found: Match, data: dict[str, Any], deadline: float,
+                               traceparent: str | None = None) -> Response | None:
         condition = found.route.condition_function_id
         if condition is None:
             return None
         try:
-            allowed = await self.invoker.call(condition, data, timeout=max(deadline - trio.current_time(), 0.001))
+            allowed = await self.invoker.call(condition, data, timeout=max(deadline - trio.current_time(), 0.001),
+                                              traceparent=traceparent)
         except InvocationError as exc:
             return self._error_response(exc.code, f"condition {condition!r} failed: {exc.message}", exc.stacktrace)
         if not allowed:
@@ -153,7 +158,8 @@ class Exchange:
         return json_response(_STATUS_OF_ERROR.get(code, 500), code, message, **extra)
 
     async def _invoke(self, http: HttpConnection, request: Request, found: Match, data: dict[str, Any],
-                      body: bytes, deadline: float, *, stream_body: bool) -> Response | None:
+                      body: bytes, deadline: float, *, stream_body: bool,
+                      traceparent: str | None = None) -> Response | None:
         """Call the function; returns a buffered response, or None once a stream was sent."""
         function_id = found.route.trigger.function_id
         timeout = max(deadline - trio.current_time(), 0.001)
@@ -164,7 +170,8 @@ class Exchange:
                                  f"{function_id!r}, which is not registered")
         if entry.builtin is not None:
             try:
-                return render_result(await self.invoker.call(function_id, data, timeout=timeout))
+                result = await self.invoker.call(function_id, data, timeout=timeout, traceparent=traceparent)
+                return render_result(result)
             except InvocationError as exc:
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
         worker = entry.owner
@@ -176,7 +183,8 @@ class Exchange:
             data["request_body"] = body_ref.to_wire()
             data["response"] = response.ref().to_wire()
             # the invoker's deadline ends the wait: an invocation_timeout result arrives in the inbox
-            call.pending = self.invoker.start_local(entry, data, timeout=timeout, notify=response.inbox)
+            call.pending = self.invoker.start_local(entry, data, timeout=timeout, notify=response.inbox,
+                                                    traceparent=traceparent)
             if not stream_body:
                 if body:
                     response.peer.send_nowait(Chunk(body_ref.channel_id, body))
