@@ -163,9 +163,25 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print_json(workers)
         return 0
     rows = [[w["name"], str(w["pid"] or "-"), w["state"], str(w["restarts"]), fmt_uptime(w["uptime_s"]),
-             str(len(w["functions"])), fmt_bytes(w["rss_bytes"])] for w in workers]
-    print(table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"], rows))
+             str(len(w["functions"])), fmt_bytes(w["rss_bytes"]),
+             "-" if w.get("cpu_percent") is None else f"{w['cpu_percent']:.1f}", str(w.get("in_flight", 0)),
+             _last_exit(w.get("last_exit"))] for w in workers]
+    print(table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS", "CPU%", "IN-FLIGHT", "LAST-EXIT"],
+                rows))
     return 0
+
+
+def _last_exit(code: int | None) -> str:
+    if code is None:
+        return "-"
+    if code < 0:
+        import signal
+
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 def cmd_invoke(args: argparse.Namespace, config: Config) -> int:

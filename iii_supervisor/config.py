@@ -54,6 +54,8 @@ class SupervisorConfig:
     ping_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
     #: ... and how long its answer may take before the worker counts as hung and is restarted.
     ping_timeout: float = attrs.field(default=20.0, validator=positive)
+    #: Seconds between two samples of every worker's RSS and CPU (psutil, in a thread).
+    sample_interval: float = attrs.field(default=5.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
     #: Directory of the embedded store (``--data-dir``; default: see ``store.datadir.default_data_dir``).

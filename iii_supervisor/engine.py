@@ -65,7 +65,8 @@ class Engine:
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
                                grace=sup.grace_period, output=self.output, lines=self.worker_lines,
                                reaper=self.reaper, start_timeout=sup.start_timeout,
-                               ping_interval=sup.ping_interval, ping_timeout=sup.ping_timeout)
+                               ping_interval=sup.ping_interval, ping_timeout=sup.ping_timeout,
+                               sample_interval=sup.sample_interval)
         self.channels = ChannelTable()
         install_builtins(self.registry, self.pool)
         #: the embedded store, opened (lock, integrity check) by run() before any module starts

@@ -301,3 +301,38 @@ iii.register_function("blocker.pid", lambda _d: os.getpid())
             assert workers_now["blocker"]["restarts"] == 1
             assert workers_now["healthy"]["restarts"] == 0 and await sup.call("healthy.pid") == healthy_pid
             assert not pid_alive(sleeper_pid)
+
+
+async def test_a_bloated_worker_is_restarted_at_max_rss(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "leaky", """
+hoard = []
+def leak(mib):
+    hoard.append(bytearray(mib * 1024 * 1024))  # touched (zeroed): resident
+    return len(hoard)
+iii.register_function("leaky.leak", leak)
+""")
+    write_worker(workers, "lean", 'iii.register_function("lean.ping", lambda _d: "pong")\n')
+    config = tmp_path / "config.toml"
+    config.write_text('[supervisor]\nsample_interval = 0.2\n\n[restart]\ninitial_delay = 0.2\n\n'
+                      '[workers.leaky]\nmax_rss = "150MiB"\n\n[workers.lean]\nmax_rss = "150MiB"\n')
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(expect_workers=2)
+            while (await sup.workers())["leaky"]["rss_bytes"] is None:
+                await trio.sleep(0.05)
+            before = (await sup.workers())["leaky"]
+            assert before["rss_bytes"] < 150 * 2**20 and before["max_rss"] == 150 * 2**20
+            await sup.call("leaky.leak", 200)
+            await sup.wait_for_output("worker leaky: RSS ")
+            line = next(x for x in sup.output().splitlines() if "worker leaky: RSS " in x)
+            assert "is above max_rss 150.0MiB (2 samples in a row); restarting it" in line, line
+            workers_now = await sup.wait_running(2, restarts=1)
+            assert workers_now["leaky"]["pid"] != before["pid"]
+            assert workers_now["lean"]["restarts"] == 0
+            status = await run_cli(sup, "status")
+            header, *rows = status.stdout.decode().splitlines()
+            assert header.split()[-3:] == ["CPU%", "IN-FLIGHT", "LAST-EXIT"]
+            leaky_row = next(r for r in rows if r.startswith("leaky")).split()
+            assert leaky_row[-1] == "SIGTERM"  # restarted gracefully

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import psutil
 import trio
 
 from ..output import Output
 from ..worker_lines import WorkerLines
 from .policy import BackoffPolicy, RestartTracker
 from .reaper import Reaper
+from .resources import SAMPLES_OVER, Sample, Sampler, over_limit
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class WorkerSlot:
     held: str | None = None
     #: set when the current run has finished starting (connected, registered, said ready)
     ready: trio.Event = attrs.Factory(trio.Event)
+    #: the last resource sample of the current run (None before the first)
+    sample: Sample | None = None
+    #: samples in a row with the RSS above ``spec.max_rss``
+    rss_over: int = 0
     #: set to stop the current run gracefully
     stop: trio.Event = attrs.Factory(trio.Event)
     #: set to cut a backoff wait short
@@ -87,6 +91,7 @@ class WorkerPool:
         start_timeout: float = 0.0,
         ping_interval: float = 0.0,
         ping_timeout: float = 20.0,
+        sample_interval: float = 5.0,
         lines: WorkerLines | None = None,
     ) -> None:
         self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
@@ -103,13 +108,40 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.sample_interval = sample_interval
+        self._sampler = Sampler()
+        self._sample_soon = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn every worker, then supervise them until cancelled (which stops them all)."""
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as outer:
+            await outer.start(self._sample_resources)
+            async with trio.open_nursery() as nursery:
+                for slot in self.slots.values():
+                    await nursery.start(self._supervise, slot)
+                task_status.started()
+            outer.cancel_scope.cancel()  # every worker is stopped: nothing left to sample
+
+    async def _sample_resources(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every ``sample_interval`` (and soon after a worker became ready): RSS and CPU of every
+        worker, read in one thread; restart workers whose RSS stays above their ``max_rss``."""
+        limiter = trio.CapacityLimiter(1)  # one sampling thread at a time, never the loop
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.sample_interval):
+                await self._sample_soon.wait()
+            self._sample_soon = trio.Event()
+            pids = {slot.pid for slot in self.slots.values() if slot.pid is not None}
+            samples = await trio.to_thread.run_sync(self._sampler.sample, pids, limiter=limiter)
             for slot in self.slots.values():
-                await nursery.start(self._supervise, slot)
-            task_status.started()
+                sample = samples.get(slot.pid) if slot.pid is not None else None
+                slot.sample = sample
+                limit = slot.spec.max_rss
+                slot.rss_over = over_limit(slot.rss_over, sample.rss if sample else None, limit)
+                if slot.rss_over == SAMPLES_OVER and sample is not None and limit is not None:
+                    log.warning("worker %s: RSS %s is above max_rss %s (%d samples in a row); restarting it",
+                                slot.name, _mib(sample.rss), _mib(limit), SAMPLES_OVER)
+                    slot.stop.set()  # graceful; counts as a failure (backoff, intensity)
 
     def stop_all(self) -> None:
         """Begin a graceful stop: no more restarts; each running worker gets SIGTERM."""
@@ -195,6 +227,7 @@ class WorkerPool:
             slot.wake = trio.Event()
             slot.stop = trio.Event()
             slot.ready = trio.Event()
+            slot.sample, slot.rss_over = None, 0
             slot.restart_requested = False
             returncode: int | None = None
             spawned_at = trio.current_time()
@@ -317,6 +350,7 @@ class WorkerPool:
     def _on_ready(self, slot: WorkerSlot, session: Session) -> None:
         if slot.session is session and not slot.ready.is_set():
             slot.ready.set()
+            self._sample_soon.set()  # its first figures for status
             if slot.state is WorkerState.STARTING:
                 slot.state = WorkerState.RUNNING
             log.info("worker %s ready (%d function(s))", slot.name, len(session.registry.functions_of(session)))
@@ -340,21 +374,20 @@ class WorkerPool:
                 "restarts": slot.tracker.restarts,
                 "uptime_s": round(now - slot.started_at, 3) if slot.pid and slot.started_at is not None else None,
                 "functions": session.registry.functions_of(session) if session else [],
-                "rss_bytes": _rss(slot.pid),
+                "rss_bytes": slot.sample.rss if slot.sample else None,
+                "cpu_percent": round(slot.sample.cpu_percent, 1) if slot.sample else None,
+                "in_flight": session.invoker.in_flight(session) if session else 0,
                 "last_exit": slot.last_exit,
+                "last_exit_reason": _describe_exit(slot.last_exit) if slot.last_exit is not None else None,
+                "max_rss": slot.spec.max_rss,
                 "worker_id": session.worker_id if session else None,
                 "path": str(slot.spec.path),
             })
         return rows
 
 
-def _rss(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except (psutil.Error, OSError):
-        return None
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}MiB"
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -58,6 +58,8 @@ class WorkerSpec:
     enabled: bool = attrs.field(default=True, kw_only=True)
     #: seconds to connect and finish registering (None: the supervisor's ``start_timeout``; 0: none)
     start_timeout: float | None = attrs.field(default=None, kw_only=True)
+    #: bytes; restarted gracefully when its RSS stays above it (None: no limit)
+    max_rss: int | None = attrs.field(default=None, kw_only=True)
 
 
 def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:

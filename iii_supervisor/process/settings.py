@@ -12,6 +12,7 @@ gets the same ``III_*`` environment as every worker)::
     grace_period = 5.0                                # default: [supervisor] grace_period
     enabled = false                                   # start it with `iii-supervisor start api`
     start_timeout = 20.0                              # default: [supervisor] start_timeout (0: none)
+    max_rss = "512MiB"                                # restart it when its RSS stays above this
 
 Pure: structuring and validation happen in :mod:`..config`; :func:`worker_specs` merges the
 sections with what :func:`.runner.discover_workers` found.
@@ -27,6 +28,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
+from .resources import parse_size
 from .runner import WorkerSpec
 
 RESTART_MODES = ("always", "on-failure", "never")
@@ -73,6 +75,8 @@ class WorkerConfig:
     enabled: bool = True
     start_timeout: float | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.ge(0)))
+    #: bytes (or "512MiB", "2G"): a worker whose RSS stays above it is restarted gracefully
+    max_rss: Any = attrs.field(default=None, converter=parse_size)
 
 
 def check_worker_names(workers: dict[str, WorkerConfig]) -> str | None:
@@ -105,5 +109,6 @@ def worker_specs(discovered: list[WorkerSpec], workers: dict[str, WorkerConfig],
         command = cfg.command if cfg.command is not None else spec.command  # type: ignore[union-attr]
         path = spec.path if spec is not None else Path(command[0])
         specs.append(WorkerSpec(name, path, command, cwd, env=dict(cfg.env), restart=cfg.restart,
-                                grace_period=cfg.grace_period, enabled=cfg.enabled, start_timeout=cfg.start_timeout))
+                                grace_period=cfg.grace_period, enabled=cfg.enabled, start_timeout=cfg.start_timeout,
+                                max_rss=cfg.max_rss))
     return specs
