@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     add_common(stop)
 
+    reload = sub.add_parser("reload", help="re-read the config and rescan the workers directory (as SIGHUP)")
+    reload.add_argument("--json", action="store_true", help="print what changed as JSON")
+    add_common(reload)
+
     for name, help_text in (("functions", "list registered functions"), ("triggers", "list registered triggers")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true")
@@ -143,7 +147,8 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
     config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
-    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir)
+    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir,
+                    config_path=args.config)
     try:
         trio.run(engine.run)
     except BaseExceptionGroup as group:
@@ -213,6 +218,18 @@ def cmd_stop(args: argparse.Namespace, config: Config) -> int:
     return _worker_command(args, config, "stop", args.name)
 
 
+def cmd_reload(args: argparse.Namespace, config: Config) -> int:
+    with control_client(args, config) as client:
+        done = client.call("engine::reload")
+    if args.json:
+        print_json(done)
+    else:
+        for what in ("added", "removed", "restarted"):
+            print(f"{what}: {', '.join(done[what]) or '-'}")
+        print(f"unchanged: {len(done['unchanged'])}")
+    return 0
+
+
 def cmd_functions(args: argparse.Namespace, config: Config) -> int:
     with control_client(args, config) as client:
         functions = client.call("engine::functions::list")["functions"]
@@ -237,6 +254,7 @@ def cmd_triggers(args: argparse.Namespace, config: Config) -> int:
 
 
 COMMANDS = {"start": cmd_start, "status": cmd_status, "invoke": cmd_invoke, "restart": cmd_restart, "stop": cmd_stop,
+            "reload": cmd_reload,
             "functions": cmd_functions, "triggers": cmd_triggers}
 
 

@@ -336,3 +336,56 @@ iii.register_function("leaky.leak", leak)
             assert header.split()[-3:] == ["CPU%", "IN-FLIGHT", "LAST-EXIT"]
             leaky_row = next(r for r in rows if r.startswith("leaky")).split()
             assert leaky_row[-1] == "SIGTERM"  # restarted gracefully
+
+
+PID_WORKER = 'import os\niii.register_function("{name}.pid", lambda _d: os.getpid())\n'
+
+
+async def test_reload_adds_removes_and_restarts_exactly_the_right_workers(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    for name in ("gone", "edited", "tuned", "steady"):
+        write_worker(workers, name, PID_WORKER.format(name=name))
+    write_worker(workers, "tuned", PID_WORKER.format(name="tuned") +
+                 'iii.register_function("tuned.env", lambda _d: os.environ.get("LEVEL"))\n')
+    config = tmp_path / "config.toml"
+    config.write_text('[workers.tuned]\nenv = { LEVEL = "1" }\n')
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(expect_workers=4)
+            before = {n: w["pid"] for n, w in (await sup.workers()).items()}
+            (workers / "gone.py").unlink()
+            write_worker(workers, "fresh", PID_WORKER.format(name="fresh"))
+            write_worker(workers, "edited", PID_WORKER.format(name="edited") + "# edited\n")
+            config.write_text('[workers.tuned]\nenv = { LEVEL = "2" }\n')
+            assert sup.proc is not None
+            sup.proc.send_signal(signal.SIGHUP)
+            await sup.wait_for_output("reloaded from")
+            line = next(x for x in sup.output().splitlines() if "reloaded from" in x)
+            assert "added fresh; removed gone; restarted edited, tuned; 1 unchanged" in line, line
+            while set(await sup.workers()) != {"fresh", "edited", "tuned", "steady"}:
+                await trio.sleep(0.05)
+            after = await sup.wait_running(4)
+            assert after["steady"]["pid"] == before["steady"] and after["steady"]["restarts"] == 0
+            assert after["edited"]["pid"] != before["edited"] and after["tuned"]["pid"] != before["tuned"]
+            assert not pid_alive(before["gone"])
+            while "tuned.env" not in await sup.function_ids():
+                await trio.sleep(0.05)
+            assert await sup.call("tuned.env") == "2"
+            assert "gone.pid" not in await sup.function_ids()
+            # a bad config is refused with a clear message, and nothing changes
+            config.write_text('[workers.tuned]\nrestart = "sometimes"\n')
+            write_worker(workers, "late", PID_WORKER.format(name="late"))
+            refused = await run_cli(sup, "reload")
+            assert refused.returncode == 78  # EX_CONFIG, as for a bad config at start
+            assert b"reload refused, nothing changed" in refused.stderr
+            assert b"workers.tuned.restart must be in" in refused.stderr
+            unchanged = await sup.workers()
+            assert {n: w["pid"] for n, w in unchanged.items()} == {n: w["pid"] for n, w in after.items()}
+            # fixed: the CLI reload applies it and says what it did
+            config.write_text('[workers.tuned]\nenv = { LEVEL = "2" }\n')
+            applied = await run_cli(sup, "reload", "--json")
+            assert applied.returncode == 0, applied.stderr
+            assert orjson.loads(applied.stdout) == {"added": ["late"], "removed": [], "restarted": [],
+                                                    "unchanged": ["edited", "fresh", "steady", "tuned"]}
+            await sup.wait_running(5)

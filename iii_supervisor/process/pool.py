@@ -29,6 +29,7 @@ from .policy import BackoffPolicy, RestartTracker
 from .reaper import Reaper
 from .resources import SAMPLES_OVER, Sample, Sampler, over_limit
 from .runner import WorkerProcess, WorkerSpec, run_worker_process
+from .settings import program_fingerprint
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -67,6 +68,10 @@ class WorkerSlot:
     sample: Sample | None = None
     #: samples in a row with the RSS above ``spec.max_rss``
     rss_over: int = 0
+    #: the program's files when it was last spawned (reload restarts it when they changed)
+    fingerprint: object = None
+    #: removed from the config/directory by a reload: its task ends once it is stopped
+    removed: bool = False
     #: set to stop the current run gracefully
     stop: trio.Event = attrs.Factory(trio.Event)
     #: set to cut a backoff wait short
@@ -110,6 +115,9 @@ class WorkerPool:
         self.ping_timeout = ping_timeout
         self.sample_interval = sample_interval
         self._sampler = Sampler()
+        self._nursery: trio.Nursery | None = None
+        #: removed slots whose worker is still stopping while a new one of that name runs
+        self._retiring: set[WorkerSlot] = set()
         self._sample_soon = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -117,7 +125,8 @@ class WorkerPool:
         async with trio.open_nursery() as outer:
             await outer.start(self._sample_resources)
             async with trio.open_nursery() as nursery:
-                for slot in self.slots.values():
+                self._nursery = nursery
+                for slot in list(self.slots.values()):
                     await nursery.start(self._supervise, slot)
                 task_status.started()
             outer.cancel_scope.cancel()  # every worker is stopped: nothing left to sample
@@ -146,7 +155,7 @@ class WorkerPool:
     def stop_all(self) -> None:
         """Begin a graceful stop: no more restarts; each running worker gets SIGTERM."""
         self._stopping = True
-        for slot in self.slots.values():
+        for slot in [*self.slots.values(), *self._retiring]:
             slot.wake.set()
             slot.stop.set()
             if slot.pid is not None:
@@ -215,13 +224,14 @@ class WorkerPool:
 
         if not slot.spec.enabled:
             slot.held = "stopped"
-        while not self._stopping:
+        while not self._stopping and not slot.removed:
             if slot.held is not None:  # stopped, disabled, or FATAL: wait for start/restart
                 slot.state = WorkerState.FATAL if slot.held == "fatal" else WorkerState.STOPPED
                 report_started()
                 slot.wake = trio.Event()
                 await slot.wake.wait()
                 continue
+            slot.fingerprint = await trio.to_thread.run_sync(program_fingerprint, slot.spec)
             slot.token = secrets.token_urlsafe(32)
             slot.state = WorkerState.STARTING
             slot.wake = trio.Event()
@@ -241,7 +251,7 @@ class WorkerPool:
             slot.pid = None
             if returncode is not None:
                 slot.last_exit = returncode
-            if self._stopping:
+            if self._stopping or slot.removed:
                 break
             if slot.restart_requested:
                 log.info("worker %s restarting on request", slot.name)
@@ -269,6 +279,52 @@ class WorkerPool:
             with trio.move_on_after(delay):
                 await slot.wake.wait()
         slot.state = WorkerState.STOPPED
+        report_started()
+        self._retiring.discard(slot)
+        if slot.removed and self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+            log.info("worker %s removed", slot.name)
+
+    # --- reload -------------------------------------------------------------------------------
+
+    async def reload(self, specs: list[WorkerSpec], policy: BackoffPolicy) -> dict[str, list[str]]:
+        """Make the pool run ``specs``: start new workers, stop removed ones, restart those whose
+        settings or program files changed; leave the others alone. Returns what was done."""
+        assert self._nursery is not None, "the pool is not running"
+        new = {spec.name: spec for spec in specs}
+        done: dict[str, list[str]] = {"added": [], "removed": [], "restarted": [], "unchanged": []}
+        for name, slot in list(self.slots.items()):
+            if name not in new and not slot.removed:
+                slot.removed = True
+                self.stop(name)
+                done["removed"].append(name)
+        for name, spec in new.items():
+            existing = self.slots.get(name)
+            if existing is None or existing.removed:
+                if existing is not None:  # removed, still stopping: let it go, run the new one beside
+                    self._retiring.add(existing)
+                    del self.slots[name]
+                added = self.slots[name] = WorkerSlot(spec, RestartTracker(policy))
+                await self._nursery.start(self._supervise, added)
+                done["added"].append(name)
+                continue
+            slot = existing
+            slot.tracker.policy = policy
+            files = await trio.to_thread.run_sync(program_fingerprint, spec)
+            changed = spec != slot.spec or (slot.pid is not None and files != slot.fingerprint)
+            slot.spec = spec
+            if not changed:
+                done["unchanged"].append(name)
+            elif not spec.enabled:
+                self.stop(name)
+                done["restarted" if slot.pid is not None else "unchanged"].append(name)
+            elif slot.held == "stopped" and slot.pid is None and spec.enabled:
+                self.start(name)  # enabled now (or its settings changed while stopped)
+                done["restarted"].append(name)
+            else:
+                self.restart(name)
+                done["restarted"].append(name)
+        return done
 
     async def _run_once(self, slot: WorkerSlot, report_started: Callable[[], None]) -> int:
         watched: int | None = None

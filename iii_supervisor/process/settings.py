@@ -20,6 +20,7 @@ sections with what :func:`.runner.discover_workers` found.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -112,3 +113,34 @@ def worker_specs(discovered: list[WorkerSpec], workers: dict[str, WorkerConfig],
                                 grace_period=cfg.grace_period, enabled=cfg.enabled, start_timeout=cfg.start_timeout,
                                 max_rss=cfg.max_rss))
     return specs
+
+
+#: files of a directory worker looked at for changes, at most
+_MAX_FILES = 2000
+
+
+def program_fingerprint(spec: WorkerSpec) -> object:
+    """What changes when a worker's program is edited: size and mtime of its file, or of every
+    file under its directory (``__pycache__`` and hidden entries skipped). Blocking (stat calls):
+    run it in a thread. None for a command that is not a file (``node`` on the PATH)."""
+    path = spec.path
+    try:
+        if path.is_file():
+            st = path.stat()
+            return (st.st_size, st.st_mtime_ns)
+        if not path.is_dir():
+            return None
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or name.endswith((".pyc", ".pyo")):
+                    continue
+                full = os.path.join(root, name)
+                st = os.stat(full)
+                entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+                if len(entries) >= _MAX_FILES:
+                    return tuple(entries)
+        return tuple(entries)
+    except OSError:
+        return None
