@@ -112,7 +112,8 @@ import os
 def hello(req):
     return {"status_code": 200, "body": {"pid": os.getpid()}}
 iii.register_function("web.hello", hello)
-iii.register_trigger({"type": "http", "function_id": "web.hello", "config": {"api_path": "/hello", "http_method": "GET"}})
+iii.register_trigger({"type": "http", "function_id": "web.hello",
+                      "config": {"api_path": "/hello", "http_method": "GET"}})
 iii.register_function("web.enqueue", lambda d: iii.trigger({"function_id": "enqueue", "payload": d}))
 """)
     runtime = Path(tempfile.mkdtemp(prefix="iii-sd"))
