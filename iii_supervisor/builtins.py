@@ -13,9 +13,10 @@ from typing import Any
 from .errors import InvocationError
 from .process.pool import WorkerPool
 from .registry import Registry
+from .stats import InvocationStats
 
 
-def install_builtins(registry: Registry, pool: WorkerPool) -> None:
+def install_builtins(registry: Registry, pool: WorkerPool, stats: InvocationStats | None = None) -> None:
     async def functions_list(data: Any) -> dict[str, Any]:
         include_internal = isinstance(data, dict) and bool(data.get("include_internal"))
         return {"functions": [
@@ -41,6 +42,9 @@ def install_builtins(registry: Registry, pool: WorkerPool) -> None:
             ],
         }
 
+    async def invocation_stats(_data: Any) -> dict[str, Any]:
+        return stats.snapshot() if stats is not None else {"buckets": [], "functions": {}}
+
     def control(verb: str) -> Callable[[Any], Awaitable[dict[str, Any]]]:
         """``engine::workers::VERB`` {name}: ``pool.VERB(name)`` (restart, start, stop)."""
         async def handler(data: Any) -> dict[str, Any]:
@@ -60,6 +64,8 @@ def install_builtins(registry: Registry, pool: WorkerPool) -> None:
                          "List registered functions ({include_internal?: bool})")
     registry.add_builtin("engine::workers::list", workers_list, "List worker processes with pid, state, RSS")
     registry.add_builtin("engine::triggers::list", triggers_list, "List registered triggers and trigger types")
+    registry.add_builtin("engine::invocations::stats", invocation_stats,
+                         "Calls, errors by code and a duration histogram per function (for /metrics)")
     registry.add_builtin("engine::workers::restart", control("restart"),
                          "Restart a worker (a stopped or FATAL one starts): {name}")
     registry.add_builtin("engine::workers::start", control("start"),

@@ -21,7 +21,7 @@ from .channels import ChannelTable
 from .config import Config, load_config
 from .errors import ConfigError, InvocationError
 from .invocation import Invoker
-from .modules import cron, queue, state
+from .modules import cron, metrics, queue, state
 from .modules import log as log_module
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
@@ -46,6 +46,7 @@ MODULES: tuple[ModuleSpec, ...] = (
     queue.SPEC,
     state.SPEC,
     cron.SPEC,
+    metrics.SPEC,
 )
 
 
@@ -76,7 +77,7 @@ class Engine:
                                ping_interval=sup.ping_interval, ping_timeout=sup.ping_timeout,
                                sample_interval=sup.sample_interval)
         self.channels = ChannelTable()
-        install_builtins(self.registry, self.pool)
+        install_builtins(self.registry, self.pool, self.invoker.stats)
         self.registry.add_builtin("engine::reload", self._reload_builtin,
                                   "Re-read the config and rescan the workers directory (what SIGHUP does)")
         self._reloading = trio.Lock()

@@ -45,6 +45,7 @@ from .errors import (
 from .inbox import Inbox
 from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction
 from .registry import ActionCall, FunctionEntry, Owner, Registry
+from .stats import InvocationStats
 from .tracing import CallContext, calling, ensure_traceparent
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Pending:
     #: instead of ``done``: the result is put into this inbox (the HTTP front's response channel,
     #: so one task reads both, in the order the worker sent them)
     notify: Inbox[Any] | None = None
+    #: when the call was sent (for the duration histogram)
+    started: float = 0.0
 
 
 
@@ -80,6 +83,8 @@ class Invoker:
     def __init__(self, registry: Registry, *, default_timeout: float = DEFAULT_TIMEOUT,
                  max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
         self.registry = registry
+        #: calls, errors and durations per function (for /metrics)
+        self.stats = InvocationStats()
         self.default_timeout = default_timeout
         self.max_backlog = max_backlog
         self._overload_logged: dict[str, float] = {}
@@ -234,6 +239,7 @@ class Invoker:
     def _start(self, pending: Pending, outgoing: InvokeFunction) -> None:
         """Track ``pending`` and send ``outgoing`` (which carries ``pending.id``) to its target."""
         self.pending[pending.id] = pending
+        pending.started = trio.current_time()
         self._executing.setdefault(pending.target, set()).add(pending.id)
         if pending.caller is not None:
             self._started.setdefault(pending.caller, set()).add(pending.id)
@@ -257,6 +263,8 @@ class Invoker:
 
     def _finish(self, pending: Pending, result: InvocationResult) -> None:
         del self.pending[pending.id]
+        self.stats.record(pending.function_id, result.error.code if result.error is not None else None,
+                          trio.current_time() - pending.started)
         self._discard(self._executing, pending.target, pending.id)
         if pending.caller is not None:
             self._discard(self._started, pending.caller, pending.id)
