@@ -250,16 +250,14 @@ time.sleep(600)
 """)
     # never connects at all
     write_worker(workers, "mute", "import time\ntime.sleep(600)\n", preamble=False)
+    # like slowpoke, with no start timeout: stays "starting"
+    write_worker(workers, "patient", "import time\niii.register_function('patient.f', lambda _d: 1)\ntime.sleep(600)\n")
     config = tmp_path / "config.toml"
     config.write_text("[supervisor]\nstart_timeout = 1.5\n\n[restart]\ninitial_delay = 20.0\n\n"
-                      "[workers.mute]\nstart_timeout = 1.0\n")
+                      "[workers.mute]\nstart_timeout = 1.0\n\n[workers.patient]\nstart_timeout = 0\n")
     with trio.fail_after(30):
         async with Supervisor(workers, "--config", str(config)) as sup:
             await sup.start()
-            await sup.wait_for_output("slowpoke registered")
-            workers_now = await sup.workers()
-            assert workers_now["slowpoke"]["state"] == "starting"  # connected and registered, not ready
-            assert workers_now["mute"]["state"] == "starting"
             await wait_state(sup, "looper", "running")
             await sup.wait_for_output("worker mute did not finish starting within 1s (still connecting")
             await sup.wait_for_output("worker slowpoke did not finish starting within 1.5s (still registering")
@@ -267,6 +265,8 @@ time.sleep(600)
             assert slowpoke["restarts"] == 1
             looper = (await sup.workers())["looper"]
             assert looper["state"] == "running" and looper["restarts"] == 0
+            patient = (await sup.workers())["patient"]  # connected and registered, never said ready
+            assert patient["state"] == "starting" and patient["restarts"] == 0 and "patient.f" in patient["functions"]
 
 
 async def test_hung_workers_are_restarted(tmp_path: Path) -> None:
@@ -282,7 +282,7 @@ iii.register_function("blocker.pid", lambda _d: os.getpid())
     write_worker(workers, "sleeper", 'iii.register_function("sleeper.pid", lambda _d: __import__("os").getpid())\n')
     write_worker(workers, "healthy", 'iii.register_function("healthy.pid", lambda _d: __import__("os").getpid())\n')
     config = tmp_path / "config.toml"
-    config.write_text("[supervisor]\nping_interval = 0.3\nping_timeout = 1.0\ngrace_period = 1.0\n\n"
+    config.write_text("[supervisor]\nping_interval = 0.3\nping_timeout = 2.0\ngrace_period = 1.0\n\n"
                       "[restart]\ninitial_delay = 0.2\n")
     with trio.fail_after(40):
         async with Supervisor(workers, "--config", str(config)) as sup:
@@ -294,8 +294,8 @@ iii.register_function("blocker.pid", lambda _d: os.getpid())
                 blocked = await control.call_raw("blocker.block", timeout_ms=60_000)
             # the call in flight to the hung worker fails when it is restarted
             assert blocked.error is not None and blocked.error.code == "invocation_stopped", blocked
-            await sup.wait_for_output("worker blocker did not answer a ping within 1s")
-            await sup.wait_for_output("worker sleeper did not answer a ping within 1s")
+            await sup.wait_for_output("worker blocker did not answer a ping within 2s")
+            await sup.wait_for_output("worker sleeper did not answer a ping within 2s")
             workers_now = await sup.wait_running(3, restarts=2)
             assert workers_now["sleeper"]["pid"] != sleeper_pid and workers_now["sleeper"]["restarts"] == 1
             assert workers_now["blocker"]["restarts"] == 1
