@@ -85,6 +85,7 @@ class Invoker:
         self.registry = registry
         #: calls, errors and durations per function (for /metrics)
         self.stats = InvocationStats()
+        self._turn = 0
         self.default_timeout = default_timeout
         self.max_backlog = max_backlog
         self._overload_logged: dict[str, float] = {}
@@ -140,8 +141,7 @@ class Invoker:
             assert self._nursery is not None, "Invoker.run is not running"
             self._nursery.start_soon(self._relay_task, caller, msg, "built-in", entry.builtin, msg.data)
             return
-        target = entry.owner
-        assert target is not None  # (built-ins have no owner and were served above)
+        target = self._pick(entry)
         overloaded = self._overloaded(target)
         if overloaded is not None:
             self._answer(caller, msg, error=overloaded)
@@ -173,6 +173,25 @@ class Invoker:
         call = ActionCall(function_id=msg.function_id, data=msg.data, action=action, metadata=msg.metadata,
                           traceparent=msg.traceparent, baggage=msg.baggage, caller=caller.name)
         self._nursery.start_soon(self._relay_task, caller, msg, f"{action.type} action", handler, call)
+
+    def _pick(self, entry: FunctionEntry) -> Peer:
+        """The owner to send a call of ``entry`` to: its owner, or, when several instances of a
+        worker registered it, the one with the fewest calls in flight (ties: in turn)."""
+        owner = entry.owner
+        assert owner is not None  # (built-ins have no owner and are served inline)
+        if not entry.replicas:
+            return owner
+        candidates = [owner, *entry.replicas]
+        self._turn += 1
+        start = self._turn % len(candidates)
+        executing = self._executing
+        best, best_load = owner, -1
+        for i in range(len(candidates)):
+            peer = candidates[(start + i) % len(candidates)]
+            load = len(executing.get(peer, ()))
+            if best_load < 0 or load < best_load:
+                best, best_load = peer, load
+        return best
 
     def _overloaded(self, target: Peer) -> WorkerOverloaded | None:
         """Refuse calls to a worker that stopped reading (stopped, or blocking its event loop):
@@ -348,7 +367,7 @@ class Invoker:
         """
         assert entry.owner is not None, "built-ins are called with call()"
         inv_id = str(next(self._ids))
-        pending = Pending(inv_id, entry.id, entry.owner, trio.current_time() + timeout,
+        pending = Pending(inv_id, entry.id, self._pick(entry), trio.current_time() + timeout,
                           done=None if notify is not None else trio.Event(), notify=notify)
         overloaded = self._overloaded(pending.target)
         if overloaded is not None:  # answered at once, never sent

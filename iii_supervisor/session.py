@@ -84,6 +84,9 @@ class Session:
         self.channels = channels
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
+        #: the worker program this session is an instance of (``api`` for ``api:1``): instances
+        #: of one worker may register the same functions and triggers (see the registry)
+        self.group: str | None = None
         #: called when the worker says it has finished starting (``workerready``)
         self.on_ready: Callable[[], None] | None = None
         self._pong: trio.Event | None = None

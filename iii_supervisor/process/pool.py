@@ -53,6 +53,8 @@ class WorkerState(enum.Enum):
 class WorkerSlot:
     spec: WorkerSpec
     tracker: RestartTracker
+    #: which instance of the program (None: it has one)
+    instance: int | None = None
     state: WorkerState = WorkerState.STOPPED
     pid: int | None = None
     token: str | None = None
@@ -79,7 +81,14 @@ class WorkerSlot:
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.spec.name if self.instance is None else f"{self.spec.name}:{self.instance}"
+
+
+def slots_of(spec: WorkerSpec, policy: BackoffPolicy) -> list[WorkerSlot]:
+    """One slot per instance: ``api``, or ``api:0``, ``api:1`` … with ``instances`` > 1."""
+    if spec.instances == 1:
+        return [WorkerSlot(spec, RestartTracker(policy))]
+    return [WorkerSlot(spec, RestartTracker(policy), instance=i) for i in range(spec.instances)]
 
 
 class WorkerPool:
@@ -99,7 +108,7 @@ class WorkerPool:
         sample_interval: float = 5.0,
         lines: WorkerLines | None = None,
     ) -> None:
-        self.slots = {spec.name: WorkerSlot(spec, RestartTracker(policy)) for spec in specs}
+        self.slots = {slot.name: slot for spec in specs for slot in slots_of(spec, policy)}
         self.socket_path = socket_path
         self.grace = grace
         self.output = output
@@ -161,44 +170,52 @@ class WorkerPool:
             if slot.pid is not None:
                 slot.state = WorkerState.STOPPING
 
-    def _slot(self, name: str) -> WorkerSlot:
+    def _slots(self, name: str) -> list[WorkerSlot]:
+        """``api:1`` is that instance; ``api`` is every instance of ``api``."""
         slot = self.slots.get(name)
-        if slot is None:
+        if slot is not None:
+            return [slot]
+        group = [s for s in self.slots.values() if s.spec.name == name]
+        if not group:
             raise KeyError(name)
-        return slot
+        return group
 
-    def restart(self, name: str) -> WorkerSlot:
+    def restart(self, name: str) -> list[WorkerSlot]:
         """Stop the worker (gracefully) and start it again at once, without backoff. A stopped or
         FATAL worker just starts (its crash history is forgotten)."""
-        slot = self._slot(name)
-        if slot.held is not None:
-            return self.start(name)
-        slot.restart_requested = True
-        slot.wake.set()
-        slot.stop.set()
-        return slot
+        slots = self._slots(name)
+        for slot in slots:
+            if slot.held is not None:
+                self.start(slot.name)
+                continue
+            slot.restart_requested = True
+            slot.wake.set()
+            slot.stop.set()
+        return slots
 
-    def start(self, name: str) -> WorkerSlot:
+    def start(self, name: str) -> list[WorkerSlot]:
         """Start a stopped, disabled or FATAL worker (a running one is left alone)."""
-        slot = self._slot(name)
-        if slot.held is not None:
-            if slot.held == "fatal":
-                log.info("worker %s: FATAL cleared on request", slot.name)
-            slot.held = None
-            slot.tracker.clear()
-        slot.wake.set()  # also cuts a backoff wait short
-        return slot
+        slots = self._slots(name)
+        for slot in slots:
+            if slot.held is not None:
+                if slot.held == "fatal":
+                    log.info("worker %s: FATAL cleared on request", slot.name)
+                slot.held = None
+                slot.tracker.clear()
+            slot.wake.set()  # also cuts a backoff wait short
+        return slots
 
-    def stop(self, name: str) -> WorkerSlot:
+    def stop(self, name: str) -> list[WorkerSlot]:
         """Stop the worker gracefully and keep it stopped (until ``start``/``restart``)."""
-        slot = self._slot(name)
-        slot.held = "stopped"
-        slot.restart_requested = False
-        slot.wake.set()
-        slot.stop.set()
-        if slot.pid is not None:
-            slot.state = WorkerState.STOPPING
-        return slot
+        slots = self._slots(name)
+        for slot in slots:
+            slot.held = "stopped"
+            slot.restart_requested = False
+            slot.wake.set()
+            slot.stop.set()
+            if slot.pid is not None:
+                slot.state = WorkerState.STOPPING
+        return slots
 
     # --- one worker ---------------------------------------------------------------------------
 
@@ -208,7 +225,8 @@ class WorkerPool:
             **self._base_env,
             **slot.spec.env,
             "III_SOCKET": str(self.socket_path),
-            "III_WORKER_NAME": slot.name,
+            "III_WORKER_NAME": slot.spec.name,
+            **({"III_WORKER_INSTANCE": str(slot.instance)} if slot.instance is not None else {}),
             "III_WORKER_TOKEN": slot.token,
             "PYTHONUNBUFFERED": "1",
         }
@@ -288,30 +306,34 @@ class WorkerPool:
     # --- reload -------------------------------------------------------------------------------
 
     async def reload(self, specs: list[WorkerSpec], policy: BackoffPolicy) -> dict[str, list[str]]:
-        """Make the pool run ``specs``: start new workers, stop removed ones, restart those whose
-        settings or program files changed; leave the others alone. Returns what was done."""
+        """Make the pool run ``specs``: start new workers (and instances), stop removed ones,
+        restart those whose settings or program files changed; leave the others alone. Returns
+        what was done, by slot name (``api``, ``api:1``)."""
         assert self._nursery is not None, "the pool is not running"
-        new = {spec.name: spec for spec in specs}
+        new = {slot.name: slot for spec in specs for slot in slots_of(spec, policy)}
         done: dict[str, list[str]] = {"added": [], "removed": [], "restarted": [], "unchanged": []}
         for name, slot in list(self.slots.items()):
             if name not in new and not slot.removed:
                 slot.removed = True
                 self.stop(name)
                 done["removed"].append(name)
-        for name, spec in new.items():
+        for name, fresh in new.items():
+            spec = fresh.spec
             existing = self.slots.get(name)
             if existing is None or existing.removed:
                 if existing is not None:  # removed, still stopping: let it go, run the new one beside
                     self._retiring.add(existing)
                     del self.slots[name]
-                added = self.slots[name] = WorkerSlot(spec, RestartTracker(policy))
-                await self._nursery.start(self._supervise, added)
+                self.slots[name] = fresh
+                await self._nursery.start(self._supervise, fresh)
                 done["added"].append(name)
                 continue
             slot = existing
             slot.tracker.policy = policy
             files = await trio.to_thread.run_sync(program_fingerprint, spec)
-            changed = spec != slot.spec or (slot.pid is not None and files != slot.fingerprint)
+            # (a new instance count alone does not restart the instances that stay)
+            changed = (attrs.evolve(spec, instances=1) != attrs.evolve(slot.spec, instances=1)
+                       or (slot.pid is not None and files != slot.fingerprint))
             slot.spec = spec
             if not changed:
                 done["unchanged"].append(name)

@@ -60,6 +60,8 @@ class WorkerSpec:
     start_timeout: float | None = attrs.field(default=None, kw_only=True)
     #: bytes; restarted gracefully when its RSS stays above it (None: no limit)
     max_rss: int | None = attrs.field(default=None, kw_only=True)
+    #: processes of this program (``NAME:0`` … when more than one); calls are spread over them
+    instances: int = attrs.field(default=1, kw_only=True)
 
 
 def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:

@@ -13,6 +13,7 @@ gets the same ``III_*`` environment as every worker)::
     enabled = false                                   # start it with `iii-supervisor start api`
     start_timeout = 20.0                              # default: [supervisor] start_timeout (0: none)
     max_rss = "512MiB"                                # restart it when its RSS stays above this
+    instances = 4                                     # processes api:0 … api:3, calls spread over them
 
 Pure: structuring and validation happen in :mod:`..config`; :func:`worker_specs` merges the
 sections with what :func:`.runner.discover_workers` found.
@@ -78,6 +79,9 @@ class WorkerConfig:
         attrs.validators.ge(0)))
     #: bytes (or "512MiB", "2G"): a worker whose RSS stays above it is restarted gracefully
     max_rss: Any = attrs.field(default=None, converter=parse_size)
+    #: processes of this worker, each registering the same functions; calls go to the one with
+    #: the fewest calls in flight
+    instances: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(64)])
 
 
 def check_worker_names(workers: dict[str, WorkerConfig]) -> str | None:
@@ -111,7 +115,7 @@ def worker_specs(discovered: list[WorkerSpec], workers: dict[str, WorkerConfig],
         path = spec.path if spec is not None else Path(command[0])
         specs.append(WorkerSpec(name, path, command, cwd, env=dict(cfg.env), restart=cfg.restart,
                                 grace_period=cfg.grace_period, enabled=cfg.enabled, start_timeout=cfg.start_timeout,
-                                max_rss=cfg.max_rss))
+                                max_rss=cfg.max_rss, instances=cfg.instances))
     return specs
 
 
