@@ -7,6 +7,7 @@ Command-line flags override the file.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import typing
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 
 def positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    if not 0 < value < math.inf:  # (NaN fails this too)
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -196,7 +197,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
         if name not in data:
             continue
         if not isinstance(data[name], dict):
-            problems.append(f"{name}: expected a table ([{name}]), got {data[name]!r}")
+            problems.append(f"{name}: expected a table ([{name}]), got {type(data[name]).__name__} {data[name]!r:.80}")
             continue
         try:
             parsed[name] = structure_section(data[name], kind, name)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import trio
+
+log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 
@@ -65,4 +68,7 @@ class Deadlines(Generic[K]):
             now = trio.current_time()
             while heap and heap[0][0] <= now:
                 when, _, key = heapq.heappop(heap)
-                self._expire(key, when)
+                try:
+                    self._expire(key, when)
+                except Exception:  # one owner's bug must not stop every other deadline
+                    log.exception("deadline callback for %r failed", key)

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .inbox import Inbox
 from .protocol import Action, ErrorBody, InvocationResult, InvokeFunction
+from .ratelimit import RateLimitedLog
 from .registry import ActionCall, FunctionEntry, Owner, Registry
 from .stats import InvocationStats
 from .tracing import CallContext, calling, ensure_traceparent
@@ -55,6 +56,8 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BACKLOG = 64 * 1024 * 1024
 #: ... and the supervisor says so at most this often per worker (seconds).
 _OVERLOAD_LOG_INTERVAL = 10.0
+#: repeated per-call warnings: one line per kind and peer per this many seconds, then a count
+WARNING_INTERVAL = 10.0
 
 
 #: a connected session, as the invoker sees it (the owner of the functions it calls)
@@ -92,6 +95,8 @@ class Invoker:
         self.pending: dict[str, Pending] = {}
         self._ids = itertools.count(1)
         self._deadlines: Deadlines[str] = Deadlines(self._expire, self._deadline_current)
+        #: warnings a caller can repeat at will (a worker calling in a loop) are rate-limited
+        self._warnings = RateLimitedLog(log, WARNING_INTERVAL)
         self._nursery: trio.Nursery | None = None
         #: engine invocation ids each peer is executing, and those it started (relayed calls)
         self._executing: dict[Peer, set[str]] = {}
@@ -102,6 +107,7 @@ class Invoker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve deadlines and own the tasks of in-process calls. Runs until cancelled."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._warnings.run)
             await nursery.start(self._deadlines.run)
             self._nursery = nursery
             task_status.started()
@@ -152,7 +158,8 @@ class Invoker:
                                                   traceparent=ensure_traceparent(msg.traceparent),
                                                   baggage=msg.baggage))
             except LocalProtocolError as exc:
-                log.warning("void call from %s to %r dropped: %s", caller.name, msg.function_id, exc.message)
+                self._warnings.warning(("void call dropped", caller.name), "void call from %s to %r dropped: %s",
+                                       caller.name, msg.function_id, exc.message)
             return
         inv_id = str(next(self._ids))
         pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
@@ -211,24 +218,32 @@ class Invoker:
                 error: EngineError | None = None) -> None:
         if msg.invocation_id is None:
             if error is not None:
-                log.warning("void call from %s to %r failed: %s", caller.name, msg.function_id, error)
+                self._warnings.warning(("void call failed", caller.name), "void call from %s to %r failed: %s",
+                                   caller.name, msg.function_id, error)
             return
         self._send_result(caller, InvocationResult(invocation_id=msg.invocation_id, function_id=msg.function_id,
                                                    result=result, error=ErrorBody.of(error) if error else None))
 
-    @staticmethod
-    def _send_result(caller: Peer, result: InvocationResult) -> None:
+    def _send_result(self, caller: Peer, result: InvocationResult) -> None:
         """Send ``result`` to ``caller``; one that cannot be encoded for it (over its frame limit)
-        fails that one call with ``result_too_large`` — a local failure, the peers stay connected."""
+        fails that one call with ``result_too_large`` — a local failure, the peers stay connected.
+        Never raises: it runs where an exception would end a timer, a session's cleanup or the
+        invoker's nursery."""
         try:
             caller.send_nowait(result)
+            return
         except LocalProtocolError as exc:
-            log.warning("result of %r for %s cannot be sent: %s", result.function_id, caller.name, exc.message)
+            problem = exc.message
+        self._warnings.warning(("result too large", caller.name), "result of %r for %s cannot be sent: %s",
+                               result.function_id, caller.name, problem)
+        try:
             caller.send_nowait(InvocationResult(
                 invocation_id=result.invocation_id, function_id=result.function_id,
                 error=ErrorBody(code="result_too_large",
-                                message=f"the result of {result.function_id!r} cannot be sent to {caller.name!r}: "
-                                        f"{exc.message}")))
+                                message=f"the result of {result.function_id!r:.200} cannot be sent to "
+                                        f"{caller.name!r}: {problem}")))
+        except LocalProtocolError:  # not even the error fits (a tiny frame limit): the caller's deadline ends it
+            pass
 
     async def _relay_task(self, caller: Peer, msg: InvokeFunction, what: str,
                           handler: Callable[[Any], Awaitable[Any]], data: Any) -> None:

@@ -17,7 +17,13 @@ from typing import Any
 import trio
 
 from .channels import ChannelTable
-from .errors import ConnectionLost, LocalProtocolError, RegistrationError, RemoteProtocolError
+from .errors import (
+    ConnectionLost,
+    LocalProtocolError,
+    RegistrationError,
+    RemoteProtocolError,
+    TriggerRegistrationError,
+)
 from .invocation import Invoker
 from .protocol import (
     ChannelClose,
@@ -63,9 +69,13 @@ class WorkerTriggerProvider:
         self.session = session
 
     def register(self, trigger: TriggerEntry) -> None:
-        self.session.send_nowait(RegisterTrigger(id=trigger.id, trigger_type=trigger.trigger_type,
-                                                 function_id=trigger.function_id, config=trigger.config,
-                                                 metadata=trigger.metadata))
+        try:
+            self.session.send_nowait(RegisterTrigger(id=trigger.id, trigger_type=trigger.trigger_type,
+                                                     function_id=trigger.function_id, config=trigger.config,
+                                                     metadata=trigger.metadata))
+        except LocalProtocolError as exc:  # (a config that grew when re-encoded): refuse it, like a bad config
+            raise TriggerRegistrationError(f"trigger {trigger.id!r} cannot be sent to the provider of "
+                                           f"{trigger.trigger_type!r} ({self.session.name}): {exc.message}") from None
 
     def unregister(self, trigger: TriggerEntry) -> None:
         self.session.send_nowait(UnregisterTrigger(id=trigger.id, trigger_type=trigger.trigger_type))
@@ -129,7 +139,8 @@ class Session:
                     try:
                         dispatch(event)
                     except LocalProtocolError as exc:  # we could not encode an answer: not the peer's fault
-                        log.warning("%s: could not answer %s: %s", self.name, type(event).__name__, exc.message)
+                        PROTOCOL_WARNINGS.warning(("could not answer", self.name), "%s: could not answer %s: %s",
+                                                  self.name, type(event).__name__, exc.message)
                     if i % DISPATCH_SLICE == 0:
                         # let the writers forward what is dispatched so far: the next process
                         # in the pipeline starts working instead of waiting for the whole read

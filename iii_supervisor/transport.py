@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from .errors import ConnectionLost, ProtocolError
+from .errors import ConnectionLost, LocalProtocolError, ProtocolError
 from .plainsocket import PlainSocket
-from .protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Event, Message
+from .protocol import DEFAULT_MAX_FRAME_SIZE, Connection, Event, Message, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ class FramedStream:
         if self._closed:
             raise ConnectionLost("connection is closed") from self._broken
         data = self._conn.send(event)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if len(self._pending) == 1:
+            self._wakeup.unpark_all()
+
+    def send_frame_nowait(self, payload: bytes) -> None:
+        """Queue one frame whose payload is already encoded (sent as is, length-prefixed)."""
+        if self._closed:
+            raise ConnectionLost("connection is closed") from self._broken
+        data = encode_frame(payload)
         self._pending.append(data)
         self._pending_bytes += len(data)
         if len(self._pending) == 1:
@@ -205,7 +215,11 @@ class FramedStream:
         msg = error if not isinstance(error, ProtocolError) else Error(error=ErrorBody(**error.to_wire()))
         with trio.move_on_after(timeout):
             try:
-                data = self._conn.send(msg)
+                try:
+                    data = self._conn.send(msg)
+                except LocalProtocolError:  # the explanation itself is over the peer's limit: say less
+                    code = msg.error.code if isinstance(msg, Error) else "protocol_error"
+                    data = self._conn.send(Error(error=ErrorBody(code=code, message="protocol error")))
                 # Bypass the writer: it may be blocked or gone, and this is the last frame. Not
                 # while it is half-way through a batch: our bytes would land inside its frame.
                 if not self._sending_bytes:

@@ -63,6 +63,7 @@ class FakeWorker:
         self._waiters: dict[tuple[str, str], trio.MemorySendChannel[Message]] = {}
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        self._arrived = trio.Event()
 
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -72,10 +73,23 @@ class FakeWorker:
             try:
                 async for event in self.framed.events():
                     self.received.append(event)
+                    self._arrived.set()
+                    self._arrived = trio.Event()
                     self._dispatch(event)
             except EngineError:
                 pass  # the engine closed the connection
             nursery.cancel_scope.cancel()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], *, start: int = 0) -> Event:
+        """The first event received for which ``predicate`` is true, looking from the ``start``-th
+        received event on (``start=len(worker.received)``: only what arrives from now)."""
+        seen = start
+        while True:
+            for event in self.received[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.received)
+            await self._arrived.wait()
 
     def _dispatch(self, event: Event) -> None:
         match event:
@@ -148,6 +162,11 @@ class FakeWorker:
         if answer.error is not None:
             raise error_from_wire(answer.error.code, answer.error.message, answer.error.stacktrace)
         return answer.result
+
+    async def send_raw(self, payload: bytes) -> None:
+        """Send one frame with this payload, as is (to test what the engine does with bad input)."""
+        self.framed.send_frame_nowait(payload)
+        await trio.lowlevel.checkpoint()
 
     def send(self, msg: Message) -> None:
         """Send any message as is (fire and forget)."""

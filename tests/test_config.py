@@ -195,7 +195,7 @@ def test_backoff_infinity_from_toml_is_refused(tmp_path: Path) -> None:
 
 
 def test_section_validator_messages_name_the_key_path() -> None:
-    with pytest.raises(ConfigError, match=r"supervisor.grace_period must be > 0, got -1.0"):
+    with pytest.raises(ConfigError, match=r"supervisor.grace_period must be a finite number > 0, got -1.0"):
         parse_config({"supervisor": {"grace_period": -1}})
     with pytest.raises(ConfigError, match=r"extra fields found \(gracee\) @ supervisor"):
         parse_config({"supervisor": {"gracee": 1}})
@@ -222,3 +222,17 @@ def test_queue_limit_holds_at_least_one_frame() -> None:
                                           r"supervisor.max_frame_size \(16777216\)"):
         parse_config({"supervisor": {"max_queued_bytes": 1000}})
     assert parse_config({"supervisor": {"max_queued_bytes": 2**24}}).supervisor.max_queued_bytes == 2**24
+
+
+@pytest.mark.parametrize("section", ["supervisor", "http", "restart"])
+@pytest.mark.parametrize("value", [[], 5, "x"])
+def test_a_section_that_is_not_a_table_is_a_config_error(section: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({section: value})
+    assert f"{section}: expected a table" in info.value.message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_infinite_timeouts_are_refused(value: float) -> None:
+    with pytest.raises(ConfigError, match="header_timeout"):
+        parse_config({"http": {"header_timeout": value}})

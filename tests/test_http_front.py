@@ -127,7 +127,8 @@ async def test_connections_per_client_are_capped_and_refusals_logged_at_a_bounde
         async with trio.open_nursery() as nursery:
             port = await nursery.start(http.run)
             held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
-            await trio.sleep(0.1)  # let the front accept them
+            while http._live < 2:  # the front has accepted them
+                await trio.sleep(0.005)
             caplog.clear()
             statuses = []
             for _ in range(20):
@@ -142,7 +143,8 @@ async def test_connections_per_client_are_capped_and_refusals_logged_at_a_bounde
             await held[0].send_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert await _status_of(held[0]) == 404
             await held[0].aclose()
-            await trio.sleep(0.1)
+            while http._live > 1:
+                await trio.sleep(0.005)
             again = await trio.open_tcp_stream("127.0.0.1", port)
             await again.send_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert await _status_of(again) == 404
@@ -174,3 +176,20 @@ async def test_a_request_that_cannot_be_sent_to_its_worker_gets_413_and_leaks_no
                 assert small.status_code == 200 and small.json() == {"n": 3}
             assert len(parts.channels) == 0 and parts.invoker.pending == {}
             assert not worker.session.closed.is_set()
+
+
+async def test_trickled_heads_cost_one_timer_entry_per_connection() -> None:
+    registry = Registry()
+    http = HttpFront(HttpConfig(port=0, header_timeout=5), registry, Invoker(registry), ChannelTable())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(http.run)
+            streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(10)]
+            for _ in range(100):  # 1,000 reads in all, each a piece of a head that never ends
+                for stream in streams:
+                    await stream.send_all(b"G")
+                await trio.sleep(0.002)
+            assert len(http._timer) <= 2 * len(streams), len(http._timer)
+            for stream in streams:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()

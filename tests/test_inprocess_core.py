@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from iii_supervisor.errors import EngineError
-from iii_supervisor.protocol import Action, InvocationResult, InvokeFunction
+from iii_supervisor.protocol import (
+    Action,
+    Error,
+    InvocationResult,
+    InvokeFunction,
+    RegisterTriggerType,
+    TriggerRegistrationResult,
+)
 from iii_supervisor.registry import ActionCall, TriggerEntry, TriggerTypeEntry
+from iii_supervisor.server import http as http_module
 from inprocess import engine_parts
 
 LIMIT = 4096  # a small frame limit, so that "too large" is cheap to reach
@@ -43,9 +52,8 @@ async def test_a_result_too_large_for_the_caller_fails_that_call_and_keeps_both_
             size = LIMIT - overhead - 4
             long_id = "c" * 300
             caller.send(InvokeFunction(function_id="executor.big", invocation_id=long_id))
-            while not any(isinstance(e, InvocationResult) and e.invocation_id == long_id for e in caller.received):
-                await trio.sleep(0.01)
-            answer = next(e for e in caller.received if isinstance(e, InvocationResult))
+            answer = await caller.wait_for(lambda e: isinstance(e, InvocationResult) and e.invocation_id == long_id)
+            assert isinstance(answer, InvocationResult)
             assert answer.error is not None and answer.error.code == "result_too_large", answer
             assert "executor.big" in answer.error.message
             # nobody was disconnected: both still call and answer
@@ -133,3 +141,88 @@ async def test_a_failing_action_handler_fails_the_call_not_the_engine() -> None:
 
 async def _echo(data: Any) -> Any:
     return data
+
+
+async def test_an_answer_that_cannot_be_sent_at_all_never_takes_the_invoker_down() -> None:
+    # a tiny frame, long ids: neither the timeout error nor its result_too_large fallback fits
+    # the caller's frame; the call is dropped, the timer, the invoker and both sessions live on
+    limit = 1500
+    with trio.fail_after(10):
+        async with engine_parts(config={"supervisor": {"max_frame_size": limit, "max_queued_bytes": limit}}) as parts:
+            caller, executor = await parts.worker("caller"), await parts.worker("executor")
+            never = trio.Event()
+
+            async def hang(_: Any) -> None:
+                await never.wait()
+
+            slow_id = "executor." + "s" * 400
+            await executor.register_function(slow_id, hang)
+            await executor.register_function("executor.f", _echo)
+            caller.send(InvokeFunction(function_id=slow_id, invocation_id="c" * 1000, timeout_ms=50))
+            await trio.sleep(0.3)  # its deadline passed and its answer was dropped
+            assert parts.invoker.pending == {}
+            assert await caller.call("executor.f", 1) == 1  # the invoker's timer and nursery still run
+            with pytest.raises(EngineError) as info:
+                await caller.call(slow_id, timeout_ms=50)
+            assert info.value.code == "invocation_timeout"
+            assert not caller.session.closed.is_set() and not executor.session.closed.is_set()
+
+
+async def test_ids_over_the_length_limit_are_malformed() -> None:
+    with trio.fail_after(10):
+        async with engine_parts() as parts:
+            worker = await parts.worker()
+            worker.send(InvokeFunction(function_id="f" * 2000, invocation_id="1"))
+            error = await worker.wait_for(lambda e: isinstance(e, Error))
+            assert isinstance(error, Error) and error.error.code == "malformed_message"
+            assert "function_id is 2000 characters long" in error.error.message
+            await worker.session.closed.wait()  # the peer broke the protocol: disconnected
+
+
+async def test_a_module_error_at_the_http_front_is_an_answer_not_a_dropped_client() -> None:
+    async def store_full(_: Any) -> None:
+        raise EngineError("the disk is full", code="store_full")
+
+    with trio.fail_after(10):
+        async with engine_parts(modules=[http_module.SPEC], config={"http": {"port": 0}}) as parts:
+            parts.registry.add_builtin("test::full", store_full, "fails with a module's own error")
+            worker = await parts.worker()
+            await worker.register_function("w.yes", _truthy)
+            await worker.register_trigger("http", "test::full", {"api_path": "/full"})
+            await worker.register_trigger("http", "test::full", {"api_path": "/guarded", "http_method": "POST",
+                                                                 "condition_function_id": "test::full"})
+            port = parts.modules["http"].port  # type: ignore[attr-defined]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for method, path in (("GET", "/full"), ("POST", "/guarded")):
+                    response = await client.request(method, path)
+                    assert response.status_code == 500
+                    assert response.json()["error"]["code"] == "store_full"
+
+
+async def test_a_trigger_config_that_outgrows_the_providers_frame_is_refused_and_the_old_binding_kept() -> None:
+    limit = 64 * 1024
+    with trio.fail_after(10):
+        async with engine_parts(config={"supervisor": {"max_frame_size": limit, "max_queued_bytes": limit}}) as parts:
+            provider, user = await parts.worker("provider"), await parts.worker("user")
+            provider.send(RegisterTriggerType(id="custom", description="a worker's own type"))
+            await user.register_function("user.f", _echo)
+            while parts.registry.trigger_type("custom") is None:
+                await trio.sleep(0)
+            await user.register_trigger("custom", "user.f", {"n": 1}, trigger_id="t1")
+            huge = "[" + ",".join(["1E9"] * 15_000) + "]"  # 60 KB as sent, ~195 KB re-encoded
+            frame = ('{"type":"registertrigger","id":"t1","trigger_type":"custom","function_id":"user.f",'
+                     '"config":{"n":' + huge + "}}").encode()
+            mark = len(user.received)
+            await user.send_raw(frame)
+            answer = await user.wait_for(lambda e: isinstance(e, TriggerRegistrationResult) and e.id == "t1",
+                                         start=mark)
+            assert isinstance(answer, TriggerRegistrationResult) and answer.error is not None
+            assert answer.error.code == "trigger_registration_failed"
+            assert "cannot be sent to the provider" in answer.error.message
+            kept = parts.registry.trigger("t1")
+            assert kept is not None and kept.config == {"n": 1} and kept.active
+            assert not provider.session.closed.is_set() and not user.session.closed.is_set()
+
+
+async def _truthy(_: Any) -> bool:
+    return True

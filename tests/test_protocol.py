@@ -849,3 +849,12 @@ def test_error_body_round_trips_through_an_error_message():
     back = error_from_wire(decoded.error.code, decoded.error.message, decoded.error.stacktrace)
     assert type(back) is errors.InvocationFailed
     assert (back.message, back.stacktrace) == ("bad input", "tb")
+
+
+def test_error_messages_quote_a_peers_value_briefly() -> None:
+    from iii_supervisor.errors import UnknownMessageType
+    from iii_supervisor.protocol.codec import structure
+
+    with pytest.raises(UnknownMessageType) as info:
+        structure({"type": "x" * 1_000_000})
+    assert len(info.value.message) < 200

@@ -24,6 +24,9 @@ from ..errors import LocalProtocolError, MalformedMessage, UnknownMessageType
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER, FrameDecoder
 from .messages import MESSAGE_TYPES, TYPE_TAGS, ErrorBody, InvocationResult, InvokeFunction, Message
 
+#: Longest id (function, invocation, trigger, type) accepted on the wire: ids are echoed in
+#: answers and error messages, which must stay well inside any frame limit.
+MAX_ID_LENGTH: Final = 1024
 #: First payload byte of a binary body chunk.
 CHUNK_KIND: Final = 0x01
 _CHUNK_HEADER = struct.Struct(">BI")
@@ -84,7 +87,7 @@ class _Slow(Exception):
 
 def _opt_str(o: dict[str, Any], key: str) -> str | None:
     value = o.get(key)
-    if value is not None and type(value) is not str:
+    if value is not None and (type(value) is not str or len(value) > MAX_ID_LENGTH):
         raise _Slow
     return value
 
@@ -93,7 +96,7 @@ def _fast_invoke(o: dict[str, Any]) -> InvokeFunction:
     function_id = o.get("function_id")
     timeout_ms = o.get("timeout_ms")
     metadata = o.get("metadata")
-    if (type(function_id) is not str or o.get("action") is not None
+    if (type(function_id) is not str or len(function_id) > MAX_ID_LENGTH or o.get("action") is not None
             or (timeout_ms is not None and type(timeout_ms) is not int)
             or (metadata is not None and type(metadata) is not dict)):
         raise _Slow
@@ -106,7 +109,7 @@ def _fast_result(o: dict[str, Any]) -> InvocationResult:
     if "invocation_id" not in o or o.get("error") is not None:
         raise _Slow
     function_id = o.get("function_id", "")
-    if type(function_id) is not str:
+    if type(function_id) is not str or len(function_id) > MAX_ID_LENGTH:
         raise _Slow
     return InvocationResult(invocation_id=_opt_str(o, "invocation_id"), function_id=function_id,
                             result=o.get("result"), traceparent=_opt_str(o, "traceparent"))
@@ -136,7 +139,7 @@ def structure(obj: Any) -> Message:
     if cls is None:
         if tag is None:
             raise MalformedMessage("control message has no \"type\" field")
-        raise UnknownMessageType(f"unknown message type {tag!r}")
+        raise UnknownMessageType(f"unknown message type {tag!r:.80}")
     fast = _FAST_STRUCTURE.get(cls)
     if fast is not None:
         try:
@@ -144,9 +147,27 @@ def structure(obj: Any) -> Message:
         except _Slow:
             pass
     try:
-        return _STRUCTURE[cls](obj, cls)
+        msg = _STRUCTURE[cls](obj, cls)
     except Exception:
         raise MalformedMessage(f"invalid {tag!r} message: {_explain(obj, cls, str(tag))}") from None
+    _check_ids(msg, str(tag))
+    return msg
+
+
+#: fields that name things (ids, types): echoed in answers and errors, so their length is bounded
+_ID_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f for f in ("id", "function_id", "invocation_id", "trigger_type", "worker_id", "name")
+               if f in attrs.fields_dict(cls))
+    for cls in TYPE_TAGS
+}
+
+
+def _check_ids(msg: Message, tag: str) -> None:
+    for name in _ID_FIELDS[type(msg)]:
+        value = getattr(msg, name)
+        if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+            raise MalformedMessage(f"invalid {tag!r} message: {name} is {len(value)} characters long "
+                                   f"(at most {MAX_ID_LENGTH})")
 
 
 def unstructure(msg: Message) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class HttpConnection:
         self.sock = sock
         #: registers a read deadline with the front's timer
         self._arm = arm
+        #: the last deadline registered with the timer (its one current heap entry, even between reads)
+        self.armed = math.inf
         #: a client that reads nothing for this long while we write is dropped
         self.write_timeout = write_timeout
         #: the front's count of responses by status (None: not counted)
@@ -112,8 +114,9 @@ class HttpConnection:
                 self._continue_sent = True
                 await self.write(CONTINUE)
             when = deadline if deadline is not None else trio.current_time() + (idle or 0.0)
-            if when != self.read_deadline:
-                self.read_deadline = when
+            self.read_deadline = when
+            if when != self.armed:  # one heap entry per deadline, not one per read of a trickled head
+                self.armed = when
                 self._arm(when, self)
             try:
                 data = await self._receive()

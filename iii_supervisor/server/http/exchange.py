@@ -37,7 +37,7 @@ except ImportError:
 import trio
 
 from ...channels import Channel, ChannelPeer, ChannelTable
-from ...errors import InvocationError
+from ...errors import EngineError
 from ...inbox import Inbox
 from ...invocation import Invoker, Pending
 from ...protocol import ChannelClose, ChannelControl, Chunk, ErrorBody, InvocationResult
@@ -141,7 +141,7 @@ class Exchange:
         try:
             allowed = await self.invoker.call(condition, data, timeout=max(deadline - trio.current_time(), 0.001),
                                               traceparent=traceparent)
-        except InvocationError as exc:
+        except EngineError as exc:  # (a module's own error kinds too, not only InvocationError)
             return self._error_response(exc.code, f"condition {condition!r} failed: {exc.message}", exc.stacktrace)
         if not allowed:
             return json_response(422, "CONDITION_NOT_MET", f"condition {condition!r} returned {allowed!r}",
@@ -172,7 +172,7 @@ class Exchange:
             try:
                 result = await self.invoker.call(function_id, data, timeout=timeout, traceparent=traceparent)
                 return render_result(result)
-            except InvocationError as exc:
+            except EngineError as exc:  # (a module's own error kinds too, not only InvocationError)
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
         worker = entry.owner
         assert worker is not None

@@ -22,6 +22,7 @@ twice (for the request, for the answer) and nowhere else.
 from __future__ import annotations
 
 import logging
+import math
 
 try:  # the compiled build of h11, if installed (pip install 'iii-supervisor[fast]')
     import h11_mypyc as h11  # type: ignore[import-not-found]
@@ -129,6 +130,7 @@ class HttpFront:
         except Exception:
             log.exception("HTTP connection failed")
         finally:
+            http.armed = math.inf  # its heap entry is stale now: compaction may drop it
             http.sock.close()
 
     async def _connection_loop(self, http: HttpConnection) -> None:
@@ -157,7 +159,9 @@ def _expire_read(http: HttpConnection, when: float) -> None:
 
 
 def _read_current(http: HttpConnection, when: float) -> bool:
-    return http.read_deadline == when
+    # the entry the connection armed last is current even while it is between two reads; older
+    # ones are not (one live entry per connection, so the heap stays near the connection count)
+    return http.armed == when
 
 
 def _client_address(stream: trio.SocketStream) -> str:
