@@ -64,8 +64,9 @@ class Supervisor(LoggedProcess):
     log_lines = 40
     no_log = "(no supervisor log)"
 
-    def __init__(self) -> None:
+    def __init__(self, synchronous: str = "full") -> None:
         super().__init__("iii-s", "supervisor.log")
+        self.synchronous = synchronous
         self.runtime_dir = self.tmp
         self.data_dir = self.tmp / "data"
         self.worker_pids: dict[str, int] = {}
@@ -77,8 +78,10 @@ class Supervisor(LoggedProcess):
     def start(self, timeout: float = 30.0) -> None:
         exe = VENV_BIN / "iii-supervisor"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
+        config = self.tmp / "bench.toml"
+        config.write_text(f'[supervisor]\nstore_synchronous = "{self.synchronous}"\n')
         cmd += ["start", str(WORKERS_DIR), "--runtime-dir", str(self.runtime_dir), "--data-dir", str(self.data_dir),
-                "--log-level", "warning", "--http-port", "0"]
+                "--config", str(config), "--log-level", "warning", "--http-port", "0"]
         self.spawn(cmd)
 
         def ready() -> bool | None:
@@ -124,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=10**7, help="calls per measurement at most")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--keys", type=int, default=1000, help="distinct keys written and read")
+    p.add_argument("--synchronous", choices=["full", "normal"], default="full",
+                   help="the store's [supervisor] store_synchronous (default full: fsync at every commit)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
@@ -135,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     print(f"bench_state: reps={args.reps} seconds={args.seconds:g} concurrency={args.concurrency} "
-          f"keys={args.keys}; loadavg {os.getloadavg()[0]:.2f}", flush=True)
+          f"keys={args.keys} synchronous={args.synchronous}; loadavg {os.getloadavg()[0]:.2f}", flush=True)
     wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
-    sup = Supervisor()
+    sup = Supervisor(args.synchronous)
     raw: dict[str, list[dict[str, Any]]] = {op: [] for op, _ in SCENARIOS}
     try:
         sup.start()
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([label, fmt_cell(s, "calls_per_s", fmt_k, args.reps), f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
                      f"{s['calls_per_s'] / echo:.2f}x", cpu])
     print()
-    print(f"## state::set / state::get vs routed echo, {args.concurrency} in flight from a worker "
+    print(f"## state::set / state::get vs routed echo, {args.concurrency} in flight from a worker, "
+          f"store synchronous={args.synchronous} "
           f"(median of {args.reps} interleaved rep(s), {args.seconds:g} s each; [min–max])")
     print()
     print(table(["calls", "calls/s", "p50 ms", "p99 ms", "ratio to echo", "CPU µs per call"], rows))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +34,19 @@ LOG_ORIGIN = "iii.origin"
 LOG_ORIGIN_VALUE = "log-trigger"
 
 
+# Ids come from ``random`` (not ``os.urandom``): they need to be unique, not secret, and
+# ``os.urandom`` releases the GIL, which costs the event loop a thread switch whenever another
+# thread (the store's writer) is runnable: measured ~50 µs per id under load.
+_rng = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))  # a forked child: its own ids
+
+
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    return f"{_rng.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{_rng.getrandbits(64) or 1:016x}"
 
 
 def parse_traceparent(value: object) -> tuple[str, str] | None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import trio
 from iii_supervisor.errors import TriggerRegistrationError
 from iii_supervisor.modules import cron
 from iii_supervisor.modules.cron import CronConfig, CronModule, MemoryLastRuns
+from iii_supervisor.modules.cron_storage import StoreLastRuns
+from iii_supervisor.store import SqliteStore
 from inprocess import EngineParts, engine_parts
 
 #: a wall-clock start half a second after a whole second, so ticks are not at the start instant
@@ -50,9 +53,15 @@ class Recorder:
         self.seconds = seconds
         self.running = 0
         self.max_running = 0
+        self._called = trio.Event()
+
+    async def wait_called(self) -> None:
+        """Until the first call (no polling)."""
+        await self._called.wait()
 
     async def __call__(self, data: Any) -> Any:
         self.calls.append(data)
+        self._called.set()
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         try:
@@ -372,6 +381,7 @@ async def test_garbage_trigger_configs_are_refused_and_the_module_keeps_going(
 
 
 @pytest.mark.parametrize("section", [{"clock_jump_threshold": 0}, {"default_timeout_ms": -1},
+                                     {"clock_check_interval": float("nan")}, {"clock_jump_threshold": float("inf")},
                                      {"clock_check_interval": "often"}, {"retries": 3}])
 def test_bad_cron_sections_are_refused(section: dict[str, Any]) -> None:
     from iii_supervisor.config import parse_config
@@ -382,47 +392,73 @@ def test_bad_cron_sections_are_refused(section: dict[str, Any]) -> None:
     assert "cron" in info.value.message
 
 
-class _FileStore:
-    """The store's interface over a plain sqlite3 connection (the cron storage ops, on a real file)."""
-
-    def __init__(self, path: Any) -> None:
-        import sqlite3
-
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA synchronous = OFF")  # the SQL is under test here, not durability
-
-    async def migrate(self, namespace: str, steps: list[str]) -> int:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS versions (ns TEXT PRIMARY KEY, v INTEGER)")
-        row = self.conn.execute("SELECT v FROM versions WHERE ns = ?", (namespace,)).fetchone()
-        found = row[0] if row else 0
-        for step in steps[found:]:
-            self.conn.executescript(step)
-        self.conn.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (namespace, len(steps)))
-        return found
-
-    async def write(self, op: Any) -> Any:
-        with self.conn:
-            return op(self.conn)
-
-    async def read(self, op: Any) -> Any:
-        return op(self.conn)
+@asynccontextmanager
+async def stored_cron_parts(data_dir: Path, wall: FakeWall) -> AsyncIterator[tuple[EngineParts, CronModule]]:
+    """The module as the engine builds it, on a real store in ``data_dir``."""
+    store = SqliteStore(data_dir)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        async with engine_parts([cron.SPEC], store=store) as parts:
+            module = parts.modules["cron"]
+            assert isinstance(module, CronModule) and isinstance(module.last_runs, StoreLastRuns)
+            module.wall = wall
+            yield parts, module
+        nursery.cancel_scope.cancel()
 
 
-async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Any) -> None:
-    from iii_supervisor.modules.cron_storage import StoreLastRuns
-
-    path = tmp_path / "cron.db"
-    runs = StoreLastRuns(_FileStore(path))
-    await runs.prepare()
+async def test_last_runs_in_the_store_survive_a_reopen(tmp_path: Path) -> None:
     keys = [f"f{i}\x1f* * * * *\x1fUTC" for i in range(600)]  # more keys than one SELECT takes
-    for i, key in enumerate(keys):
-        await runs.set(key, 1000.0 + i)
-    await runs.set(keys[0], 5.5)  # an update, not a second row
-    again = StoreLastRuns(_FileStore(path))
-    await again.prepare()
-    found = await again.get_many([*keys, "unknown"])
-    assert len(found) == 600 and found[keys[0]] == 5.5 and found[keys[-1]] == 1599.0
-    assert await again.get_many([]) == {}
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            store = SqliteStore(tmp_path, synchronous="normal")
+            await nursery.start(store.run)
+            runs = StoreLastRuns(store)
+            await runs.prepare()
+            async with trio.open_nursery() as writers:
+                for i, key in enumerate(keys):
+                    writers.start_soon(runs.set, key, 1000.0 + i)
+            await runs.set(keys[0], 5.5)  # an update, not a second row
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            store = SqliteStore(tmp_path)
+            await nursery.start(store.run)
+            again = StoreLastRuns(store)
+            await again.prepare()
+            found = await again.get_many([*keys, "unknown"])
+            assert len(found) == 600 and found[keys[0]] == 5.5 and found[keys[-1]] == 1599.0
+            assert await again.get_many([]) == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_persistent_catch_up_on_a_real_store_after_a_restart(tmp_path: Path) -> None:
+    """Real time, real SQLite file; the wall clock is faked so that "three days" pass at once."""
+    config = {"expression": "0 2 * * *", "persistent": True}
+    with trio.fail_after(30):
+        wall = FakeWall(datetime(2026, 3, 1, 1, 59, 59, 700000, tzinfo=UTC).timestamp())
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            await worker.register_trigger("cron", "w.daily", config)
+            await rec.wait_called()
+        wall.jump(3 * 86400)
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            job_id = await worker.register_trigger("cron", "w.daily", config)
+            await rec.wait_called()
+            assert rec.calls[0]["catch_up"] is True and rec.calls[0]["scheduled_time"] == "2026-03-02T02:00:00Z"
+            assert (await jobs(parts))[job_id]["last_run"]["catch_up"] is True
+            await trio.sleep(0.3)
+            assert len(rec.calls) == 1
+        async with stored_cron_parts(tmp_path, wall) as (parts, _module):  # again at once: no second catch-up
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.daily", rec)
+            await worker.register_trigger("cron", "w.daily", config)
+            await trio.sleep(0.5)
+            assert rec.calls == []
 
 
 async def test_ticks_skipped_by_overlap_are_not_caught_up_after_a_restart(autojump_clock: Any) -> None:
@@ -469,12 +505,37 @@ async def test_a_catch_up_that_finds_no_function_stays_due(autojump_clock: Any) 
             assert rec.calls[0]["catch_up"] is True
 
 
-async def test_a_worker_that_keeps_registering_again_cannot_grow_the_heap(autojump_clock: Any) -> None:
+
+async def test_the_triggers_metadata_comes_with_the_payload(autojump_clock: Any) -> None:
+    from iii_supervisor.protocol import RegisterTrigger
+
     with trio.fail_after(4000):
-        async with cron_parts() as (parts, module, _wall):
+        async with cron_parts() as (parts, _module, _wall):
             worker = await parts.worker("w")
-            for i in range(1500):  # a daily job, registered and unregistered again and again
-                await worker.register_trigger("cron", "w.job", {"expression": "0 2 * * *"}, trigger_id=f"t{i}")
-                worker.unregister_trigger(f"t{i}")
-            await trio.sleep(0.1)
-            assert module.jobs == {} and len(module._heap) <= 1025
+            rec = Recorder()
+            await worker.register_function("w.job", rec)
+            worker.send(RegisterTrigger(id="m", trigger_type="cron", function_id="w.job",
+                                        config={"expression": "* * * * * *"}, metadata={"team": "ops"}))
+            await trio.sleep(1.2)
+            assert rec.calls[0]["metadata"] == {"team": "ops"} and rec.calls[0]["job_id"] == "m"
+
+
+async def test_persistent_catch_up_after_the_worker_was_down(autojump_clock: Any) -> None:
+    config = {"expression": "* * * * *", "persistent": True}
+    with trio.fail_after(4000):
+        async with cron_parts() as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.minute", rec)
+            await worker.register_trigger("cron", "w.minute", config)
+            await trio.sleep(60)  # the 12:01 run
+            await worker.framed.aclose()  # its process exits; it is back after 12:02 and 12:03
+            await trio.sleep(150)
+            again = await parts.worker("w")
+            await again.register_function("w.minute", rec)
+            await again.register_trigger("cron", "w.minute", config)
+            await trio.sleep(1)
+            assert [(c["scheduled_time"], c.get("catch_up", False)) for c in rec.calls] == [
+                ("2026-03-01T12:01:00Z", False), ("2026-03-01T12:02:00Z", True)]
+            await trio.sleep(60)
+            assert [c.get("catch_up", False) for c in rec.calls[2:]] == [False]  # then on schedule (12:04)

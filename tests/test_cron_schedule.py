@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -10,11 +11,14 @@ import pytest
 from iii_supervisor.errors import TriggerRegistrationError
 from iii_supervisor.modules.cron_schedule import (
     Schedule,
+    Slot,
+    Timetable,
     catch_up_tick,
     clock_jump,
     count_ticks,
     parse_job_config,
     rfc3339,
+    ticks_text,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -74,6 +78,7 @@ def test_every_second() -> None:
     ("0 0 0 1 1 * 2020", "matches no date"),
     ("", "config.expression (a non-empty string), got ''"),
     ("a b c d e", "the minute field 'a' is invalid"),
+    ("1," * 600 + "2 * * * *", "is 1209 characters long; at most 1024"),
 ])
 def test_invalid_expressions_are_refused_with_the_expression_quoted(expression: str, message: str) -> None:
     with pytest.raises(TriggerRegistrationError) as info:
@@ -181,6 +186,8 @@ def test_count_ticks_is_bounded() -> None:
     every_second = Schedule.parse("* * * * * *", None, now=NOW)
     assert count_ticks(every_second, NOW, NOW + 10) == 10
     assert count_ticks(every_second, NOW, NOW + 10**6, limit=50) == 50
+    assert count_ticks(every_second, NOW, NOW + 10**6) == 100  # a log line never costs long
+    assert (ticks_text(5), ticks_text(100)) == ("5", "100 or more")
 
 
 def test_clock_jump() -> None:
@@ -193,3 +200,113 @@ def test_clock_jump() -> None:
 def test_rfc3339() -> None:
     assert rfc3339(ts(2026, 3, 29, 1)) == "2026-03-29T01:00:00Z"
     assert rfc3339(ts(2026, 3, 29, 1) + 0.25) == "2026-03-29T01:00:00.250Z"
+
+
+# --- the timetable: due ticks, overlap, clock steps (both clocks passed in) ----------------------
+
+
+def every_second(persistent: bool = False) -> Slot:
+    return Slot(schedule=Schedule.parse("* * * * * *", None, now=NOW), persistent=persistent)
+
+
+def test_due_ticks_and_the_sleep_until_the_next() -> None:
+    table = Timetable(jump_threshold=2.0)
+    slot = every_second()
+    assert table.add(slot, NOW + 0.5) is True  # the earliest: the sleeper must wake
+    assert table.delay(NOW + 0.5, 10.0) == 0.5
+    assert table.advance(NOW + 0.9, 100.4).runs == []
+    due = table.advance(NOW + 1.0, 100.5)
+    assert [(r.slot, r.scheduled, r.catch_up) for r in due.runs] == [(slot, NOW + 1, False)]
+    assert slot.next_tick == NOW + 2 and table.delay(NOW + 1.0, 10.0) == 1.0
+    assert table.delay(NOW + 1.0, 0.25) == 0.25  # never longer than the clock-check interval
+
+
+def test_a_running_job_skips_its_ticks_and_counts_them() -> None:
+    table = Timetable(jump_threshold=2.0)
+    slot = every_second()
+    table.add(slot, NOW)
+    assert len(table.advance(NOW + 1, 1).runs) == 1
+    assert table.advance(NOW + 2, 2).runs == [] and table.advance(NOW + 3, 3).runs == []
+    assert (slot.skipped, slot.skipped_now, slot.last_skipped) == (2, 2, NOW + 3)
+    assert table.end(slot) == 2 and slot.skipped_now == 0 and not slot.running
+    assert [r.scheduled for r in table.advance(NOW + 4, 4).runs] == [NOW + 4]  # the first tick after the end
+    assert table.begin(slot, NOW + 4, catch_up=True) is None  # a catch-up cannot overlap either
+    assert slot.skipped == 3
+
+
+def test_a_late_scheduler_runs_once_and_reports_the_rest() -> None:
+    table = Timetable(jump_threshold=2.0)
+    slot = every_second()
+    table.add(slot, NOW)
+    due = table.advance(NOW + 10.2, 10.2)  # both clocks moved 10 s: a blocked loop, not a clock step
+    assert due.jump is None
+    assert [r.scheduled for r in due.runs] == [NOW + 1]
+    assert due.late == [(slot, pytest.approx(9.2), 9)]
+    assert slot.next_tick == NOW + 11
+
+
+def test_a_forward_step_recomputes_from_now_without_a_burst() -> None:
+    table = Timetable(jump_threshold=2.0)
+    slot, kept = every_second(), every_second(persistent=True)
+    table.add(slot, NOW)
+    table.add(kept, NOW)
+    table.advance(NOW + 0.5, 0.5)
+    due = table.advance(NOW + 3600.7, 1.7)  # 1.2 s passed; the wall clock says an hour
+    assert due.jump == pytest.approx(3599.0)
+    assert [(r.slot, r.scheduled, r.catch_up) for r in due.runs] == [(kept, NOW + 1, True)]  # once, persistent only
+    assert due.late == []
+    assert slot.next_tick == kept.next_tick == NOW + 3601
+
+
+def test_a_backward_step_does_not_stall() -> None:
+    table = Timetable(jump_threshold=2.0)
+    daily = Slot(schedule=Schedule.parse("0 13 * * *", None, now=NOW))  # NOW is 12:00
+    table.add(daily, NOW)
+    table.advance(NOW, 0.0)
+    assert daily.next_tick == NOW + 3600
+    due = table.advance(NOW - 86400 + 10, 10.0)  # set back one day
+    assert due.jump == pytest.approx(-86400) and due.runs == []
+    assert daily.next_tick == NOW - 86400 + 3600  # today's 13:00 of the new date, not tomorrow's
+    assert table.delay(NOW - 86400 + 10, 1e9) == pytest.approx(3590)
+
+
+def test_small_differences_between_the_clocks_are_no_step() -> None:
+    table = Timetable(jump_threshold=2.0)
+    table.add(every_second(), NOW)
+    table.advance(NOW, 0.0)
+    assert table.advance(NOW + 11.5, 10.0).jump is None  # NTP slewing, a slow wake-up
+
+
+def test_removed_slots_do_not_run_and_cannot_grow_the_heap() -> None:
+    table = Timetable(jump_threshold=2.0)
+    daily = Schedule.parse("0 2 * * *", None, now=NOW)
+    for _ in range(5000):  # a worker registering the same job again and again
+        slot = Slot(schedule=daily)
+        table.add(slot, NOW)
+        table.remove(slot)
+    assert len(table._heap) <= 1025 and table.slots == set()
+    assert table.advance(NOW + 86400, 86400).runs == []
+
+
+def test_without_jobs_the_scheduler_sleeps_until_woken() -> None:
+    table = Timetable(jump_threshold=2.0)
+    assert table.delay(NOW, 1.0) == math.inf
+    table.advance(NOW, 0.0)
+    # hours later (NTP slewed the clocks apart by 3 s meanwhile) a job arrives: no "jump"
+    slot = every_second()
+    table.add(slot, NOW + 7200)
+    assert table.advance(NOW + 7200.5, 7197.5).jump is None
+    assert table.delay(NOW + 7200.5, 1.0) == 0.5
+
+
+def test_add_says_when_the_sleeper_must_wake() -> None:
+    table = Timetable(jump_threshold=2.0)
+    table.delay(NOW, 1.0)  # no jobs: sleeps until woken
+    hourly = Slot(schedule=Schedule.parse("@hourly", None, now=NOW))
+    assert table.add(hourly, NOW) is True
+    assert table.delay(NOW, 10.0) == 10.0  # wakes at NOW + 10 (the clock check)
+    assert table.add(Slot(schedule=Schedule.parse("@daily", None, now=NOW)), NOW) is False
+    assert table.add(every_second(), NOW) is True  # NOW + 1, before the planned wake-up
+    table.remove(hourly)
+    table.delay(NOW, 1e9)  # the earliest entry decides (a removed job's too: early, never late)
+    assert table.add(Slot(schedule=Schedule.parse("@hourly", None, now=NOW)), NOW) is False

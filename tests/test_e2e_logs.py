@@ -34,6 +34,17 @@ WORKERS = {
             logger.info(data["text"])
             return None
         iii.register_function("api.say", say)
+        def publish(data):
+            logger.info("publishing")
+            iii.trigger({"function_id": "enqueue", "payload": {"topic": "t.trace", "data": {}}})
+        iii.register_function("api.publish", publish)
+    """,
+    "queued": """
+        from iii_supervisor import logger
+        def on_message(data):
+            logger.info("got the queued message")
+        iii.register_function("queued.on_message", on_message)
+        iii.register_trigger({"type": "queue", "function_id": "queued.on_message", "config": {"topic": "t.trace"}})
     """,
     "backend": """
         import sys
@@ -89,7 +100,8 @@ async def wait_for(sup: Supervisor, predicate: Any, **query: Any) -> list[dict[s
 async def test_logs_end_to_end(tmp_path: Path) -> None:
     for name, body in WORKERS.items():
         write_worker(tmp_path, name, body)
-    functions = ("api.hello", "api.say", "backend.work", "alerts.on_warn", "slow.on_any", "busy.run")
+    functions = ("api.hello", "api.say", "api.publish", "backend.work", "alerts.on_warn", "slow.on_any", "busy.run",
+                 "queued.on_message")
     async with Supervisor(tmp_path) as sup:
         with trio.fail_after(60):
             await sup.start(expect_workers=len(WORKERS), functions=functions)
@@ -115,6 +127,13 @@ async def test_logs_end_to_end(tmp_path: Path) -> None:
             stderr = by_message["backend stderr line"]
             assert (stderr["level"], stderr["function_name"]) == ("error", "backend.work")
             assert "\x1e" not in sup.output() and "backend[" in sup.output()  # tags never reach the output
+
+            # a queue delivery continues the publisher's trace
+            await sup.call("api.publish", {})
+            (received,) = await wait_for(sup, lambda e: e["message"] == "got the queued message", worker="queued")
+            (published,) = await wait_for(sup, lambda e: e["message"] == "publishing", worker="api")
+            assert received["trace_id"] == published["trace_id"] is not None
+            assert received["span_id"] != published["span_id"]
 
             # level filtering and no loop: the alert handler saw the warn entry, once, and not its own
             # entries (nor backend's, made through the call it made)

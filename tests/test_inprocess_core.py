@@ -226,3 +226,19 @@ async def test_a_trigger_config_that_outgrows_the_providers_frame_is_refused_and
 
 async def _truthy(_: Any) -> bool:
     return True
+
+
+async def test_data_nested_too_deep_to_re_encode_fails_that_call_and_keeps_the_caller() -> None:
+    with trio.fail_after(10):
+        async with engine_parts() as parts:
+            caller, executor = await parts.worker("caller"), await parts.worker("executor")
+            await executor.register_function("executor.f", _echo)
+            deep = "[" * 300 + "]" * 300  # orjson reads it, but writes at most 254 levels
+            mark = len(caller.received)
+            await caller.send_raw(('{"type":"invokefunction","function_id":"executor.f","invocation_id":"d1",'
+                                   '"data":' + deep + "}").encode())
+            answer = await caller.wait_for(lambda e: isinstance(e, InvocationResult), start=mark)
+            assert isinstance(answer, InvocationResult) and answer.error is not None
+            assert answer.error.code == "request_too_large" and "cannot encode" in answer.error.message
+            assert await caller.call("executor.f", [1]) == [1]
+            assert not caller.session.closed.is_set() and not executor.session.closed.is_set()

@@ -286,3 +286,37 @@ async def test_a_listing_stays_within_its_byte_budget_and_the_cursor_goes_on() -
                 seen += [e["id"] for e in page["entries"]]
                 cursor = page["cursor"]
             assert seen == list(range(1, 11))
+
+
+async def test_the_supervisors_own_messages_are_entries_but_not_fed_to_triggers() -> None:
+    import logging
+    import threading
+
+    with trio.fail_after(10):
+        async with engine_parts(modules=[log.SPEC]) as parts:
+            w = await parts.worker()
+            got = await _collector(w, "w.h")
+            await w.register_trigger("log", "w.h")
+            logging.getLogger("iii_supervisor.process.pool").warning("worker %s exited with code %d", "api", 3)
+            logging.getLogger("iii_supervisor.store").debug("below info: not kept")
+            thread = threading.Thread(target=lambda: logging.getLogger("iii_supervisor.store").error("from a thread"))
+            thread.start()
+            thread.join()
+            await settle()
+            entries = [(e["worker_name"], e["level"], e["message"], e["source"]) for e in module(parts).entries]
+            assert entries == [("iii-supervisor", "warn", "worker api exited with code 3", "supervisor"),
+                               ("iii-supervisor", "error", "from a thread", "supervisor")]
+            assert got == []
+        logging.getLogger("iii_supervisor").warning("after the module stopped")  # (its handler is gone)
+
+
+async def test_data_nested_too_deep_for_json_does_not_fail_the_entry() -> None:
+    with trio.fail_after(10):
+        async with engine_parts(modules=[log.SPEC]) as parts:
+            deep: Any = []
+            for _ in range(300):
+                deep = [deep]
+            # (no client of ours can send this: the codec refuses to encode it; a foreign one could)
+            await parts.invoker.call("engine::log::info", {"message": "deep", "data": deep})
+            (entry,) = module(parts).entries
+            assert entry["message"] == "deep" and "unencodable" in entry["data"]

@@ -256,3 +256,16 @@ async def test_values_survive_a_restart_of_the_module_and_a_failed_write_is_undo
                 {"key": "k", "value": {"a": [1, 2]}}]
             module = parts.modules["state"]
             assert isinstance(module, StateModule)
+
+
+async def test_a_value_nested_too_deep_for_json_is_refused_cleanly() -> None:
+    with trio.fail_after(10):
+        async with engine_parts(modules=[state.SPEC], store=MemoryStore()) as parts:
+            w = await parts.worker()
+            deep: Any = []
+            for _ in range(300):
+                deep = [deep]
+            with pytest.raises(EngineError) as info:  # (in-process: our codec would not even send it)
+                await parts.invoker.call("state::set", {"scope": "s", "key": "k", "value": deep})
+            assert info.value.code == "invalid_argument" and "cannot be stored as JSON" in info.value.message
+            assert await w.call("state::get", {"scope": "s", "key": "k"}) is None

@@ -3,13 +3,9 @@
 `iii-supervisor cron ls` shows these jobs with their next and last runs.
 """
 
-import logging
-
-from iii_supervisor import register_worker
+from iii_supervisor import logger, register_worker
 
 iii = register_worker()
-logger = logging.getLogger("reports")
-logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def daily_report(data):
@@ -42,7 +38,8 @@ iii.register_trigger({
     "config": {"expression": "0 2 * * *"},                 # 5 fields: every day at 02:00 UTC
 })
 
-fn = iii.register_function({"id": "maintenance.cleanup"}, cleanup)
+# the docs name it "maintenance.cleanup"; workers/alerts.py already owns that id
+fn = iii.register_function({"id": "reports.cleanup"}, cleanup)
 iii.register_trigger({
     'type': 'cron',
     'function_id': fn.id,

@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-Every job (one per ``cron`` trigger) sits in one heap ordered by its next fire time, served by
-one scheduler task: idle jobs cost a heap entry, not a task. Schedules follow the *wall clock*
+Every job (one per ``cron`` trigger) sits in one heap ordered by its next fire time — the pure
+:class:`~.cron_schedule.Timetable`, which makes every decision below — served by one scheduler
+task: idle jobs cost a heap entry, not a task. Schedules follow the *wall clock*
 (``wall_clock``, injected) while waits use trio's monotonic clock; the scheduler sleeps until the
-earliest tick, converted to a monotonic deadline, and wakes at least every
+earliest tick, converted to a monotonic deadline, and (while it has jobs) wakes at least every
 ``clock_check_interval`` to compare how far both clocks moved. A wall-clock step (NTP, ``date
 -s``, suspend/resume) larger than ``clock_jump_threshold`` makes every job recompute its next
 tick from now: no burst of missed ticks, no stall until the old time comes round again.
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import heapq
-import itertools
 import logging
 import math
 import time
@@ -35,19 +34,21 @@ from typing import Any, Protocol
 
 import attrs
 import trio
-from croniter import CroniterBadDateError
 
-from ..config import Config
+from ..config import Config, positive
 from ..errors import EngineError, InvocationError, TriggerRegistrationError
 from ..registry import Registry, TriggerEntry, TriggerTypeEntry
 from .base import ModuleContext, ModuleSpec
 from .cron_schedule import (
     JobConfig,
+    Run,
+    Slot,
+    Timetable,
     catch_up_tick,
-    clock_jump,
     count_ticks,
     parse_job_config,
     rfc3339,
+    ticks_text,
 )
 from .cron_storage import StoreLastRuns
 
@@ -65,20 +66,15 @@ class CronConfig:
     default_timeout_ms: int | None = attrs.field(default=None)
     #: A wall clock that moves this many seconds more (or less) than the monotonic clock has
     #: jumped: every job's next tick is recomputed from now.
-    clock_jump_threshold: float = attrs.field(default=2.0)
-    #: The scheduler looks at the wall clock at least this often (seconds), to notice jumps.
-    clock_check_interval: float = attrs.field(default=1.0)
+    clock_jump_threshold: float = attrs.field(default=2.0, validator=positive)
+    #: While it has jobs, the scheduler looks at the wall clock at least this often (seconds), to
+    #: notice jumps.
+    clock_check_interval: float = attrs.field(default=1.0, validator=positive)
 
     @default_timeout_ms.validator
     def _check_timeout(self, _attr: Any, value: int | None) -> None:
         if value is not None and value <= 0:
             raise ValueError(f"cron.default_timeout_ms must be > 0, got {value!r}")
-
-    @clock_jump_threshold.validator
-    @clock_check_interval.validator
-    def _check_positive(self, attr: Any, value: float) -> None:
-        if value <= 0:
-            raise ValueError(f"cron.{attr.name} must be > 0, got {value!r}")
 
 
 class LastRuns(Protocol):
@@ -122,22 +118,19 @@ class LastRun:
 class Job:
     trigger: TriggerEntry
     config: JobConfig
-    #: wall time of the next tick (inf: the expression has no more ticks)
-    next_tick: float = math.inf
-    running: bool = False
-    #: ticks skipped because a run was still going: in all, and during the current run
-    skipped: int = 0
-    skipped_now: int = 0
-    #: the wall time of the last tick skipped during the current run
-    last_skipped: float = 0.0
+    #: its place in the timetable (next tick, running, skipped counts)
+    slot: Slot
     #: (persistent jobs) the time up to which ticks are accounted for in the store
     covered: float | None = None
     last: LastRun | None = None
-    removed: bool = False
 
     @property
     def id(self) -> str:
         return self.trigger.id
+
+    @property
+    def removed(self) -> bool:
+        return self.slot.removed
 
     @property
     def key(self) -> str:
@@ -161,8 +154,7 @@ class CronModule:
         self.last_runs: LastRuns = last_runs if last_runs is not None else MemoryLastRuns()
         self.wall = wall_clock
         self.jobs: dict[str, Job] = {}
-        self._heap: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
+        self.timetable = Timetable(jump_threshold=config.clock_jump_threshold)
         self._wake: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._restore: list[Job] = []
@@ -179,7 +171,9 @@ class CronModule:
         except TriggerRegistrationError as exc:
             raise TriggerRegistrationError(f"cron trigger {trigger.id!r} for {trigger.function_id!r}: "
                                            f"{exc.message}") from None
-        job = Job(trigger=trigger, config=config)
+        job = Job(trigger=trigger, config=config,
+                  slot=Slot(schedule=config.schedule, persistent=config.persistent))
+        job.slot.job = job
         self.jobs[trigger.id] = job
         gone_until = self._gone.pop(job.key, None)
         if config.persistent:
@@ -188,41 +182,21 @@ class CronModule:
         elif gone_until is not None:
             missed = count_ticks(config.schedule, gone_until, now)
             if missed:
-                log.info("cron job %s (%s): %d tick(s) skipped while it was not registered (its worker was "
-                         "down?); set persistent = true to catch up", job.id, trigger.function_id, missed)
-        self._schedule(job, self._next(job, now))
+                log.info("cron job %s (%s): %s tick(s) skipped while it was not registered (its worker was "
+                         "down?); set persistent = true to catch up", job.id, trigger.function_id, ticks_text(missed))
+        if self.timetable.add(job.slot, now) and self._wake is not None:
+            self._wake.cancel()  # an earlier tick than the one the scheduler sleeps for
 
     def unregister(self, trigger: TriggerEntry) -> None:
         job = self.jobs.pop(trigger.id, None)
         if job is None:
             return
-        job.removed = True  # its heap entry is dropped when it comes up; a run in progress ends on its own
+        self.timetable.remove(job.slot)  # a run in progress ends on its own
         self._gone[job.key] = self.wall()
         while len(self._gone) > _MEMORY:
             self._gone.popitem(last=False)
 
     # --- scheduling ---------------------------------------------------------------------------
-
-    def _next(self, job: Job, after: float) -> float:
-        try:
-            return job.config.schedule.next_after(after)
-        except CroniterBadDateError:  # e.g. a 7-field expression whose last year has passed
-            return math.inf
-
-    def _schedule(self, job: Job, tick: float) -> None:
-        job.next_tick = tick
-        if tick == math.inf:
-            return
-        heap = self._heap
-        if len(heap) > 1024 and len(heap) > 4 * len(self.jobs):
-            # entries of unregistered jobs stay until their tick: drop them now and then, so a
-            # worker that keeps restarting cannot grow the heap with the jobs it registers again
-            heap[:] = [e for e in heap if not e[2].removed and e[2].next_tick == e[0]]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (tick, next(self._seq), job))
-        wake = self._wake
-        if wake is not None and self._heap[0][2] is job:
-            wake.cancel()  # an earlier tick than the one the scheduler sleeps for
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.registry.add_builtin("engine::cron::list", self._list,
@@ -230,62 +204,33 @@ class CronModule:
         await self.last_runs.prepare()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._restorer)
+            await nursery.start(self._restorer)
             self.registry.add_trigger_type(TriggerTypeEntry(
                 "cron", "Run a function on a schedule (config.expression: cron, 5/6/7 fields or @daily …)", self))
             task_status.started()
             await self._scheduler()
 
     async def _scheduler(self) -> None:
-        last_wall, last_mono = self.wall(), trio.current_time()
+        timetable = self.timetable
         while True:
             wall, mono = self.wall(), trio.current_time()
-            step = clock_jump(wall - last_wall, mono - last_mono, self.config.clock_jump_threshold)
-            last_wall, last_mono = wall, mono
-            if step is not None:
-                self._clock_jumped(step, wall)
-            self._fire_due(wall)
-            delay = self.config.clock_check_interval
-            if self._heap:
-                delay = min(delay, max(self._heap[0][0] - wall, 0.0))
-            with trio.CancelScope(deadline=mono + delay) as scope:
+            due = timetable.advance(wall, mono)
+            if due.jump is not None:
+                log.warning("cron: the wall clock jumped %+.1fs; next ticks recomputed from %s", due.jump,
+                            rfc3339(wall))
+            for slot, late, missed in due.late:
+                log.warning("cron job %s: the scheduler was %.1fs late; %s tick(s) not run", slot.job.id, late,
+                            ticks_text(missed))
+            for run in due.runs:
+                self._start(run)
+            with trio.CancelScope(deadline=mono + timetable.delay(wall, self.config.clock_check_interval)) as scope:
                 self._wake = scope
                 await trio.sleep_forever()
             self._wake = None
 
-    def _fire_due(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            tick, _, job = heapq.heappop(heap)
-            if job.removed or job.next_tick != tick:
-                continue  # unregistered, or rescheduled after a clock jump
-            following = self._next(job, tick)
-            if following <= now:  # the loop was late by more than a period: no burst either
-                late = count_ticks(job.config.schedule, tick, now)
-                log.warning("cron job %s: the scheduler was %.1fs late; %d tick(s) not run", job.id, now - tick, late)
-                following = self._next(job, now)
-            self._tick(job, tick, catch_up=False)
-            self._schedule(job, following)
-
-    def _clock_jumped(self, step: float, now: float) -> None:
-        log.warning("cron: the wall clock jumped %+.1fs; next ticks recomputed from %s", step, rfc3339(now))
-        jobs = [job for job in self.jobs.values()]
-        self._heap.clear()
-        for job in jobs:
-            missed = step > 0 and job.next_tick <= now
-            if missed and job.config.persistent:  # like the downtime of a suspend: catch up once
-                self._tick(job, job.next_tick, catch_up=True)
-            self._schedule(job, self._next(job, now))
-
-    def _tick(self, job: Job, scheduled: float, *, catch_up: bool) -> None:
-        if job.running:
-            job.skipped += 1
-            job.skipped_now += 1
-            job.last_skipped = max(job.last_skipped, scheduled)
-            return
-        job.running = True
+    def _start(self, run: Run) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_job, job, scheduled, catch_up)
+        self._nursery.start_soon(self._run_job, run.slot.job, run.scheduled, run.catch_up)
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -335,15 +280,14 @@ class CronModule:
             log.error("cron job %s: tick %s not run: %s", job.id, rfc3339(scheduled), last.error)
         finally:
             last.duration = trio.current_time() - mono
-            job.running = False
             covered: float | None = None
             if missing and previous is not None:
                 covered = previous  # the function was away: the tick still counts as missed (catch-up later)
-            if job.skipped_now:
+            skipped = self.timetable.end(job.slot)
+            if skipped:
                 log.warning("cron job %s (%s): %d tick(s) skipped while the run of %s was still going (%.1fs)",
-                            job.id, trigger.function_id, job.skipped_now, rfc3339(scheduled), last.duration)
-                covered = job.last_skipped  # skipped while we were up: nothing to catch up after a restart
-                job.skipped_now = 0
+                            job.id, trigger.function_id, skipped, rfc3339(scheduled), last.duration)
+                covered = job.slot.last_skipped  # skipped while we were up: nothing to catch up after a restart
             if config.persistent and covered is not None and not job.removed:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._remember_quietly, job, covered)
@@ -352,8 +296,9 @@ class CronModule:
         await self.last_runs.set(job.key, covered)
         job.covered = covered
 
-    async def _restorer(self) -> None:
+    async def _restorer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the last runs of newly registered persistent jobs (in batches) and catch up."""
+        task_status.started()
         while True:
             await self._restore_wake.wait()
             self._restore_wake = trio.Event()
@@ -381,7 +326,9 @@ class CronModule:
         if missed is not None:
             log.info("cron job %s (%s): catching up the tick of %s missed while it was down", job.id,
                      job.trigger.function_id, rfc3339(missed))
-            self._tick(job, missed, catch_up=True)
+            run = self.timetable.begin(job.slot, missed, catch_up=True)
+            if run is not None:
+                self._start(run)
 
     async def _remember_quietly(self, job: Job, covered: float) -> None:
         try:
@@ -392,11 +339,12 @@ class CronModule:
     # --- engine::cron::list -------------------------------------------------------------------
 
     async def _list(self, _data: Any) -> dict[str, Any]:
-        return {"jobs": [self._describe(job) for job in sorted(self.jobs.values(), key=lambda j: j.id)]}
+        jobs = sorted(self.jobs.values(), key=lambda j: (j.slot.next_tick, j.id))  # the next to run first
+        return {"jobs": [self._describe(job) for job in jobs]}
 
     def _describe(self, job: Job) -> dict[str, Any]:
-        schedule = job.config.schedule
-        nxt = job.next_tick
+        schedule, slot = job.config.schedule, job.slot
+        nxt = slot.next_tick
         last = job.last
         return {
             "job_id": job.id,
@@ -407,12 +355,12 @@ class CronModule:
             "persistent": job.config.persistent,
             "next_run": rfc3339(nxt) if nxt != math.inf else None,
             "next_run_local": schedule.local(nxt).isoformat() if nxt != math.inf else None,
-            "running": job.running,
+            "running": slot.running,
             "last_run": None if last is None else {
                 "start": rfc3339(last.start),
                 "duration_ms": round(last.duration * 1000, 1) if last.duration is not None else None,
                 "status": last.status, "error": last.error, "catch_up": last.catch_up},
-            "skipped_ticks": job.skipped,
+            "skipped_ticks": slot.skipped,
         }
 
 

@@ -20,6 +20,7 @@ rule: ``*/15 * * * *`` keeps running every 15 minutes, ``30 2 * * *`` runs once 
 
 from __future__ import annotations
 
+import heapq
 import math
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
@@ -38,6 +39,8 @@ _FIELDS = {
     7: ("second", "minute", "hour", "day of month", "month", "day of week", "year"),
 }
 CONFIG_KEYS = ("expression", "timezone", "timeout_ms", "persistent", "condition_function_id")
+#: longer expressions are refused (the parsed ones are cached: their size must be bounded)
+MAX_EXPRESSION = 1024
 #: a job that matches no date in this many years is refused (Feb 30, a past year)
 _MAX_YEARS = 50
 
@@ -91,6 +94,8 @@ class Schedule:
         if not isinstance(expression, str) or not expression.strip():
             raise TriggerRegistrationError(f"a cron trigger needs config.expression (a non-empty string), "
                                            f"got {_quote(expression)}")
+        if len(expression) > MAX_EXPRESSION:
+            raise _fail(expression, f"is {len(expression)} characters long; at most {MAX_EXPRESSION}")
         text = " ".join(expression.split())
         fields = text.split(" ")
         if text.startswith("@"):
@@ -266,7 +271,11 @@ def catch_up_tick(schedule: Schedule, covered: float | None, now: float) -> floa
     return missed if missed <= now else None
 
 
-def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = 10_000) -> int:
+#: ticks counted at most for a log line (each costs a croniter step: ~0.1 ms)
+COUNT_LIMIT = 100
+
+
+def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = COUNT_LIMIT) -> int:
     """How many ticks fall in (start, end], counting at most ``limit``."""
     count = 0
     tick = schedule.next_after(start)
@@ -274,6 +283,11 @@ def count_ticks(schedule: Schedule, start: float, end: float, *, limit: int = 10
         count += 1
         tick = schedule.next_after(tick)
     return count
+
+
+def ticks_text(count: int, limit: int = COUNT_LIMIT) -> str:
+    """``count`` from :func:`count_ticks` for a log line (``100 or more`` at the limit)."""
+    return f"{count} or more" if count >= limit else str(count)
 
 
 def clock_jump(wall_elapsed: float, mono_elapsed: float, threshold: float) -> float | None:
@@ -290,3 +304,160 @@ def rfc3339(instant: float) -> str:
     if dt.microsecond:
         text += f".{dt.microsecond // 1000:03d}"
     return text + "Z"
+
+
+# --- the timetable: every job's next tick, what is due, overlap, clock steps -------------------
+
+
+def next_or_never(schedule: Schedule, after: float) -> float:
+    """:meth:`Schedule.next_after`, or ``inf`` once an expression has no more ticks (a past year)."""
+    try:
+        return schedule.next_after(after)
+    except CroniterBadDateError:
+        return math.inf
+
+
+@attrs.define(eq=False, kw_only=True)
+class Slot:
+    """One job's place in a :class:`Timetable`; ``job`` is whatever the caller attaches."""
+
+    schedule: Schedule
+    persistent: bool = False
+    job: Any = None
+    #: wall time of the next tick (inf: none left)
+    next_tick: float = math.inf
+    running: bool = False
+    #: ticks skipped because a run was still going: in all, and during the current run
+    skipped: int = 0
+    skipped_now: int = 0
+    #: the latest tick skipped during the current run
+    last_skipped: float = 0.0
+    removed: bool = False
+
+
+@attrs.frozen
+class Run:
+    """A run to start now."""
+
+    slot: Slot
+    scheduled: float
+    catch_up: bool = False
+
+
+@attrs.define
+class Due:
+    """What :meth:`Timetable.advance` decided."""
+
+    runs: list[Run] = attrs.Factory(list)
+    #: the wall clock's step since the last call, when it was one (seconds, signed)
+    jump: float | None = None
+    #: (slot, seconds late, ticks not run): the caller was late by more than a period
+    late: list[tuple[Slot, float, int]] = attrs.Factory(list)
+
+
+class Timetable:
+    """Next ticks of every job in one heap, and the decisions of the scheduler, without I/O.
+
+    The caller passes both clocks to :meth:`advance` (the wall clock decides what is due, the
+    monotonic one reveals steps of the wall clock), starts the runs it returns, sleeps for
+    :meth:`delay` and reports the end of each run with :meth:`end`. A tick due while its job's
+    previous run is going is skipped and counted: runs of one job never overlap.
+    """
+
+    def __init__(self, *, jump_threshold: float) -> None:
+        self.jump_threshold = jump_threshold
+        self.slots: set[Slot] = set()
+        self._heap: list[tuple[float, int, Slot]] = []
+        self._seq = 0
+        self._clocks: tuple[float, float] | None = None
+        #: the wall time the caller sleeps until (from the last :meth:`delay`)
+        self._wake_at = math.inf
+
+    def add(self, slot: Slot, now: float) -> bool:
+        """Schedule ``slot`` from ``now``; True when its tick comes before the caller's planned
+        wake-up (wake the sleeper)."""
+        self.slots.add(slot)
+        self._push(slot, next_or_never(slot.schedule, now))
+        return slot.next_tick < self._wake_at
+
+    def remove(self, slot: Slot) -> None:
+        """Stop scheduling ``slot`` (its heap entry is dropped when it comes up, or compacted)."""
+        slot.removed = True
+        self.slots.discard(slot)
+
+    def _push(self, slot: Slot, tick: float) -> None:
+        slot.next_tick = tick
+        if tick == math.inf:
+            return
+        heap = self._heap
+        if len(heap) > 1024 and len(heap) > 4 * len(self.slots):
+            # entries of removed jobs stay until their tick: drop them now and then, so a worker
+            # that keeps restarting cannot grow the heap with the jobs it registers again
+            heap[:] = [e for e in heap if not e[2].removed and e[2].next_tick == e[0]]
+            heapq.heapify(heap)
+        self._seq += 1
+        heapq.heappush(heap, (tick, self._seq, slot))
+
+    def delay(self, wall: float, limit: float) -> float:
+        """Seconds to sleep: until the earliest tick, at most ``limit`` (to notice clock steps);
+        ``inf`` without jobs (the caller is woken by :meth:`add`)."""
+        if not self.slots:
+            seconds = math.inf
+        elif not self._heap:
+            seconds = limit
+        else:
+            seconds = min(limit, max(self._heap[0][0] - wall, 0.0))
+        self._wake_at = wall + seconds
+        return seconds
+
+    def advance(self, wall: float, mono: float) -> Due:
+        due = Due()
+        if self._clocks is not None:
+            last_wall, last_mono = self._clocks
+            due.jump = clock_jump(wall - last_wall, mono - last_mono, self.jump_threshold)
+        # without jobs nothing needs protecting from a clock step: the next call starts afresh
+        self._clocks = (wall, mono) if self.slots else None
+        if due.jump is not None:
+            self._recompute(due, wall, forward=due.jump > 0)
+        heap = self._heap
+        while heap and heap[0][0] <= wall:
+            tick, _, slot = heapq.heappop(heap)
+            if slot.removed or slot.next_tick != tick:
+                continue  # removed, or rescheduled after a clock step
+            following = next_or_never(slot.schedule, tick)
+            if following <= wall:  # the caller was late by more than a period: no burst either
+                due.late.append((slot, wall - tick, count_ticks(slot.schedule, tick, wall)))
+                following = next_or_never(slot.schedule, wall)
+            run = self.begin(slot, tick)
+            if run is not None:
+                due.runs.append(run)
+            self._push(slot, following)
+        return due
+
+    def _recompute(self, due: Due, wall: float, *, forward: bool) -> None:
+        """After a clock step every next tick is computed from now: ticks stepped over are not
+        run (no burst), and a step back does not wait for the old time (no stall). A persistent
+        job that a forward step made miss a tick runs once, as after downtime."""
+        self._heap.clear()
+        for slot in self.slots:
+            if forward and slot.persistent and slot.next_tick <= wall:
+                run = self.begin(slot, slot.next_tick, catch_up=True)
+                if run is not None:
+                    due.runs.append(run)
+            self._push(slot, next_or_never(slot.schedule, wall))
+
+    def begin(self, slot: Slot, scheduled: float, *, catch_up: bool = False) -> Run | None:
+        """A run of ``slot`` for ``scheduled``, or None (counted as skipped) while one is going."""
+        if slot.running:
+            slot.skipped += 1
+            slot.skipped_now += 1
+            slot.last_skipped = max(slot.last_skipped, scheduled)
+            return None
+        slot.running = True
+        return Run(slot, scheduled, catch_up)
+
+    def end(self, slot: Slot) -> int:
+        """The run of ``slot`` ended; returns how many ticks it made skip."""
+        slot.running = False
+        skipped, slot.skipped_now = slot.skipped_now, 0
+        return skipped

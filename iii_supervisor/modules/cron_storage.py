@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ..store import Store
+
 NAMESPACE = "cron"
 MIGRATIONS = [
     "CREATE TABLE cron_last_runs (job_key TEXT PRIMARY KEY, covered REAL NOT NULL) WITHOUT ROWID",
@@ -40,7 +42,7 @@ def _upsert(key: str, covered: float) -> Any:
 class StoreLastRuns:
     """:class:`~.cron.LastRuns` on the embedded store (``ModuleContext.store``)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     async def prepare(self) -> None:

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import attrs
@@ -124,6 +125,9 @@ class LogModule:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         stop_listening = self.worker_lines.listen(self._on_line) if self.worker_lines is not None else None
+        records = _SupervisorRecords(self, trio.lowlevel.current_trio_token())
+        supervisor_log = logging.getLogger("iii_supervisor")
+        supervisor_log.addHandler(records)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -141,6 +145,7 @@ class LogModule:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            supervisor_log.removeHandler(records)
             if stop_listening is not None:
                 stop_listening()
 
@@ -155,7 +160,10 @@ class LogModule:
             message = f"{message[:limit]}… [{len(message) - limit} more characters cut]"
         size = len(message) + 300
         if data is not None:
-            data_size = len(orjson.dumps(data, default=str))
+            try:
+                data_size = len(orjson.dumps(data, default=str))
+            except TypeError as exc:  # (nested deeper than orjson goes)
+                data, data_size = {"unencodable": str(exc)}, 64
             if data_size > self.config.max_data_size:
                 data = {"truncated": data_size}
             size += min(data_size, self.config.max_data_size)
@@ -313,6 +321,36 @@ class LogModule:
                 except EngineError as exc:
                     sub.failed += 1
                     log.debug("log trigger %s: %s failed: %s", sub.trigger.id, sub.trigger.function_id, exc)
+
+
+class _SupervisorRecords(logging.Handler):
+    """The supervisor's own log records (info and above) as entries of worker ``iii-supervisor``.
+
+    They are kept for ``iii-supervisor logs`` but not fed to log triggers: a record can be the
+    consequence of a trigger's own call (a failed void call it made, say), and a trigger that
+    gets what its failures log could feed itself. Records from other threads (the store's) are
+    handed to the trio thread, which owns the ring buffer."""
+
+    _LEVEL = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
+
+    def __init__(self, module: LogModule, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__(logging.INFO)
+        self.module = module
+        self.token = token
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = self._LEVEL.get(record.levelno, "error" if record.levelno > logging.WARNING else "debug")
+            add = partial(self.module.record, level, record.getMessage(), worker_name="iii-supervisor",
+                          source="supervisor", feed=False)
+            if trio.lowlevel.in_trio_run() and trio.lowlevel.current_trio_token() is self.token:
+                add()
+            else:
+                self.token.run_sync_soon(add)
+        except trio.RunFinishedError:
+            pass
+        except Exception:  # noqa: BLE001 - logging must never raise into the code that logs
+            self.handleError(record)
 
 
 def _entry_traceparent(entry: dict[str, Any]) -> str:

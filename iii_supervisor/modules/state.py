@@ -7,18 +7,18 @@ Built-in functions (the reference engine's shapes):
 - ``state::delete {scope, key}`` ⇒ the deleted value, or null
 - ``state::update {scope, key, ops}`` ⇒ ``{old_value, new_value}`` (ops: modules/update_ops.py)
 - ``state::list {scope}`` ⇒ the scope's values, by key (``include_keys: true``: ``[{key, value}]``)
-- ``state::list_groups {}`` ⇒ ``{groups: [scopes, sorted]}``
+- ``state::list_groups {}`` ⇒ ``{groups: [scopes, sorted], counts: {scope: keys}}``
 
 How a write works. Values live in the embedded store (table ``state_items``) and, decoded, in
 memory. A write is computed on the trio thread against the in-memory value — so ``update`` is
-atomic without locks: nothing else runs between reading the old value and setting the new one
-— then handed to the store, and acknowledged once its transaction has committed (group commit:
-many writes share one). Reads are served from memory without waiting for the writer; a read may
-therefore see a write whose commit is still under way (for at most one group commit), but a
-write is acknowledged only once it is durable. The store commits writes in the order they were
-submitted; events are emitted in that order too (a sequence number per write), so the triggers
-of one key see its changes in commit order. A write that fails in the store (disk full) is
-undone in memory from the store's committed data.
+atomic without locks: nothing else runs between reading the old value and setting the new one —
+then handed to the store (the writes of one scheduler pass as one store op), and acknowledged
+once its transaction has committed (group commit: many writes share one). Reads are served from
+memory without waiting for the writer; a read may therefore see a write whose commit is still
+under way (for at most one group commit), but a write is acknowledged only once it is durable.
+The store commits writes in the order they were submitted; events are emitted in that order too
+(a sequence number per write), so the triggers of one key see its changes in commit order. A
+write that fails in the store (disk full) is undone in memory from the store's committed data.
 
 ``state`` triggers (``config: {scope?, key?, condition_function_id?}``) get ``{type: "state",
 event_type: "created" | "updated" | "deleted", scope, key, old_value, new_value}`` after the
@@ -74,13 +74,17 @@ SCHEMA = [
 ]
 
 
-def _put(scope: str, key: str, value: bytes, conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT INTO state_items (scope, key, value) VALUES (?, ?, ?) "
-                 "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value", (scope, key, value))
-
-
-def _delete(scope: str, key: str, conn: sqlite3.Connection) -> None:
-    conn.execute("DELETE FROM state_items WHERE scope = ? AND key = ?", (scope, key))
+def _apply(rows: list[tuple[str, str, bytes | None]], conn: sqlite3.Connection) -> None:
+    """Write a batch of ``(scope, key, value or None to delete)``, in order: only each key's
+    last row matters (they commit together)."""
+    last = {(scope, key): value for scope, key, value in rows}
+    puts = [(scope, key, value) for (scope, key), value in last.items() if value is not None]
+    deletes = [(scope, key) for (scope, key), value in last.items() if value is None]
+    if puts:
+        conn.executemany("INSERT INTO state_items (scope, key, value) VALUES (?, ?, ?) "
+                         "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value", puts)
+    if deletes:
+        conn.executemany("DELETE FROM state_items WHERE scope = ? AND key = ?", deletes)
 
 
 def _load_all(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
@@ -105,6 +109,17 @@ class StateConfig:
     max_value_size: int = attrs.field(default=1024 * 1024, validator=positive)
     #: Events queued for one ``state`` trigger whose handler is busy; beyond this they are dropped.
     trigger_buffer: int = attrs.field(default=10_000, validator=positive)
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """The writes made during one pass of the scheduler: one store op for all of them."""
+
+    rows: list[tuple[str, str, bytes | None]] = attrs.Factory(list)
+    #: per row: (write sequence number, its event or None, key version)
+    writes: list[tuple[int, tuple[dict[str, Any], str | None, str | None] | None, int]] = attrs.Factory(list)
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: EngineError | None = None
 
 
 @attrs.define(eq=False)
@@ -148,6 +163,7 @@ class StateModule:
         self._done: dict[int, tuple[dict[str, Any], str | None, str | None] | None] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._nursery: trio.Nursery | None = None
+        self._batch: _Batch | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.store.migrate("state", SCHEMA)
@@ -230,15 +246,19 @@ class StateModule:
         setting the new value awaits, so concurrent writes of one key cannot interleave."""
         items = self.data.get(scope)
         old = items.get(key, _MISSING) if items is not None else _MISSING
+        encoded: bytes | None = None
         if change is None:
-            new, op = _MISSING, partial(_delete, scope, key)
+            new = _MISSING
         else:
             new = change(old)
-            encoded = orjson.dumps(new)
+            try:
+                encoded = orjson.dumps(new)
+            except TypeError as exc:  # (orjson: nested deeper than 254 levels)
+                raise InvocationError(f"value for {scope!r}/{key!r} cannot be stored as JSON: {exc}",
+                                      code="invalid_argument") from None
             if len(encoded) > self.config.max_value_size:
                 raise ValueTooLarge(f"value for {scope!r}/{key!r} is {len(encoded)} bytes of JSON, over the limit "
                                     f"of {self.config.max_value_size} (state.max_value_size)")
-            op = partial(_put, scope, key, encoded)
         if new is _MISSING:
             if items is not None:
                 items.pop(key, None)
@@ -249,19 +269,45 @@ class StateModule:
         version = self._versions[(scope, key)] = self._versions.get((scope, key), 0) + 1
         seq, self._seq = self._seq, self._seq + 1
         event = self._event(scope, key, old, new)
-        try:
-            with trio.CancelScope(shield=True):  # the write is made anyway: wait for it, then emit in order
-                try:
-                    await self.store.write(op)  # (submitted at once: seq order is commit order)
-                except EngineError:  # the store failed (disk full …): the write was not made
-                    event = None
-                    await self._resync(scope, key, version)
-                    raise
-        finally:
-            if self._versions.get((scope, key)) == version:
-                del self._versions[(scope, key)]
-            self._committed(seq, event)
+        batch = self._batch
+        if batch is None:
+            assert self._nursery is not None, "StateModule.run is not running"
+            batch = self._batch = _Batch()
+            self._nursery.start_soon(self._flush, batch)
+        batch.rows.append((scope, key, encoded))
+        batch.writes.append((seq, event, version))
+        await batch.done.wait()  # (a cancelled caller leaves the write to the batch: made, event emitted)
+        if batch.error is not None:  # the store failed (disk full …): the write was not made
+            raise type(batch.error)(batch.error.message, code=batch.error.code)
         return old
+
+    async def _flush(self, batch: _Batch) -> None:
+        """Hand ``batch`` to the store once the writers of this scheduler pass have joined it.
+
+        Batches are submitted in the order they were opened (a batch opens only once the one
+        before was submitted), and the store commits in submission order: write order is commit
+        order. One store op per batch instead of one per write: the store's per-op costs (a
+        queue put that wakes its thread, a wake-up per caller) are paid once."""
+        try:
+            await trio.lowlevel.checkpoint()
+            if self._batch is batch:
+                self._batch = None
+            await self.store.write(partial(_apply, batch.rows))
+        except EngineError as exc:
+            batch.error = exc
+            for (scope, key, _value), (_seq, _event, version) in zip(batch.rows, batch.writes, strict=True):
+                await self._resync(scope, key, version)
+        except BaseException as exc:  # (cancelled at shutdown: its writers must not wait forever)
+            if self._batch is batch:
+                self._batch = None
+            batch.error = EngineError(f"state write not made: {exc!r}", code="store_error")
+            raise
+        finally:
+            for (scope, key, _value), (seq, event, version) in zip(batch.rows, batch.writes, strict=True):
+                if self._versions.get((scope, key)) == version:
+                    del self._versions[(scope, key)]
+                self._committed(seq, event if batch.error is None else None)  # events in write order
+            batch.done.set()
 
     async def _resync(self, scope: str, key: str, version: int) -> None:
         """A write failed in the store: take the key's value back from what is committed, unless a

@@ -283,7 +283,10 @@ class Connection:
             yield decode_payload(payload)
 
     def send(self, event: Event) -> bytes:
-        data = encode(event)
+        try:
+            data = encode(event)
+        except TypeError as exc:  # orjson: not JSON (a set, …) or nested deeper than it encodes (254)
+            raise LocalProtocolError(f"cannot encode {type(event).__name__} as JSON: {exc}") from None
         if len(data) - HEADER.size > self.max_frame_size:
             raise LocalProtocolError(
                 f"a {len(data) - HEADER.size}-byte frame exceeds the maximum frame size of {self.max_frame_size} bytes"

@@ -29,7 +29,7 @@ import attrs
 
 from ..errors import EngineError
 from ..protocol import InvokeFunction
-from ..tracing import child_traceparent, from_log_trigger, parse_traceparent
+from ..tracing import child_traceparent, from_log_trigger, make_traceparent, new_span_id, parse_traceparent
 from ..worker_lines import LineContext, tag
 
 if TYPE_CHECKING:
@@ -38,13 +38,22 @@ if TYPE_CHECKING:
 _fallback = logging.getLogger("iii.logger")
 
 
-@attrs.frozen
+@attrs.define
 class Invocation:
     """The call a handler is serving."""
 
     function_id: str
     traceparent: str | None = None
     baggage: str | None = None
+    #: its trace id, parsed once (on the first call the handler makes); "" if it has none
+    trace_id: str | None = None
+
+    def child_traceparent(self) -> str:
+        """A traceparent for a call made now: this trace, a new span."""
+        if self.trace_id is None:
+            ids = parse_traceparent(self.traceparent)
+            self.trace_id = ids[0] if ids else ""
+        return make_traceparent(self.trace_id, new_span_id()) if self.trace_id else child_traceparent(None)
 
 
 _INVOCATION: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("iii_invocation", default=None)
@@ -66,7 +75,7 @@ def outgoing_context(traceparent: str | None = None, baggage: str | None = None)
     current = _INVOCATION.get()
     if current is None:
         return traceparent, baggage
-    return traceparent or child_traceparent(current.traceparent), baggage or current.baggage
+    return traceparent or current.child_traceparent(), baggage or current.baggage
 
 
 def attach(client: III) -> None:

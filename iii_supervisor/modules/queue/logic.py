@@ -147,6 +147,9 @@ class Message:
     last_error: str | None = None
     #: the condition function already said yes for this delivery
     condition_passed: bool = False
+    #: the publisher's trace, which the delivery continues (kept in memory only: a message
+    #: loaded from disk after a restart is delivered under a new trace)
+    traceparent: str | None = None
 
 
 @attrs.define(eq=False)

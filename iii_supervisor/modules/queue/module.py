@@ -46,6 +46,7 @@ from ...inbox import Inbox
 from ...modules.base import ModuleContext
 from ...protocol import ErrorBody, InvocationResult
 from ...registry import ActionCall, FunctionEntry, TriggerEntry, TriggerTypeEntry
+from ...tracing import call_context, child_traceparent
 from . import storage
 from .config import QueuesConfig
 from .logic import DEFAULT_QUEUE, Lane, Message, QueueSettings, group_of, parse_settings
@@ -211,9 +212,11 @@ class QueueModule:
                                group_of(s.lane.settings, data, queue=f"{topic} → {s.function_id}"), now)
                 for s in subs]
         self._flush()  # the outcomes waiting ride on this commit
+        traceparent = call_context().traceparent  # the delivery continues the publisher's trace
         ids = await self.store.write(storage.insert(rows))
         for sub, row, message_id in zip(subs, rows, ids, strict=True):
-            self._accepted((topic, sub.function_id), Message(message_id, sub.function_id, data, row.group))
+            self._accepted((topic, sub.function_id), Message(message_id, sub.function_id, data, row.group,
+                                                             traceparent=traceparent))
         return {"messageReceiptId": receipt, "subscribers": len(subs)}
 
     async def enqueue(self, queue: Any, function_id: Any, data: Any) -> dict[str, Any]:
@@ -230,8 +233,9 @@ class QueueModule:
         receipt = f"{self._receipt_prefix}-{next(self._receipts)}"
         row = storage.NewRow(receipt, queue, "", function_id, blob, group, _now_ms())
         self._flush()
+        traceparent = call_context().traceparent
         (message_id,) = await self.store.write(storage.insert([row]))
-        self._accepted((queue, ""), Message(message_id, function_id, data, group))
+        self._accepted((queue, ""), Message(message_id, function_id, data, group, traceparent=traceparent))
         return {"messageReceiptId": receipt}
 
     def _accepted(self, key: LaneKey, msg: Message) -> None:
@@ -279,7 +283,8 @@ class QueueModule:
             assert self._nursery is not None
             self._nursery.start_soon(self._call_builtin, key, msg, entry, condition, timeout)
             return
-        pending = self.invoker.start_local(entry, msg.data, timeout=timeout, notify=self._results)
+        pending = self.invoker.start_local(entry, msg.data, timeout=timeout, notify=self._results,
+                                           traceparent=child_traceparent(msg.traceparent))
         self._deliveries[pending.id] = _Delivery(key, msg, condition)
 
     async def _call_builtin(self, key: LaneKey, msg: Message, entry: FunctionEntry, condition: bool,
@@ -287,7 +292,8 @@ class QueueModule:
         inv_id = f"builtin-{msg.id}-{id(msg)}"
         self._deliveries[inv_id] = _Delivery(key, msg, condition)
         try:
-            result = await self.invoker.call(entry.id, msg.data, timeout=timeout)
+            result = await self.invoker.call(entry.id, msg.data, timeout=timeout,
+                                             traceparent=child_traceparent(msg.traceparent))
         except EngineError as exc:
             self._results.put(InvocationResult(invocation_id=inv_id, function_id=entry.id, error=ErrorBody.of(exc)))
         else:
