@@ -77,7 +77,7 @@ class Pending:
     #: instead of ``done``: the result is put into this inbox (the HTTP front's response channel,
     #: so one task reads both, in the order the worker sent them)
     notify: Inbox[Any] | None = None
-    #: when the call was sent (for the duration histogram)
+    #: when the call was routed (for the duration histogram; set by whoever builds it)
     started: float = 0.0
 
 
@@ -162,8 +162,9 @@ class Invoker:
                                        caller.name, msg.function_id, exc.message)
             return
         inv_id = str(next(self._ids))
-        pending = Pending(inv_id, msg.function_id, target, trio.current_time() + self._timeout_of(msg),
-                          caller=caller, caller_invocation_id=msg.invocation_id)
+        now = trio.current_time()
+        pending = Pending(inv_id, msg.function_id, target, now + self._timeout_of(msg),
+                          caller=caller, caller_invocation_id=msg.invocation_id, started=now)
         self._start(pending, InvokeFunction(
             function_id=msg.function_id, data=msg.data, invocation_id=inv_id, metadata=msg.metadata,
             traceparent=ensure_traceparent(msg.traceparent), baggage=msg.baggage))
@@ -273,7 +274,6 @@ class Invoker:
     def _start(self, pending: Pending, outgoing: InvokeFunction) -> None:
         """Track ``pending`` and send ``outgoing`` (which carries ``pending.id``) to its target."""
         self.pending[pending.id] = pending
-        pending.started = trio.current_time()
         self._executing.setdefault(pending.target, set()).add(pending.id)
         if pending.caller is not None:
             self._started.setdefault(pending.caller, set()).add(pending.id)
@@ -382,8 +382,9 @@ class Invoker:
         """
         assert entry.owner is not None, "built-ins are called with call()"
         inv_id = str(next(self._ids))
-        pending = Pending(inv_id, entry.id, self._pick(entry), trio.current_time() + timeout,
-                          done=None if notify is not None else trio.Event(), notify=notify)
+        now = trio.current_time()
+        pending = Pending(inv_id, entry.id, self._pick(entry), now + timeout,
+                          done=None if notify is not None else trio.Event(), notify=notify, started=now)
         overloaded = self._overloaded(pending.target)
         if overloaded is not None:  # answered at once, never sent
             self._deliver_local(pending, InvocationResult(invocation_id=inv_id, function_id=entry.id,
