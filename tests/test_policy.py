@@ -219,3 +219,19 @@ def test_default_intensity_lets_a_crash_loop_run_about_half_a_minute() -> None:
 def test_intensity_settings_are_validated(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BackoffPolicy(**kwargs)
+
+
+def test_delays_are_jittered_downwards_and_stay_capped() -> None:
+    policy = BackoffPolicy(initial_delay=1.0, max_delay=8.0, factor=2.0, jitter=0.25)
+    assert policy.delay(3) == 4.0  # no draw: the plain schedule
+    assert policy.delay(3, rand=0.5) == 3.5
+    assert policy.delay(3, rand=0.999) > 3.0
+    assert all(policy.delay(10, rand=r / 10) <= 8.0 for r in range(10))  # capped whatever the draw
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, jitter=0.5, max_restarts=100))
+    assert tracker.on_exit(started_at=0.0, now=0.1, rand=1.0 - 1e-9) == pytest.approx(0.5)
+
+
+def test_jitter_out_of_range_is_refused() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="jitter"):
+            BackoffPolicy(jitter=bad)

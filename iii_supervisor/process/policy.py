@@ -53,13 +53,20 @@ class BackoffPolicy:
     #: ``restart_window`` seconds put the worker in state FATAL (no more restarts until asked)
     max_restarts: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     restart_window: float = attrs.field(default=60.0, validator=_positive)
+    #: each delay is shortened by up to this fraction, at random, so that workers that crashed
+    #: together (a dependency went away) do not all restart in the same instant
+    jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay < self.initial_delay:
             raise ValueError(f"max_delay ({self.max_delay!r}) must be at least initial_delay ({self.initial_delay!r})")
 
-    def delay(self, failures: int) -> float:
-        """Delay before the restart that follows the ``failures``-th consecutive failure (≥ 1)."""
+    def delay(self, failures: int, rand: float = 0.0) -> float:
+        """Delay before the restart that follows the ``failures``-th consecutive failure (≥ 1).
+
+        ``rand`` in [0, 1) is the jitter draw (the caller's random number: this stays pure); the
+        delay is shortened by ``jitter × rand`` of itself, so it never exceeds ``max_delay``.
+        """
         if failures <= 0:
             return 0.0
         # cap the exponent: factor ** 1000 would overflow a float long after max_delay is hit
@@ -67,7 +74,7 @@ class BackoffPolicy:
             delay = self.initial_delay * self.factor ** min(failures - 1, 64)
         except OverflowError:  # a large factor (1e5 ** 64) still leaves the float range: past max_delay
             delay = math.inf
-        return min(self.max_delay, delay)
+        return min(self.max_delay, delay) * (1.0 - self.jitter * rand)
 
 
 @attrs.define
@@ -86,7 +93,7 @@ class RestartTracker:
     restarts: int = 0
     recent: collections.deque[float] = attrs.Factory(collections.deque)
 
-    def on_exit(self, *, started_at: float, now: float) -> float | None:
+    def on_exit(self, *, started_at: float, now: float, rand: float = 0.0) -> float | None:
         """Record an exit of a run started at ``started_at``; return the delay before restarting,
         or None when that restart would exceed the intensity (the worker becomes FATAL)."""
         if now - started_at >= self.policy.reset_after:
@@ -99,7 +106,7 @@ class RestartTracker:
             return None
         recent.append(now)
         self.restarts += 1
-        return self.policy.delay(self.failures)
+        return self.policy.delay(self.failures, rand)
 
     def clear(self) -> None:
         """Forget the crash history (a person asked for a fresh start)."""

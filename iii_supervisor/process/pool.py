@@ -14,6 +14,7 @@ import hmac
 import logging
 import math
 import os
+import random
 import secrets
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -283,7 +284,7 @@ class WorkerPool:
                 log.info("worker %s %s; not restarted (restart = %r)", slot.name, _describe_exit(returncode), mode)
                 slot.held = "stopped"
                 continue
-            delay = slot.tracker.on_exit(started_at=spawned_at, now=trio.current_time())
+            delay = slot.tracker.on_exit(started_at=spawned_at, now=trio.current_time(), rand=random.random())
             if delay is None:
                 policy = slot.tracker.policy
                 log.error("worker %s %s; FATAL: more than %d restarts within %gs, not restarting it "
