@@ -380,11 +380,15 @@ def parse_collapsed(path: Path) -> tuple[int, collections.Counter, collections.C
     return total, own, incl
 
 
+#: this checkout's root, as profiles print it (stripped from their paths)
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def short_frame(frame: str) -> str:
     """"func (path/to/file.py:123)" → "func (file.py:123)" with site-packages paths shortened."""
     name, _, loc = frame.partition(" (")
     loc = loc.rstrip(")")
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", _REPO):
         if marker in loc:
             loc = loc.split(marker, 1)[1]
             break
@@ -394,7 +398,7 @@ def short_frame(frame: str) -> str:
 def _module_of(frame: str) -> str:
     m = re.search(r"\((.*?):\d+\)$", frame)
     path = m.group(1) if m else frame
-    for marker, prefix in (("site-packages/", ""), ("/lib/python3.11/", "stdlib/"), ("/work/main/", "")):
+    for marker, prefix in (("site-packages/", ""), ("/lib/python3.11/", "stdlib/"), (_REPO, "")):
         if marker in path:
             return prefix + path.split(marker, 1)[1]
     return path

@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iii-supervisor", description="Run and control iii workers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    start = sub.add_parser("start", help="start the supervisor and every worker in DIR")
-    start.add_argument("workers_dir", type=Path, metavar="DIR", help="directory of worker programs")
+    start = sub.add_parser("start", help="start the supervisor and every worker in DIR; or start worker NAME "
+                                         "of a running supervisor (when NAME is not a directory)")
+    start.add_argument("workers_dir", type=Path, metavar="DIR|NAME",
+                       help="directory of worker programs, or a worker's name")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     start.add_argument("--data-dir", type=Path,
                        help="directory of the embedded store (default: $STATE_DIRECTORY, else "
@@ -91,9 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--timeout-ms", type=int, help="call deadline in milliseconds (default: the engine's)")
     add_common(invoke)
 
-    restart = sub.add_parser("restart", help="restart a worker by name")
+    restart = sub.add_parser("restart", help="restart a worker by name (a stopped or FATAL one starts)")
     restart.add_argument("name")
     add_common(restart)
+
+    stop = sub.add_parser("stop", help="stop a worker by name and keep it stopped (until start/restart)")
+    stop.add_argument("name")
+    add_common(stop)
+
+    reload = sub.add_parser("reload", help="re-read the config and rescan the workers directory (as SIGHUP)")
+    reload.add_argument("--json", action="store_true", help="print what changed as JSON")
+    add_common(reload)
 
     for name, help_text in (("functions", "list registered functions"), ("triggers", "list registered triggers")):
         p = sub.add_parser(name, help=help_text)
@@ -130,11 +140,15 @@ def _apply_flags(args: argparse.Namespace, config: Config) -> Config:
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
     import trio
 
+    name = str(args.workers_dir)
+    if not args.workers_dir.is_dir() and "/" not in name and name not in (".", ".."):
+        return _worker_command(args, config, "start", name)
     setup_logging(args.log_level or config.supervisor.log_level)
     config = _apply_flags(args, config)
     if not args.workers_dir.is_dir():
         raise ConfigError(f"workers directory {str(args.workers_dir)!r} does not exist or is not a directory")
-    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir)
+    engine = Engine(config, args.workers_dir, runtime_dir=args.runtime_dir, data_dir=args.data_dir,
+                    config_path=args.config)
     try:
         trio.run(engine.run)
     except BaseExceptionGroup as group:
@@ -154,9 +168,25 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print_json(workers)
         return 0
     rows = [[w["name"], str(w["pid"] or "-"), w["state"], str(w["restarts"]), fmt_uptime(w["uptime_s"]),
-             str(len(w["functions"])), fmt_bytes(w["rss_bytes"])] for w in workers]
-    print(table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"], rows))
+             str(len(w["functions"])), fmt_bytes(w["rss_bytes"]),
+             "-" if w.get("cpu_percent") is None else f"{w['cpu_percent']:.1f}", str(w.get("in_flight", 0)),
+             _last_exit(w.get("last_exit"))] for w in workers]
+    print(table(["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS", "CPU%", "IN-FLIGHT", "LAST-EXIT"],
+                rows))
     return 0
+
+
+def _last_exit(code: int | None) -> str:
+    if code is None:
+        return "-"
+    if code < 0:
+        import signal
+
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 def cmd_invoke(args: argparse.Namespace, config: Config) -> int:
@@ -173,10 +203,30 @@ def cmd_invoke(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_restart(args: argparse.Namespace, config: Config) -> int:
+def _worker_command(args: argparse.Namespace, config: Config, verb: str, name: str) -> int:
     with control_client(args, config) as client:
-        client.call("engine::workers::restart", {"name": args.name})
-    print(f"restarting {args.name}")
+        client.call(f"engine::workers::{verb}", {"name": name})
+    print(f"{'stopping' if verb == 'stop' else verb + 'ing'} {name}")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace, config: Config) -> int:
+    return _worker_command(args, config, "restart", args.name)
+
+
+def cmd_stop(args: argparse.Namespace, config: Config) -> int:
+    return _worker_command(args, config, "stop", args.name)
+
+
+def cmd_reload(args: argparse.Namespace, config: Config) -> int:
+    with control_client(args, config) as client:
+        done = client.call("engine::reload")
+    if args.json:
+        print_json(done)
+    else:
+        for what in ("added", "removed", "restarted"):
+            print(f"{what}: {', '.join(done[what]) or '-'}")
+        print(f"unchanged: {len(done['unchanged'])}")
     return 0
 
 
@@ -203,7 +253,8 @@ def cmd_triggers(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status, "invoke": cmd_invoke, "restart": cmd_restart,
+COMMANDS = {"start": cmd_start, "status": cmd_status, "invoke": cmd_invoke, "restart": cmd_restart, "stop": cmd_stop,
+            "reload": cmd_reload,
             "functions": cmd_functions, "triggers": cmd_triggers}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import cattrs
 
 from .errors import ConfigError
 from .process.policy import BackoffPolicy
+from .process.settings import WorkerConfig, check_worker_names
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .protocol.frames import ABSOLUTE_MAX_FRAME_SIZE
 
@@ -45,6 +47,16 @@ class SupervisorConfig:
     invocation_timeout_ms: int = attrs.field(default=30_000, validator=positive)
     #: Seconds a new worker connection has to present its token.
     handshake_timeout: float = attrs.field(default=5.0, validator=positive)
+    #: Seconds a spawned worker has to connect and finish registering (the SDK says so when the
+    #: script's main code ends, or on ``iii.ready()``); then it is restarted. 0: no limit.
+    #: Per worker: ``[workers.NAME] start_timeout``.
+    start_timeout: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    #: Seconds between two pings of a connected worker (0: no pings) ...
+    ping_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    #: ... and how long its answer may take before the worker counts as hung and is restarted.
+    ping_timeout: float = attrs.field(default=20.0, validator=positive)
+    #: Seconds between two samples of every worker's RSS and CPU (psutil, in a thread).
+    sample_interval: float = attrs.field(default=5.0, validator=positive)
     #: Log level of the supervisor's own messages.
     log_level: str = attrs.field(default="info", validator=attrs.validators.in_(["debug", "info", "warning", "error"]))
     #: Directory of the embedded store (``--data-dir``; default: see ``store.datadir.default_data_dir``).
@@ -64,6 +76,8 @@ class Config:
 
     supervisor: SupervisorConfig = SupervisorConfig()
     restart: BackoffPolicy = BackoffPolicy()
+    #: ``[workers.NAME]`` sections, by worker name
+    workers: dict[str, WorkerConfig] = attrs.field(factory=dict)
     sections: dict[str, Any] = attrs.field(factory=lambda: {m.section: m.default_config() for m in _modules()})
 
     def section(self, name: str) -> Any:
@@ -77,7 +91,8 @@ class Config:
 
 
 #: the sections the supervisor itself owns (the others belong to modules)
-_CORE_SECTIONS = {"supervisor": SupervisorConfig, "restart": BackoffPolicy}
+_CORE_SECTIONS: dict[str, Any] = {"supervisor": SupervisorConfig, "restart": BackoffPolicy,
+                                   "workers": dict[str, WorkerConfig]}
 
 
 def _modules() -> tuple[ModuleSpec, ...]:
@@ -145,8 +160,12 @@ def _name_key(problem: str, kind: Any) -> str:
     message, sep, path = problem.rpartition(" @ ")
     if not sep:
         return problem
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)  # cattrs writes dict keys as workers['api']
     match = _FIELD_AT_START.match(message)
-    if match and "." not in path and isinstance(kind, type) and attrs.has(kind) \
+    depth = 0
+    if typing.get_origin(kind) is dict:  # [workers.NAME]: the class of the values, one level down
+        kind, depth = typing.get_args(kind)[1], 1
+    if match and path.count(".") == depth and isinstance(kind, type) and attrs.has(kind) \
             and match.group(1) in attrs.fields_dict(kind):
         return f"{path}.{match.group(1)}{message[match.end():]}"
     return f"{message} @ {path}"
@@ -188,6 +207,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
         raise ConfigError(f"invalid {source}: {'; '.join(problems)}")
     config = Config(supervisor=parsed.get("supervisor", SupervisorConfig()),
                     restart=parsed.get("restart", BackoffPolicy()),
+                    workers=parsed.get("workers", {}),
                     sections={m.section: parsed[m.section] if m.section in parsed else m.default_config()
                               for m in modules})
     problem = check_config(config, modules)
@@ -198,6 +218,8 @@ def parse_config(data: dict[str, Any], *, source: str = "config",
 
 def check_config(config: Config, modules: tuple[ModuleSpec, ...] | None = None) -> str | None:
     """Checks across sections (after each section validated on its own); the first problem, or None."""
+    if (problem := check_worker_names(config.workers)) is not None:
+        return problem
     frame = config.supervisor.max_frame_size
     if frame > ABSOLUTE_MAX_FRAME_SIZE:
         return (f"supervisor.max_frame_size {frame} is over the 4-byte length prefix's limit of "

@@ -8,22 +8,27 @@ gracefully first (SIGTERM, grace, SIGKILL), then the sockets close and the lock 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from pathlib import Path
 
+import attrs
 import trio
 
 from .builtins import install_builtins
 from .channels import ChannelTable
-from .config import Config
+from .config import Config, load_config
+from .errors import ConfigError, InvocationError
 from .invocation import Invoker
-from .modules import cron, queue, state, stream
+from .modules import cron, metrics, queue, state, stream
 from .modules import log as log_module
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
 from .process.pool import WorkerPool
+from .process.reaper import Reaper
 from .process.runner import discover_workers
+from .process.settings import worker_specs
 from .registry import Registry
 from .server import http
 from .server.sockets import SessionServer, SocketLimits, serve_unix
@@ -42,14 +47,20 @@ MODULES: tuple[ModuleSpec, ...] = (
     state.SPEC,
     stream.SPEC,
     cron.SPEC,
+    metrics.SPEC,
 )
 
 
 class Engine:
     def __init__(self, config: Config, workers_dir: Path, *, runtime_dir: Path | None = None,
-                 data_dir: Path | None = None, output: Output | None = None) -> None:
+                 data_dir: Path | None = None, output: Output | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
         self.workers_dir = workers_dir
+        #: the file ``reload`` (SIGHUP) reads again (None: the defaults), and what it said last
+        #: (before command-line flags: a reload compares files, not flags)
+        self.config_path = config_path
+        self._file_config = load_config(config_path) if config_path is not None else Config()
         self.runtime_dir = prepare_runtime_dir(resolve_runtime_dir(config.supervisor.runtime_dir, runtime_dir))
         self.worker_socket = self.runtime_dir / WORKER_SOCKET
         self.control_socket = self.runtime_dir / CONTROL_SOCKET
@@ -57,13 +68,20 @@ class Engine:
         self.registry = Registry()
         self.invoker = Invoker(self.registry, default_timeout=sup.invocation_timeout_ms / 1000,
                                max_backlog=sup.max_queued_bytes)
-        specs = discover_workers(workers_dir)
+        specs = worker_specs(discover_workers(workers_dir), config.workers, workers_dir)
         self.output = output or default_output()
         self.worker_lines = WorkerLines()
+        self.reaper = Reaper()
         self.pool = WorkerPool(specs, socket_path=self.worker_socket, policy=config.restart,
-                               grace=sup.grace_period, output=self.output, lines=self.worker_lines)
+                               grace=sup.grace_period, output=self.output, lines=self.worker_lines,
+                               reaper=self.reaper, start_timeout=sup.start_timeout,
+                               ping_interval=sup.ping_interval, ping_timeout=sup.ping_timeout,
+                               sample_interval=sup.sample_interval)
         self.channels = ChannelTable()
-        install_builtins(self.registry, self.pool)
+        install_builtins(self.registry, self.pool, self.invoker.stats)
+        self.registry.add_builtin("engine::reload", self._reload_builtin,
+                                  "Re-read the config and rescan the workers directory (what SIGHUP does)")
+        self._reloading = trio.Lock()
         #: the embedded store, opened (lock, integrity check) by run() before any module starts
         self.store: SqliteStore | None = None
         if any(spec.uses_store for spec in MODULES):
@@ -97,6 +115,7 @@ class Engine:
                 await nursery.start(serve_unix, self.control_socket, self.server.handle_control, self.limits)
                 for module in self.modules.values():  # each is ready (its types and functions in) before the next
                     await nursery.start(module.run)
+                await nursery.start(self.reaper.run)  # before any worker: none may outlive us
                 pool_done = trio.Event()
                 await nursery.start(self._run_pool, pool_done)
                 await nursery.start(run_watchdog)
@@ -123,8 +142,50 @@ class Engine:
             done.set()
 
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
-                self.stop()
+                if signum == signal.SIGHUP:
+                    with contextlib.suppress(ConfigError):  # refused and logged: the running set stays
+                        await self.reload()
+                else:
+                    self.stop()
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the config file and rescan the workers directory; apply the worker changes
+        (new ones start, removed ones stop, changed ones restart, the others run on). A bad
+        config is refused (:class:`ConfigError`) and nothing changes. Other sections are not
+        reloaded (the HTTP front keeps its address, …): a warning says so."""
+        async with self._reloading:
+            source = str(self.config_path) if self.config_path else "the defaults"
+            try:
+                config = load_config(self.config_path)
+                specs = worker_specs(discover_workers(self.workers_dir), config.workers, self.workers_dir)
+            except ConfigError as exc:
+                log.error("reload refused, the running workers are unchanged: %s", exc.message)
+                raise
+            except OSError as exc:
+                log.error("reload refused, the running workers are unchanged: cannot scan %s: %s",
+                          self.workers_dir, exc.strerror)
+                raise ConfigError(f"cannot scan the workers directory {str(self.workers_dir)!r}: {exc.strerror}") \
+                    from None
+            before = self._file_config
+            ignored = [name for name in ("supervisor", *sorted(config.sections))
+                       if (config.supervisor if name == "supervisor" else config.sections[name])
+                       != (before.supervisor if name == "supervisor" else before.sections.get(name))]
+            self._file_config = config
+            done = await self.pool.reload(specs, config.restart)
+            self.config = attrs.evolve(self.config, workers=config.workers, restart=config.restart)
+            log.info("reloaded from %s: added %s; removed %s; restarted %s; %d unchanged", source,
+                     ", ".join(done["added"]) or "none", ", ".join(done["removed"]) or "none",
+                     ", ".join(done["restarted"]) or "none", len(done["unchanged"]))
+            if ignored:
+                log.warning("reload: changes to [%s] take effect at the next start", "], [".join(ignored))
+            return done
+
+    async def _reload_builtin(self, _data: object) -> dict[str, list[str]]:
+        try:
+            return await self.reload()
+        except ConfigError as exc:
+            raise InvocationError(f"reload refused, nothing changed: {exc.message}", code="config_error") from None

@@ -72,6 +72,9 @@ class FunctionEntry:
     metadata: dict[str, Any] | None = None
     #: For engine built-ins: the coroutine function that serves the call.
     builtin: BuiltinHandler | None = None
+    #: other instances of the owner's worker (``instances = N``) that registered it too; calls
+    #: are spread over ``owner`` and these (see :meth:`Registry.owners_of`)
+    replicas: list[Owner] = attrs.Factory(list)
 
     @property
     def owner_name(self) -> str:
@@ -88,6 +91,18 @@ class TriggerEntry:
     metadata: dict[str, Any] | None = None
     #: False while the provider of its type is away (the binding waits to be replayed).
     active: bool = False
+    #: other instances of the owner's worker that registered the same binding: their own
+    #: trigger id, by owner. The binding lives (and fires) while any of them does.
+    replicas: dict[Any, str] = attrs.Factory(dict)
+
+
+def _group(owner: Owner | None) -> str | None:
+    """The worker an owner is an instance of (``api`` for ``api:0``, ``api:1``), or None."""
+    return getattr(owner, "group", None)
+
+
+def _same_group(a: Owner | None, b: Owner | None) -> bool:
+    return a is not None and b is not None and a is not b and _group(a) is not None and _group(a) == _group(b)
 
 
 class TriggerProvider(Protocol):
@@ -118,6 +133,8 @@ class Registry:
         self._type_alias: dict[str, str] = {}
         #: action type (``enqueue``) → the module's handler
         self._actions: dict[str, ActionHandler] = {}
+        #: trigger id of an instance sharing a binding → the id the binding is stored under
+        self._trigger_replicas: dict[str, str] = {}
 
     # --- functions ----------------------------------------------------------------------------
 
@@ -125,9 +142,15 @@ class Registry:
         """Register a function. The same owner re-registering is idempotent (it updates)."""
         current = self.functions.get(entry.id)
         if current is not None and current.owner is not entry.owner:
+            if _same_group(current.owner, entry.owner):  # another instance of the same worker
+                if entry.owner not in current.replicas:
+                    current.replicas.append(entry.owner)  # type: ignore[arg-type]
+                return
             raise FunctionConflict(
                 f"function {entry.id!r} is already registered by {current.owner_name!r}",
             )
+        if current is not None:
+            entry.replicas = current.replicas
         self.functions[entry.id] = entry
 
     def add_builtin(self, function_id: str, handler: BuiltinHandler, description: str) -> None:
@@ -135,10 +158,23 @@ class Registry:
 
     def remove_function(self, function_id: str, owner: Owner | None) -> bool:
         current = self.functions.get(function_id)
-        if current is None or current.owner is not owner:
+        if current is None:
             return False
-        del self.functions[function_id]
+        if owner in current.replicas:
+            current.replicas.remove(owner)  # type: ignore[arg-type]
+            return True
+        if current.owner is not owner:
+            return False
+        if current.replicas:  # another instance takes it over: the function stays available
+            current.owner = current.replicas.pop(0)
+        else:
+            del self.functions[function_id]
         return True
+
+    @staticmethod
+    def owners_of(entry: FunctionEntry) -> list[Owner]:
+        """Every live owner of ``entry`` (one, or each instance of a worker that registered it)."""
+        return [entry.owner, *entry.replicas] if entry.owner is not None else []
 
     def lookup(self, function_id: str) -> FunctionEntry | None:
         return self.functions.get(function_id)
@@ -149,7 +185,7 @@ class Registry:
 
     def functions_of(self, owner: Owner) -> list[str]:
         """Ids of the functions ``owner`` registered, sorted."""
-        return sorted(f.id for f in self.functions.values() if f.owner is owner)
+        return sorted(f.id for f in self.functions.values() if f.owner is owner or owner in f.replicas)
 
     # --- actions --------------------------------------------------------------------------------
 
@@ -205,6 +241,12 @@ class Registry:
                 f"unknown trigger type {trigger.trigger_type!r} (known types: {known})"
             )
         current = self.triggers.get(trigger.id)
+        if current is None and trigger.id not in self._trigger_replicas:
+            shared = self._shared_binding(trigger)
+            if shared is not None:  # another instance of the same worker bound it already
+                shared.replicas[trigger.owner] = trigger.id
+                self._trigger_replicas[trigger.id] = shared.id
+                return
         was_active = current is not None and current.active
         if current is not None:
             if current.owner is not trigger.owner:
@@ -224,6 +266,15 @@ class Registry:
             trigger.active = True
         self.triggers[trigger.id] = trigger
 
+    def _shared_binding(self, trigger: TriggerEntry) -> TriggerEntry | None:
+        if _group(trigger.owner) is None:
+            return None
+        for t in self.triggers.values():
+            if (t.trigger_type == trigger.trigger_type and t.function_id == trigger.function_id
+                    and t.config == trigger.config and _same_group(t.owner, trigger.owner)):
+                return t
+        return None
+
     def _activate(self, trigger: TriggerEntry, type_entry: TriggerTypeEntry) -> None:
         assert type_entry.provider is not None
         try:
@@ -234,9 +285,24 @@ class Registry:
                         trigger.function_id, exc.message)
 
     def remove_trigger(self, trigger_id: str, owner: Owner | None) -> TriggerEntry | None:
-        trigger = self.triggers.get(trigger_id)
-        if trigger is None or trigger.owner is not owner:
+        key = self._trigger_replicas.get(trigger_id, trigger_id)  # an instance's own id for a shared binding
+        trigger = self.triggers.get(key)
+        if trigger is None:
             return None
+        if trigger.owner is not owner:
+            if owner is None or trigger.replicas.get(owner) != trigger_id:
+                return None
+            del trigger.replicas[owner]
+            del self._trigger_replicas[trigger_id]
+            return trigger
+        if trigger.replicas:  # shared with other instances: one of them takes it over, it keeps firing
+            new_owner = next(iter(trigger.replicas))
+            del trigger.replicas[new_owner]
+            trigger.owner = new_owner  # (its own id already names the binding)
+            return trigger
+        for alias in [a for a, k in self._trigger_replicas.items() if k == key]:
+            del self._trigger_replicas[alias]
+        trigger_id = key
         del self.triggers[trigger_id]
         if trigger.active:
             trigger.active = False
@@ -266,10 +332,12 @@ class Registry:
 
     def remove_owner(self, owner: Owner) -> tuple[list[str], list[str]]:
         """Remove everything ``owner`` registered; returns (function ids, trigger ids)."""
-        functions = [fid for fid, f in self.functions.items() if f.owner is owner]
+        functions = [fid for fid, f in self.functions.items() if f.owner is owner or owner in f.replicas]
         for fid in functions:
-            del self.functions[fid]
+            self.remove_function(fid, owner)
         triggers = [tid for tid, t in self.triggers.items() if t.owner is owner]
+        triggers += [tid for tid, shared in self._trigger_replicas.items()
+                     if (t := self.triggers.get(shared)) is not None and t.replicas.get(owner) == tid]
         for tid in triggers:
             self.remove_trigger(tid, owner)
         for type_id in [tid for tid, t in self.trigger_types.items() if t.owner is owner]:

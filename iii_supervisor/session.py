@@ -11,6 +11,7 @@ session owned and the invoker fails every call in flight to it, before any other
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -44,6 +45,7 @@ from .protocol import (
     UnregisterFunction,
     UnregisterTrigger,
     UnregisterTriggerType,
+    WorkerReady,
 )
 from .ratelimit import RateLimitedLog
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
@@ -92,6 +94,12 @@ class Session:
         self.channels = channels
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
+        #: the worker program this session is an instance of (``api`` for ``api:1``): instances
+        #: of one worker may register the same functions and triggers (see the registry)
+        self.group: str | None = None
+        #: called when the worker says it has finished starting (``workerready``)
+        self.on_ready: Callable[[], None] | None = None
+        self._pong: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.name} {self.worker_id}>"
@@ -99,6 +107,12 @@ class Session:
     def send_nowait(self, msg: Message | Chunk) -> None:
         if not self.stream.closed:
             self.stream.send_nowait(msg)
+
+    def ping(self) -> trio.Event:
+        """Send a ``ping``; the event is set when the next ``pong`` arrives."""
+        self._pong = trio.Event()
+        self.send_nowait(Ping())
+        return self._pong
 
     def backlog(self) -> int:
         """Bytes queued for this peer that its socket has not taken yet."""
@@ -161,7 +175,11 @@ class Session:
             case Ping():
                 self.send_nowait(Pong())
             case Pong():
-                pass
+                if self._pong is not None:
+                    self._pong.set()
+            case WorkerReady():
+                if self.on_ready is not None:
+                    self.on_ready()
             case Chunk() | ChannelControl() | ChannelClose() | ChannelWindow():
                 self.channels.deliver(self, event)
             case RegisterFunction() | UnregisterFunction() | RegisterTrigger() | UnregisterTrigger() | \

@@ -357,7 +357,8 @@ async def test_cli_invoke_status_and_errors(workers_dir: Path) -> None:
             assert bad_json.returncode == 2 and b"not valid JSON" in bad_json.stderr
             status = await run_cli(sup, "status")
             header, *rows = status.stdout.decode().splitlines()
-            assert header.split() == ["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS"]
+            assert header.split() == ["NAME", "PID", "STATE", "RESTARTS", "UPTIME", "FUNCTIONS", "RSS", "CPU%",
+                                      "IN-FLIGHT", "LAST-EXIT"]
             assert sorted(r.split()[0] for r in rows) == ["caller", "target"]
             as_json = orjson.loads((await run_cli(sup, "status", "--json")).stdout)
             target = next(w for w in as_json if w["name"] == "target")

@@ -90,8 +90,12 @@ def _exit(tracker: RestartTracker, now: float, run_duration: float) -> float:
     return tracker.on_exit(started_at=now - run_duration, now=now)
 
 
+#: backoff alone, without the restart intensity getting in the way
+NO_LIMIT = {"max_restarts": 10**6}
+
+
 def test_consecutive_quick_crashes_grow_the_delay() -> None:
-    tracker = RestartTracker(BackoffPolicy())
+    tracker = RestartTracker(BackoffPolicy(**NO_LIMIT))
     delays = [_exit(tracker, 100.0 + i, 0.1) for i in range(8)]
     assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert tracker.failures == 8
@@ -116,7 +120,7 @@ def test_run_just_below_reset_after_does_not_reset() -> None:
 
 
 def test_restarts_counts_every_exit() -> None:
-    tracker = RestartTracker(BackoffPolicy(reset_after=10.0))
+    tracker = RestartTracker(BackoffPolicy(reset_after=10.0, **NO_LIMIT))
     durations = [0.1, 0.1, 20.0, 0.1, 3600.0, 0.1]
     for i, d in enumerate(durations):
         _exit(tracker, 10_000.0 + i, d)
@@ -143,7 +147,7 @@ RESTART_STEPS: list[tuple[float, float]] = [
 
 
 def test_restart_delay_table() -> None:
-    tracker = RestartTracker(BackoffPolicy(initial_delay=0.5, max_delay=30.0, factor=2.0, reset_after=10.0))
+    tracker = RestartTracker(BackoffPolicy(initial_delay=0.5, max_delay=30.0, factor=2.0, reset_after=10.0, **NO_LIMIT))
     now = 1000.0
     for step, (run_duration, expected) in enumerate(RESTART_STEPS):
         started_at = now
@@ -152,3 +156,82 @@ def test_restart_delay_table() -> None:
         assert delay == expected, f"step {step}: run of {run_duration}s gave {delay}, expected {expected}"
         now += delay
     assert tracker.restarts == len(RESTART_STEPS)
+
+
+# --- restart intensity (FATAL) -------------------------------------------------------------------
+
+
+def test_more_than_max_restarts_within_the_window_is_fatal() -> None:
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, factor=1.0, max_restarts=3, restart_window=60.0))
+    assert [tracker.on_exit(started_at=t, now=t + 0.1) for t in (0.0, 2.0, 4.0)] == [1.0, 1.0, 1.0]
+    assert tracker.on_exit(started_at=6.0, now=6.1) is None  # the 4th restart within 60 s: give up
+    assert tracker.restarts == 3  # the refused one is not a restart
+
+
+def test_restarts_spread_wider_than_the_window_go_on_forever() -> None:
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, factor=1.0, max_restarts=3, restart_window=10.0))
+    now = 0.0
+    for _ in range(100):  # one crash every 4 s: never more than 3 in 10 s
+        assert tracker.on_exit(started_at=now, now=now + 3.0) is not None
+        now += 4.0
+    assert tracker.restarts == 100
+    assert len(tracker.recent) <= 3  # bounded memory
+
+
+def test_the_window_slides() -> None:
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, factor=1.0, max_restarts=2, restart_window=10.0))
+    assert tracker.on_exit(started_at=0, now=1) is not None
+    assert tracker.on_exit(started_at=2, now=3) is not None
+    assert tracker.on_exit(started_at=4, now=5) is None  # 3 within 10 s
+    # exactly restart_window after the first one it has left the window
+    assert tracker.on_exit(started_at=10, now=11) is not None
+
+
+def test_clear_forgets_the_history() -> None:
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, factor=2.0, max_restarts=1, restart_window=60.0))
+    assert tracker.on_exit(started_at=0, now=0.1) == 1.0
+    assert tracker.on_exit(started_at=1, now=1.1) is None
+    tracker.clear()
+    assert tracker.on_exit(started_at=2, now=2.1) == 1.0  # backoff starts over too
+    assert tracker.restarts == 2
+
+
+def test_max_restarts_zero_makes_the_first_crash_fatal() -> None:
+    tracker = RestartTracker(BackoffPolicy(max_restarts=0))
+    assert tracker.on_exit(started_at=0, now=100) is None
+
+
+def test_default_intensity_lets_a_crash_loop_run_about_half_a_minute() -> None:
+    # instant crashes with the default backoff: 0.5 + 1 + 2 + 4 + 8 = 15.5 s of restarts, then FATAL
+    tracker = RestartTracker(BackoffPolicy())
+    now, delays = 0.0, []
+    while (delay := tracker.on_exit(started_at=now, now=now)) is not None:
+        delays.append(delay)
+        now += delay
+    assert delays == [0.5, 1, 2, 4, 8]
+    assert now == 15.5
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_restarts": -1}, "max_restarts"),
+    ({"restart_window": 0}, "restart_window must be a finite number > 0"),
+])
+def test_intensity_settings_are_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BackoffPolicy(**kwargs)
+
+
+def test_delays_are_jittered_downwards_and_stay_capped() -> None:
+    policy = BackoffPolicy(initial_delay=1.0, max_delay=8.0, factor=2.0, jitter=0.25)
+    assert policy.delay(3) == 4.0  # no draw: the plain schedule
+    assert policy.delay(3, rand=0.5) == 3.5
+    assert policy.delay(3, rand=0.999) > 3.0
+    assert all(policy.delay(10, rand=r / 10) <= 8.0 for r in range(10))  # capped whatever the draw
+    tracker = RestartTracker(BackoffPolicy(initial_delay=1.0, jitter=0.5, max_restarts=100))
+    assert tracker.on_exit(started_at=0.0, now=0.1, rand=1.0 - 1e-9) == pytest.approx(0.5)
+
+
+def test_jitter_out_of_range_is_refused() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="jitter"):
+            BackoffPolicy(jitter=bad)

@@ -52,6 +52,7 @@ from iii_supervisor.protocol import (
     UnregisterFunction,
     UnregisterTrigger,
     UnregisterTriggerType,
+    WorkerReady,
     WorkerRegistered,
     decode_payload,
     encode,
@@ -99,6 +100,7 @@ ERR = ErrorBody(code="invocation_failed", message="boom", stacktrace="Traceback 
 FULL_SAMPLES = [
     Hello(token="s3cr3t", name="worker-a", pid=4242),
     WorkerRegistered(worker_id="w-1", name="worker-a", max_frame_size=1024),
+    WorkerReady(),
     Error(error=ERR),
     Ping(),
     Pong(),
@@ -154,6 +156,7 @@ FULL_SAMPLES = [
 MINIMAL_SAMPLES = [
     Hello(token="t"),
     WorkerRegistered(worker_id="w"),
+    WorkerReady(),
     Error(error=ErrorBody(code="c", message="m")),
     Ping(),
     Pong(),
@@ -177,6 +180,7 @@ _MINIMAL_BY_CLASS = {type(m): m for m in MINIMAL_SAMPLES}
 EXPECTED_TAGS = {
     "hello": Hello,
     "workerregistered": WorkerRegistered,
+    "workerready": WorkerReady,
     "error": Error,
     "ping": Ping,
     "pong": Pong,

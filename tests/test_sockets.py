@@ -37,10 +37,16 @@ TOKEN = "t" * 43
 
 
 @attrs.define
+class FakeSpec:
+    name: str = "w"
+
+
+@attrs.define
 class FakeSlot:
     name: str = "w"
     pid: int | None = None
     session: Any = None
+    spec: FakeSpec = attrs.Factory(FakeSpec)
 
 
 class FakePool:

@@ -13,7 +13,8 @@
 - No ``PR_SET_PDEATHSIG``: trio forks from a thread of its thread cache, and the kernel sends
   the parent-death signal when that *thread* exits (after 10 s idle), which killed every worker
   10 s after its start. A worker learns of a dead supervisor from its socket instead (the SDK
-  exits on EOF); under systemd, ``KillMode=mixed`` reaps the rest.
+  exits on EOF), and the watchdog of :mod:`.reaper` kills every worker's group when the
+  supervisor is gone; under systemd, ``KillMode=`` covers the whole control group.
 """
 
 from __future__ import annotations
@@ -40,12 +41,27 @@ MAX_LINE = 64 * 1024
 
 @attrs.frozen
 class WorkerSpec:
-    """A worker program found in the workers directory."""
+    """A worker program (found in the workers directory, or declared in ``[workers.NAME]``) and
+    how to supervise it (see :mod:`.settings` for the per-worker keys)."""
 
     name: str
     path: Path
     command: tuple[str, ...]
     cwd: Path
+    #: variables added to the worker's environment (over the supervisor's, under the III_* ones)
+    env: Mapping[str, str] = attrs.field(factory=dict, kw_only=True)
+    #: "always" | "on-failure" | "never"
+    restart: str = attrs.field(default="always", kw_only=True)
+    #: seconds between SIGTERM and SIGKILL (None: the supervisor's ``grace_period``)
+    grace_period: float | None = attrs.field(default=None, kw_only=True)
+    #: False: not started with the supervisor (``iii-supervisor start NAME`` starts it)
+    enabled: bool = attrs.field(default=True, kw_only=True)
+    #: seconds to connect and finish registering (None: the supervisor's ``start_timeout``; 0: none)
+    start_timeout: float | None = attrs.field(default=None, kw_only=True)
+    #: bytes; restarted gracefully when its RSS stays above it (None: no limit)
+    max_rss: int | None = attrs.field(default=None, kw_only=True)
+    #: processes of this program (``NAME:0`` … when more than one); calls are spread over them
+    instances: int = attrs.field(default=1, kw_only=True)
 
 
 def discover_workers(directory: Path, *, python: str = sys.executable) -> list[WorkerSpec]:
@@ -217,6 +233,7 @@ async def terminate(pgid: int, exited: trio.Event, *, grace: float) -> None:
     if exited.is_set():
         return
     signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGCONT)  # a stopped (SIGSTOP) worker acts on SIGTERM only once continued
     with trio.move_on_after(grace):
         await exited.wait()
     if not exited.is_set():

@@ -27,6 +27,7 @@ __all__ = [
     "ErrorBody",
     "Action",
     "Hello",
+    "WorkerReady",
     "WorkerRegistered",
     "Error",
     "Ping",
@@ -98,6 +99,12 @@ class Error:
     """A fatal error; the sender closes the connection right after it."""
 
     error: ErrorBody
+
+
+@attrs.define(kw_only=True)
+class WorkerReady:
+    """iii-supervisor: the worker has registered everything it registers at start (the SDK sends
+    it when the script's main code ends, or on ``iii.ready()``); it now counts as running."""
 
 
 @attrs.define(kw_only=True)
@@ -238,6 +245,7 @@ class ChannelWindow:
 Message = (
     Hello
     | WorkerRegistered
+    | WorkerReady
     | Error
     | Ping
     | Pong

@@ -173,6 +173,7 @@ class SessionServer:
             log.info("worker %s connected from pid %d (spawned as pid %d)", slot.name, peer_pid, slot.pid)
         session = Session(framed, name=slot.name, worker_id=f"{slot.name}-{next(self._ids)}", registry=self.registry,
                           invoker=self.invoker, channels=self.channels, is_worker=True, pid=peer_pid)
+        session.group = slot.spec.name
         self.pool.attach(slot, session)
         framed.send_nowait(WorkerRegistered(worker_id=session.worker_id, name=slot.name,
                                             max_frame_size=self.limits.max_frame_size))

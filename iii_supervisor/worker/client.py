@@ -63,6 +63,7 @@ from ..protocol import (
     UnregisterFunction,
     UnregisterTrigger,
     UnregisterTriggerType,
+    WorkerReady,
     WorkerRegistered,
 )
 from ..protocol.channels import ChannelRef, Direction
@@ -228,6 +229,7 @@ class III:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._shutting_down = False
+        self._ready_sent = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._thread_main, name=f"iii-worker[{name}]", daemon=False)
         self._start()
@@ -247,6 +249,12 @@ class III:
 
     def _wait_until_closed(self) -> None:
         self._thread.join()
+
+    def _main_code_ended(self) -> None:
+        try:
+            self.ready()
+        except ConnectionLost:
+            pass
 
     def _close_at_exit(self, reason: str) -> None:
         if self._thread.is_alive() and not self._shutting_down:
@@ -639,6 +647,14 @@ class III:
         return answer.result
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def ready(self) -> None:
+        """Tell the supervisor this worker has finished starting: it now counts as ``running``
+        (until then ``starting``, and restarted after ``start_timeout``). Sent by itself when the
+        script's main code ends; call it when the main code goes on running (a loop of its own)."""
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._send_threadsafe(WorkerReady())
 
     def shutdown(self) -> None:
         """Close the connection and stop the loop thread (the process may then exit)."""

@@ -43,6 +43,8 @@ from typing import Protocol
 
 
 class _Client(Protocol):
+    def _main_code_ended(self) -> None: ...
+
     def _wait_until_closed(self) -> None: ...
 
     def _close_at_exit(self, reason: str) -> None: ...
@@ -95,6 +97,8 @@ def _serve_until_closed() -> None:
         if _main_code_raised():
             for client in clients:
                 client._close_at_exit("the main code raised")
+        for client in clients:
+            client._main_code_ended()  # the worker has registered what it registers: ready
         for client in clients:
             client._wait_until_closed()
     except KeyboardInterrupt:

@@ -63,6 +63,8 @@ class HttpConnection:
         self.armed = math.inf
         #: a client that reads nothing for this long while we write is dropped
         self.write_timeout = write_timeout
+        #: the front's count of responses by status (None: not counted)
+        self.statuses: dict[int, int] | None = None
         self.parser = _new_parser()
         #: covers the whole connection; cancelled when a read deadline passes
         self.scope = trio.CancelScope()
@@ -184,8 +186,13 @@ class HttpConnection:
                  or not self.finish_request_body())
         self.must_close = self.must_close or close
         self.response_started = True
+        self.count(response.status)
         await self.write(encode_response(response, head_only=request is not None and request.head_only,
                                          close=close))
+
+    def count(self, status: int) -> None:
+        if self.statuses is not None:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
 
     # --- bodies and errors -------------------------------------------------------------------
 

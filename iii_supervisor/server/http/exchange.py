@@ -303,6 +303,7 @@ class Exchange:
 
         try:
             http.response_started = True
+            http.count(head.status)
             await http.write(encode_head(head, length=length, chunked=chunked, close=close))
             await forward(first)
             while True:

@@ -63,10 +63,13 @@ class HttpFront:
         self._per_client: dict[str, int] = {}
         self._timer: Deadlines[HttpConnection] = Deadlines(_expire_read, _read_current)
         self._refused = RateLimitedLog(log, REFUSAL_LOG_INTERVAL)
+        #: responses sent, by status code (``engine::http::stats``, for /metrics)
+        self.statuses: dict[int, int] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         self.registry.add_trigger_type(TriggerTypeEntry("http", "HTTP requests to config.api_path",
                                                         HttpTriggerProvider(self.router)))
+        self.registry.add_builtin("engine::http::stats", self._stats, "HTTP responses sent, by status code")
         try:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         except OSError as exc:
@@ -80,6 +83,9 @@ class HttpFront:
             await nursery.start(trio.serve_listeners, self._serve_connection, listeners)
             log.info("HTTP front listening on http://%s:%d", _host_for_url(sockname[0]), self.port)
             task_status.started(self.port)
+
+    async def _stats(self, _data: object) -> dict[str, object]:
+        return {"responses": {str(status): n for status, n in sorted(self.statuses.items())}}
 
     # --- connections --------------------------------------------------------------------------
 
@@ -95,6 +101,7 @@ class HttpFront:
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         client = _client_address(stream)
         http = HttpConnection(PlainSocket.take(stream), write_timeout=self.config.body_timeout, arm=self._timer.add)
+        http.statuses = self.statuses
         try:
             refusal = self._refusal(client)
             if refusal is not None:
