@@ -59,13 +59,13 @@ from ..tracing import (
 )
 from ..worker_lines import LineContext, WorkerLines
 from .base import ModuleContext, ModuleSpec
+from .trigger_feed import offer
 
 log = logging.getLogger(__name__)
 
 #: level name → rank; a trigger or filter at a level gets that level and the ones above
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 _LEVEL_ALIASES = {"warning": "warn", "err": "error", "information": "info"}
-_DROP_LOG_INTERVAL = 10.0
 #: about this many bytes of entries per engine::logs::list answer at most (the rest: next cursor)
 LIST_BUDGET = 4 * 1024 * 1024
 
@@ -297,17 +297,7 @@ class LogModule:
         for sub in self._subscriptions.values():
             if rank < sub.min_rank:
                 continue
-            try:
-                sub.send.send_nowait(entry)
-            except trio.WouldBlock:
-                sub.dropped += 1
-                now = trio.current_time()
-                if now - sub.last_drop_log >= _DROP_LOG_INTERVAL:
-                    sub.last_drop_log = now
-                    log.warning("log trigger %s (%s) is not keeping up: %d entries dropped so far (buffer %d)",
-                                sub.trigger.id, sub.trigger.function_id, sub.dropped, self.config.trigger_buffer)
-            except trio.ClosedResourceError:
-                pass
+            offer(sub, entry, what="entries", buffer=self.config.trigger_buffer, log=log)
 
     async def _deliver(self, sub: _Subscription) -> None:
         """Call the trigger's function with each entry, one at a time, in order."""

@@ -54,12 +54,12 @@ from ..invocation import Invoker
 from ..registry import Registry, TriggerEntry, TriggerTypeEntry
 from ..tracing import call_context, child_traceparent
 from .base import ModuleContext, ModuleSpec
+from .trigger_feed import offer
 from .update_ops import apply_ops
 
 log = logging.getLogger(__name__)
 
 _MISSING: Any = object()
-_DROP_LOG_INTERVAL = 10.0
 MAX_NAME = 1024
 
 # --- storage: the module's SQL, in one place (see docs/store.md) ---------------------------------
@@ -381,17 +381,7 @@ class StateModule:
         for sub in self._subscriptions.values():
             if not sub.matches(event["scope"], event["key"]):
                 continue
-            try:
-                sub.send.send_nowait(ready)
-            except trio.WouldBlock:
-                sub.dropped += 1
-                now = trio.current_time()
-                if now - sub.last_drop_log >= _DROP_LOG_INTERVAL:
-                    sub.last_drop_log = now
-                    log.warning("state trigger %s (%s) is not keeping up: %d events dropped so far (buffer %d)",
-                                sub.trigger.id, sub.trigger.function_id, sub.dropped, self.config.trigger_buffer)
-            except trio.ClosedResourceError:
-                pass
+            offer(sub, ready, what="events", buffer=self.config.trigger_buffer, log=log)
 
     async def _deliver(self, sub: _Subscription) -> None:
         """One event at a time, in commit order: the condition (if any), then the function."""

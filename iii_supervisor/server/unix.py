@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import stat
@@ -21,6 +20,7 @@ from pathlib import Path
 import trio
 
 from ..errors import AuthError, RuntimeDirError
+from ..pidlock import PidLock
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
 _PEERCRED = struct.Struct("3i")
@@ -87,36 +87,17 @@ def prepare_runtime_dir(path: Path) -> Path:
     return path
 
 
-class RuntimeLock:
+class RuntimeLock(PidLock):
     """Exclusive ownership of a runtime directory for the life of one supervisor."""
 
     def __init__(self, runtime_dir: Path) -> None:
-        self.path = runtime_dir / "supervisor.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:  # ELOOP: a symlink in our private directory is not ours to follow
-            raise RuntimeDirError(f"cannot open lock file {str(self.path)!r}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RuntimeDirError(
-                f"another iii-supervisor (pid {holder}) is already running on runtime directory "
-                f"{str(self.path.parent)!r}; stop it or pass a different --runtime-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        path = runtime_dir / "supervisor.lock"
+        super().__init__(
+            path,
+            cannot_open=lambda why: RuntimeDirError(f"cannot open lock file {str(path)!r}: {why}"),
+            held_by=lambda pid: RuntimeDirError(
+                f"another iii-supervisor (pid {pid}) is already running on runtime directory "
+                f"{str(runtime_dir)!r}; stop it or pass a different --runtime-dir"))
 
 
 def bind_unix_socket(path: Path, *, backlog: int = 128) -> socket.socket:

@@ -7,12 +7,12 @@ Resolution order: ``--data-dir`` flag, ``[supervisor] data_dir`` in the config f
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 from pathlib import Path
 
 from ..errors import DataDirError, DataDirLocked
+from ..pidlock import PidLock
 
 LOCK_FILE = "store.lock"
 
@@ -53,7 +53,7 @@ def prepare_data_dir(path: Path) -> Path:
     return path
 
 
-class DataDirLock:
+class DataDirLock(PidLock):
     """An exclusive ``flock`` on ``store.lock`` in the data directory, holding the owner's pid.
 
     The runtime directory has its own lock; this one stops two supervisors with different
@@ -61,29 +61,12 @@ class DataDirLock:
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / LOCK_FILE
-        self._fd: int | None = None
+        path = data_dir / LOCK_FILE
+        super().__init__(
+            path,
+            cannot_open=lambda why: DataDirError(f"cannot open lock file {str(path)!r}: {why}"),
+            held_by=lambda pid: DataDirLocked(
+                f"data directory {str(data_dir)!r} is in use by another iii-supervisor (pid {pid}); "
+                f"stop it or pass a different --data-dir"))
 
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise DataDirError(f"cannot open lock file {str(self.path)!r}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise DataDirLocked(
-                f"data directory {str(self.path.parent)!r} is in use by another iii-supervisor (pid {holder}); "
-                f"stop it or pass a different --data-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
