@@ -70,7 +70,6 @@ class ChannelTable:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._inbound: dict[int, Channel] = {}
-        self._by_peer: dict[ChannelPeer, set[int]] = {}
 
     def _next_id(self) -> int:
         return next(self._ids) % 2**32
@@ -78,7 +77,6 @@ class ChannelTable:
     def open_inbound(self, peer: ChannelPeer) -> Channel:
         channel = Channel(self._next_id(), peer, self)
         self._inbound[channel.id] = channel
-        self._by_peer.setdefault(peer, set()).add(channel.id)
         return channel
 
     def open_outbound(self, peer: ChannelPeer, *, empty: bool = False) -> ChannelRef:
@@ -93,19 +91,16 @@ class ChannelTable:
     def _forget(self, channel: Channel) -> None:
         if self._inbound.get(channel.id) is channel:
             del self._inbound[channel.id]
-            ids = self._by_peer.get(channel.peer)
-            if ids is not None:
-                ids.discard(channel.id)
-                if not ids:
-                    del self._by_peer[channel.peer]
         channel.inbox.close()
 
     def peer_closed(self, peer: ChannelPeer) -> None:
-        """``peer`` is gone: its inbound channels end (their readers see the end of the inbox)."""
-        for channel_id in self._by_peer.pop(peer, ()):
-            channel = self._inbound.pop(channel_id, None)
-            if channel is not None:
-                channel.inbox.close()
+        """``peer`` is gone: its inbound channels end (their readers see the end of the inbox).
+
+        A scan, not an index by peer: a worker leaves rarely, a channel opens on every HTTP
+        request, and the table holds at most one channel per request in progress."""
+        for channel in [c for c in self._inbound.values() if c.peer is peer]:
+            del self._inbound[channel.id]
+            channel.inbox.close()
 
     def __len__(self) -> int:
         return len(self._inbound)
