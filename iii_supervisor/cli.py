@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "$XDG_STATE_HOME/iii-supervisor, else ~/.local/state/iii-supervisor)")
     for module in MODULES:
         for flag in module.flags:
-            start.add_argument(flag.flag, type=flag.type, help=flag.help, dest=_flag_dest(module, flag))
+            start.add_argument(flag.flag, type=flag.type, help=flag.help, dest=_flag_dest(module, flag),
+                               metavar=flag.key.upper())
     add_common(start)
 
     status = sub.add_parser("status", help="show the workers of a running supervisor")

@@ -64,6 +64,13 @@ class StartFlag:
     help: str = ""
 
 
+def address_flags(name: str, what: str, default_port: int) -> tuple[StartFlag, StartFlag]:
+    """``--NAME-host`` and ``--NAME-port`` for a module that listens (keys ``host`` and ``port``)."""
+    return (StartFlag(flag=f"--{name}-host", key="host", help=f"address of {what} (default 127.0.0.1)"),
+            StartFlag(flag=f"--{name}-port", key="port", type=int,
+                      help=f"port of {what} (default {default_port}; 0 picks a free one)"))
+
+
 #: ``handler(args, config) -> exit code`` of a module's CLI subcommand
 CliHandler = Callable[[argparse.Namespace, "Config"], int]
 

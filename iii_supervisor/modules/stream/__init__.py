@@ -11,7 +11,7 @@ The WebSocket server itself (trio-websocket, and the writer of pre-encoded frame
 
 from __future__ import annotations
 
-from ..base import ModuleContext, ModuleSpec, StartFlag
+from ..base import ModuleContext, ModuleSpec, address_flags
 from .config import StreamConfig
 from .module import StreamModule
 
@@ -25,9 +25,7 @@ SPEC = ModuleSpec(
     section="stream",
     config_type=StreamConfig,
     build=_build,
-    flags=(StartFlag(flag="--stream-host", key="host", help="address of the stream endpoint (default 127.0.0.1)"),
-           StartFlag(flag="--stream-port", key="port", type=int,
-                     help="port of the stream endpoint (default 3112; 0 picks a free one)")),
+    flags=address_flags("stream", "the stream endpoint", 3112),
     uses_store=True,
 )
 

@@ -40,6 +40,7 @@ from ...server.ws import (
     serve_ws,
 )
 from ...tracing import call_context, child_traceparent
+from ..trigger_feed import offer
 from ..update_ops import apply_ops
 from .config import StreamConfig
 from .logic import (
@@ -67,7 +68,6 @@ from .logic import (
 log = logging.getLogger(__name__)
 
 _MISSING: Any = object()
-_DROP_LOG_INTERVAL = 10.0
 
 # --- storage: the module's SQL (see docs/store.md) ----------------------------------------------
 
@@ -371,17 +371,7 @@ class StreamModule:
         for sub in self._stream_triggers.values():
             if not sub.filter.matches(event):
                 continue
-            try:
-                sub.send.send_nowait((event, traceparent))
-            except trio.WouldBlock:
-                sub.dropped += 1
-                now = trio.current_time()
-                if now - sub.last_drop_log >= _DROP_LOG_INTERVAL:
-                    sub.last_drop_log = now
-                    log.warning("stream trigger %s (%s) is not keeping up: %d events dropped so far (buffer %d)",
-                                sub.trigger.id, sub.trigger.function_id, sub.dropped, self.config.trigger_buffer)
-            except trio.ClosedResourceError:
-                pass
+            offer(sub, (event, traceparent), what="events", buffer=self.config.trigger_buffer, log=log)
 
     # --- `stream` triggers (TriggerProvider) --------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...modules.base import ModuleContext, ModuleSpec, StartFlag
+from ...modules.base import ModuleContext, ModuleSpec, address_flags
 from .config import HttpConfig, check
 from .front import HttpFront
 
@@ -25,9 +25,7 @@ SPEC = ModuleSpec(
     section="http",
     config_type=HttpConfig,
     build=_build,
-    flags=(StartFlag(flag="--http-host", key="host", help="address of the HTTP front (default 127.0.0.1)"),
-           StartFlag(flag="--http-port", key="port", type=int,
-                     help="port of the HTTP front (default 3111; 0 picks a free one)")),
+    flags=address_flags("http", "the HTTP front", 3111),
     check=check,
 )
 
