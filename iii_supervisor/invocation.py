@@ -112,9 +112,6 @@ class Invoker:
             self._nursery = nursery
             task_status.started()
 
-    def _push_deadline(self, deadline: float, inv_id: str) -> None:
-        self._deadlines.add(deadline, inv_id)
-
     def _deadline_current(self, inv_id: str, when: float) -> bool:
         pending = self.pending.get(inv_id)
         return pending is not None and pending.deadline <= when  # (a cleared deadline is inf)
@@ -277,7 +274,7 @@ class Invoker:
         self._executing.setdefault(pending.target, set()).add(pending.id)
         if pending.caller is not None:
             self._started.setdefault(pending.caller, set()).add(pending.id)
-        self._push_deadline(pending.deadline, pending.id)
+        self._deadlines.add(pending.deadline, pending.id)
         try:
             pending.target.send_nowait(outgoing)
         except LocalProtocolError as exc:  # the call cannot be encoded for the target: fail it alone

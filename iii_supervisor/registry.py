@@ -326,10 +326,6 @@ class Registry:
     def list_trigger_types(self) -> list[TriggerTypeEntry]:
         return sorted(self.trigger_types.values(), key=lambda tt: tt.id)
 
-    def triggers_of_type(self, trigger_type: str) -> list[TriggerEntry]:
-        canonical = self.canonical_type(trigger_type)
-        return [t for t in self.triggers.values() if t.trigger_type == canonical]
-
     def remove_owner(self, owner: Owner) -> tuple[list[str], list[str]]:
         """Remove everything ``owner`` registered; returns (function ids, trigger ids)."""
         functions = [fid for fid, f in self.functions.items() if f.owner is owner or owner in f.replicas]
