@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
 from iii_supervisor.errors import error_from_wire
@@ -31,6 +32,18 @@ def write_worker(directory: Path, name: str, body: str, *, preamble: bool = True
     path = directory / f"{name}.py"
     path.write_text((PREAMBLE if preamble else "") + textwrap.dedent(body))
     return path
+
+
+def json_lines(path: Path) -> list[Any]:
+    """The complete JSON lines a worker has appended to ``path`` so far.
+
+    A worker may be half-way through a write while the test reads, so an unterminated last line
+    is left for the next read instead of failing to parse.
+    """
+    if not path.exists():
+        return []
+    *complete, _partial = path.read_bytes().split(b"\n")
+    return [orjson.loads(line) for line in complete if line.strip()]
 
 
 class Supervisor:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import trio
 
-from supervisor_harness import Supervisor, run_cli, write_worker
+from supervisor_harness import Supervisor, json_lines, run_cli, write_worker
 
 JOBS = """
 import threading
@@ -174,7 +174,7 @@ iii.register_trigger({{"type": "cron", "function_id": "nightly.run",
     data_dir = tmp_path / "data"
 
     def runs() -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return json_lines(log)
 
     with trio.fail_after(60):
         async with Supervisor(workers, "--data-dir", str(data_dir)) as sup:

@@ -48,7 +48,8 @@ class Page:
 
 async def _devtools_port(profile: Path, proc: trio.Process) -> int:
     marker = profile / "DevToolsActivePort"
-    while not marker.exists() or not marker.read_text().strip():
+    # the port's line is complete once its newline is there (the browser path follows it)
+    while not marker.exists() or "\n" not in marker.read_text():
         if proc.poll() is not None:
             raise RuntimeError(f"chromium exited with {proc.returncode}")
         await trio.sleep(0.05)

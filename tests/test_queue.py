@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import orjson
 import pytest
 import trio
 
 from iii_supervisor.errors import EngineError, EnqueueError
-from supervisor_harness import Supervisor, run_cli, write_worker
+from supervisor_harness import Supervisor, json_lines, run_cli, write_worker
 
 #: every handler appends one JSON line per call to $LOG (O_APPEND: lines never interleave)
 RECORDER = """
@@ -45,9 +44,7 @@ class Env:
         write_worker(self.workers, name, RECORDER + body)
 
     def calls(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [orjson.loads(line) for line in self.log.read_bytes().splitlines() if line.strip()]
+        return json_lines(self.log)
 
     async def wait_calls(self, predicate, timeout: float = 15) -> list[dict]:
         with trio.fail_after(timeout):
