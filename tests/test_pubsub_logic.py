@@ -87,3 +87,33 @@ def test_the_overall_budget_bounds_everything() -> None:
     second = fan.plan("t")
     assert len(first.deliver) == 3 and len(second.deliver) == 1 and len(second.drop) == 2
     assert fan.in_flight == 4 and sum(s.dropped for s in subs) == 2
+
+
+def test_garbage_is_refused_with_our_errors_only() -> None:
+    """Random JSON-like input into every new parser (the subscribe config, the publish payload, a
+    custom stream backend's answers, which issue 13 added too): our errors only, never a crash."""
+    import random
+
+    from iii_supervisor.modules.stream.logic import backend_delete_result, backend_write_result
+
+    rng = random.Random(13)
+    atoms: list[object] = [None, True, 0, -1, 2.5, float("nan"), "", "x", "é" * 2000, [], {}, [None], {"": None}]
+
+    def value(depth: int = 0) -> object:
+        if depth > 2 or rng.random() < 0.5:
+            return rng.choice(atoms)
+        if rng.random() < 0.5:
+            return [value(depth + 1) for _ in range(rng.randrange(3))]
+        keys = ["topic", "data", "condition_function_id", "new_value", "old_value", "x"]
+        return {rng.choice(keys): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    for _ in range(3000):
+        garbage = value()
+        for parse, errors in ((lambda g: parse_subscribe("t", g), TriggerRegistrationError),
+                              (parse_publish, InvocationError),
+                              (lambda g: backend_write_result("f", "set", g), InvocationError),
+                              (lambda g: backend_delete_result("f", g), InvocationError)):
+            try:
+                parse(garbage)
+            except errors:
+                pass

@@ -307,6 +307,8 @@ Encoder = Callable[[dict[str, Any]], bytes]
 
 #: the verbs a custom backend may serve (the official SDK's ``create_stream`` registers all but update)
 BACKEND_VERBS = ("get", "set", "delete", "list", "list_groups", "update")
+#: ``stream::<verb>`` of each verb (the hot path adds ``(<name>)``: no formatting per verb)
+BACKEND_PREFIXES = tuple(f"stream::{verb}" for verb in BACKEND_VERBS)
 
 
 def backend_function(verb: str, stream: str) -> str:

@@ -46,7 +46,7 @@ from ..trigger_feed import offer
 from ..update_ops import apply_ops
 from .config import StreamConfig
 from .logic import (
-    BACKEND_VERBS,
+    BACKEND_PREFIXES,
     ClientError,
     Join,
     Leave,
@@ -355,10 +355,11 @@ class StreamModule:
         """Whether a worker's functions serve ``stream`` (or did: it stays custom once seen)."""
         if stream in self._custom:
             return True
-        lookup = self.registry.lookup
-        if any(lookup(backend_function(verb, stream)) is not None for verb in BACKEND_VERBS):
-            self._custom.add(stream)
-            return True
+        functions, suffix = self.registry.functions, f"({stream})"
+        for prefix in BACKEND_PREFIXES:  # (~1 µs per call on a plain stream; a stream::set costs ~100x more)
+            if prefix + suffix in functions:
+                self._custom.add(stream)
+                return True
         return False
 
     def _backend(self, stream: str, verb: str) -> str | None:
