@@ -105,7 +105,10 @@ def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str,
         raise _fail(function_id, f"invocation.url is {len(url)} characters long (at most {MAX_URL_LENGTH})")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise _fail(function_id, "invocation.url must not contain spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # ("Invalid IPv6 URL")
+        raise _fail(function_id, f"invocation.url is not a URL ({exc}): {url[:80]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail(function_id, f"invocation.url must be an http:// or https:// URL with a host, got "
                                  f"{safe_url(url) if parts.hostname else repr(url[:80])}")
@@ -118,6 +121,8 @@ def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str,
         raise _fail(function_id, f"invocation.url must be https:// ([external_functions] require_https), got "
                                  f"{safe_url(url)}")
     host = parts.hostname
+    if ":" not in host and (len(host) > 253 or not all(0 < len(label) <= 63 for label in host.rstrip(".").split("."))):
+        raise _fail(function_id, f"invocation.url's host is not a valid host name: {host[:80]!r}")
     patterns = list(allowed_hosts)
     if not any(fnmatch.fnmatchcase(host, p.lower()) for p in patterns):
         raise _fail(function_id, f"invocation.url's host {host!r} is not in [external_functions] allowed_hosts "
