@@ -5,7 +5,8 @@ for the endpoints of external HTTP functions, and recording every request it get
         server.url("/echo")             # 200, the request echoed as JSON
         server.requests                 # [Seen(method, path, headers, body), ...]
 
-Routes: ``/echo``; ``/status/N`` (status N; ``?json`` adds an ``{"error": {...}}`` body);
+Routes: ``/echo``; ``/envelope`` (an HTTP trigger's ``{status_code: 201, headers, body}``
+holding the request body as ``got``); ``/status/N`` (status N; ``?json`` adds an ``{"error": {...}}`` body);
 ``/text`` (200, not JSON); ``/empty`` (204); ``/redirect`` (302 to /echo); ``/hold`` (answers once
 :meth:`EndpointServer.release` is called, at most 10 s); ``/big?n=N`` (200 with N bytes, no
 Content-Length); ``/declared?n=N`` (Content-Length N, then a few bytes and close).
@@ -67,6 +68,9 @@ class EndpointServer:
                 if route == "/echo":
                     self._send(200, json.dumps({"method": seen.method, "path": seen.path, "headers": seen.headers,
                                                 "body": json.loads(body) if body else None}).encode())
+                elif route == "/envelope":  # what a function bound to an http trigger answers
+                    self._send(200, json.dumps({"status_code": 201, "headers": {"x-served-by": "endpoint"},
+                                                "body": {"got": json.loads(body) if body else None}}).encode())
                 elif route.startswith("/status/"):
                     status = int(route.rsplit("/", 1)[1])
                     payload = json.dumps({"error": {"code": "not_allowed", "message": "amount too high"}}).encode() \
