@@ -216,3 +216,54 @@ def test_the_sdk_shapes_of_an_invocation():
     wire = invocation_wire(config)
     assert wire == {"url": "http://h/", "method": "GET", "auth": {"type": "hmac", "secret_key": "HMAC_SECRET"}}
     assert parse(wire).auth is not None
+
+
+def test_what_the_official_sdk_sends_decodes_and_registers():
+    """The released SDK's ``registerfunction`` (pydantic, by_alias, exclude_none) through our codec."""
+    import orjson
+
+    from iii_supervisor.protocol import RegisterFunction, decode_payload
+
+    http = pytest.importorskip("iii_helpers.http")
+    iii_types = pytest.importorskip("iii.iii_types")
+    for auth in (http.HttpAuthHmac(secret_key="HMAC_SECRET"), http.HttpAuthBearer(token_key="TOKEN"),
+                 http.HttpAuthApiKey(header="X-Key", value_key="API_KEY"), None):
+        config = http.HttpInvocationConfig(url="https://fn.example/x", method="PATCH", timeout_ms=1500,
+                                           headers={"X-A": "b"}, auth=auth)
+        msg = iii_types.RegisterFunctionMessage(id="sdk.fn", invocation=config, description="d")
+        decoded = decode_payload(orjson.dumps(msg.model_dump(by_alias=True, exclude_none=True)))
+        assert isinstance(decoded, RegisterFunction) and decoded.invocation is not None
+        endpoint = parse_invocation("sdk.fn", decoded.invocation, environ=ENV, max_timeout_ms=60_000)
+        assert (endpoint.method, endpoint.timeout, endpoint.headers) == ("PATCH", 1.5, (("X-A", "b"),))
+        assert (endpoint.auth.type if endpoint.auth else None) == (auth.type if auth else None)
+
+
+def test_fuzzed_invocations_are_refused_cleanly():
+    """Whatever JSON arrives as ``invocation``, the answer is a refusal or an endpoint, never a crash."""
+    import random
+
+    rng = random.Random(13)
+    atoms = [None, True, 0, -1, 2**63, 1.5, "", "x", "http://h/", "https://a.b:1/c?d", "http://[::1]:8/",
+             "http://%zz/", "ftp://h", "\x00", "é" * 10, "GET", "hmac", "TOKEN", "X-A", "a b", "x-iii-a"]
+    keys = ["url", "method", "timeout_ms", "headers", "auth", "type", "secret_key", "token_key", "value_key",
+            "header", "X-A", ""]
+
+    def value(depth: int) -> object:
+        roll = rng.random()
+        if depth > 3 or roll < 0.5:
+            return rng.choice(atoms)
+        if roll < 0.6:
+            return [value(depth + 1) for _ in range(rng.randrange(3))]
+        return {rng.choice(keys): value(depth + 1) for _ in range(rng.randrange(5))}
+
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(3000):
+        invocation = value(0)
+        if isinstance(invocation, dict) and rng.random() < 0.7:
+            invocation["url"] = rng.choice(atoms)
+        try:
+            parse(invocation)
+            outcomes["ok"] += 1
+        except (InvalidInvocation, MissingEnvVar):
+            outcomes["refused"] += 1
+    assert outcomes["ok"] > 0 and outcomes["refused"] > 0, outcomes

@@ -190,7 +190,7 @@ def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str]) -> Auth
     if not isinstance(auth, dict):
         raise _fail(function_id, f"invocation.auth must be an object, got {_show(auth)}")
     kind = auth.get("type")
-    if kind not in _AUTH_KEYS:
+    if not isinstance(kind, str) or kind not in _AUTH_KEYS:
         raise _fail(function_id, f"invocation.auth.type must be one of {', '.join(_AUTH_KEYS)}, got {_show(kind)}")
     key = _AUTH_KEYS[kind]
     env = auth.get(key)

@@ -27,7 +27,14 @@ import httpx
 import trio
 
 from ...config import positive
-from ...errors import HttpRequestFailed, InvocationStopped, InvocationTimeout, ResultTooLarge
+from ...errors import (
+    HttpRequestFailed,
+    InvalidInvocation,
+    InvocationStopped,
+    InvocationTimeout,
+    RegistrationError,
+    ResultTooLarge,
+)
 from ...registry import BuiltinHandler
 from ...tracing import call_context
 from ..base import ModuleContext
@@ -82,10 +89,17 @@ class ExternalFunctions:
 
     def handler(self, function_id: str, invocation: dict[str, Any]) -> BuiltinHandler:
         """Check ``invocation`` (raises the refusal) and return what serves the function's calls."""
-        endpoint = parse_invocation(function_id, invocation, environ=self._environ,
-                                    max_timeout_ms=self.config.max_timeout_ms,
-                                    require_https=self.config.require_https,
-                                    allowed_hosts=self.config.allowed_hosts)
+        try:
+            endpoint = parse_invocation(function_id, invocation, environ=self._environ,
+                                        max_timeout_ms=self.config.max_timeout_ms,
+                                        require_https=self.config.require_https,
+                                        allowed_hosts=self.config.allowed_hosts)
+        except RegistrationError:
+            raise
+        except Exception as exc:  # a bug here must refuse one function, not end the worker's session
+            log.exception("checking the invocation of %r failed", function_id)
+            raise InvalidInvocation(f"function {function_id!r}: the invocation could not be checked "
+                                    f"({type(exc).__name__})") from None
 
         async def serve(data: Any) -> Any:
             return await self.call(function_id, endpoint, data)
