@@ -205,7 +205,7 @@ def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str]) -> Auth
         state = "is empty" if secret is not None else "is not set"
         raise MissingEnvVar(f"function {function_id!r}: environment variable {env!r} ({_AUTH_NAMES[kind]} for "
                             f"invocation.auth) {state} in the supervisor's environment")
-    return Auth(type=kind, env=env, secret=secret, header=header)
+    return Auth(type=kind, env=env, secret=secret, header=header)  # type: ignore[arg-type]  # (one of _AUTH_KEYS)
 
 
 # --- the request ----------------------------------------------------------------------------------
