@@ -121,6 +121,15 @@ def test_https_and_host_restrictions():
         parse({"url": "http://evil.com/x"}, allowed_hosts=allowed)
 
 
+def test_secrets_restricted_to_allowed_variables():
+    auth = {"type": "bearer", "token_key": "TOKEN"}
+    with pytest.raises(InvalidInvocation, match=r"auth.token_key 'TOKEN' is not in \[external_functions\] "
+                                                r"allowed_secrets \('HMAC_\*'\)"):
+        parse({"url": "http://h/", "auth": auth}, allowed_secrets=("HMAC_*",))
+    assert parse({"url": "http://h/", "auth": {"type": "hmac", "secret_key": "HMAC_SECRET"}},
+                 allowed_secrets=("HMAC_*",)).auth is not None
+
+
 def test_method_case_is_normalised():
     assert parse({"url": "http://h/", "method": "get"}).method == "GET"
 

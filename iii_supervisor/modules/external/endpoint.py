@@ -93,7 +93,8 @@ def _show(value: Any) -> str:
 
 
 def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str, str], max_timeout_ms: int,
-                     require_https: bool = False, allowed_hosts: Iterable[str] = ("*",)) -> Endpoint:
+                     require_https: bool = False, allowed_hosts: Iterable[str] = ("*",),
+                     allowed_secrets: Iterable[str] = ("*",)) -> Endpoint:
     """Check an ``invocation`` object (raising :class:`InvalidInvocation` naming the field, or
     :class:`MissingEnvVar`) and resolve its secret. Unknown keys are ignored, as elsewhere on the wire."""
     if not isinstance(invocation, dict):
@@ -140,7 +141,7 @@ def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str,
         raise _fail(function_id, f"invocation.timeout_ms must be an integer from 1 to {max_timeout_ms} "
                                  f"(milliseconds), got {_show(timeout_ms)}")
 
-    auth = _parse_auth(function_id, invocation.get("auth"), environ)
+    auth = _parse_auth(function_id, invocation.get("auth"), environ, tuple(allowed_secrets))
     headers = _parse_headers(function_id, invocation.get("headers"), auth)
     return Endpoint(url=url, method=method.upper(), timeout=timeout_ms / 1000 if timeout_ms is not None else None,
                     headers=headers, auth=auth)
@@ -184,7 +185,7 @@ _AUTH_KEYS: Final = {"hmac": "secret_key", "bearer": "token_key", "api_key": "va
 _AUTH_NAMES: Final = {"hmac": "HMAC signing", "bearer": "Bearer token", "api_key": "API key"}
 
 
-def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str]) -> Auth | None:
+def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str], allowed: tuple[str, ...]) -> Auth | None:
     if auth is None:
         return None
     if not isinstance(auth, dict):
@@ -200,6 +201,9 @@ def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str]) -> Auth
     header = None
     if kind == "api_key":
         header = _header_name(function_id, "invocation.auth.header", auth.get("header"))
+    if not any(fnmatch.fnmatchcase(env, p) for p in allowed):
+        raise _fail(function_id, f"invocation.auth.{key} {env!r} is not in [external_functions] allowed_secrets "
+                                 f"({', '.join(map(repr, allowed)) or 'none'})")
     secret = environ.get(env)
     if not secret:
         state = "is empty" if secret is not None else "is not set"

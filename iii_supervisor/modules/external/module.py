@@ -59,6 +59,9 @@ class ExternalConfig:
     require_https: bool = False
     #: Hosts an endpoint may be on (shell-style patterns: ``"*.example.com"``, ``"127.0.0.1"``).
     allowed_hosts: tuple[str, ...] = ("*",)
+    #: Environment variables an ``auth`` may name (patterns: ``"III_SECRET_*"``); the default lets a
+    #: worker have any variable of the supervisor's environment sent to its endpoint.
+    allowed_secrets: tuple[str, ...] = ("*",)
 
 
 class ExternalFunctions:
@@ -93,7 +96,8 @@ class ExternalFunctions:
             endpoint = parse_invocation(function_id, invocation, environ=self._environ,
                                         max_timeout_ms=self.config.max_timeout_ms,
                                         require_https=self.config.require_https,
-                                        allowed_hosts=self.config.allowed_hosts)
+                                        allowed_hosts=self.config.allowed_hosts,
+                                        allowed_secrets=self.config.allowed_secrets)
         except RegistrationError:
             raise
         except Exception as exc:  # a bug here must refuse one function, not end the worker's session
