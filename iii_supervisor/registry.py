@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .errors import FunctionConflict, RegistrationError, TriggerRegistrationError
+from .errors import FunctionConflict, InvalidInvocation, RegistrationError, TriggerRegistrationError
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,8 @@ class Registry:
         """The handler of an external function; raises :class:`RegistrationError` if the
         ``invocation`` is refused or no module serves external functions."""
         if self._external is None:
-            raise RegistrationError(f"function {function_id!r} has an 'invocation' (an external HTTP function), "
-                                    f"but external functions are disabled ([external_functions] enabled = false)",
-                                    code="invalid_invocation")
+            raise InvalidInvocation(f"function {function_id!r} has an 'invocation' (an external HTTP function), "
+                                    f"but external functions are disabled ([external_functions] enabled = false)")
         return self._external(function_id, invocation)
 
     # --- actions --------------------------------------------------------------------------------
