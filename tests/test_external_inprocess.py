@@ -227,3 +227,47 @@ def test_the_section_is_validated_like_the_rest():
     for bad in ({"max_connections": 0}, {"max_timeout_ms": "1"}, {"unknown": 1}):
         with pytest.raises(ConfigError, match="external_functions"):
             parse_config({"external_functions": bad}, modules=[external.SPEC])
+
+
+async def test_our_sdk_sends_the_invocation_and_keeps_no_local_handler():
+    """``register_function`` with an invocation (three shapes) sends it; nothing runs in the worker."""
+    import threading
+
+    from iii_supervisor.protocol import Hello, WorkerRegistered
+    from iii_supervisor.transport import FramedStream
+    from iii_supervisor.worker import HttpInvocationConfig
+    from iii_supervisor.worker.client import III
+
+    class InLoop(III):
+        def _start(self) -> None:
+            self._thread = threading.current_thread()  # type: ignore[misc]  # registrations are sent, not awaited
+
+    ours, theirs = trio.socket.socketpair()
+    client = InLoop("(socketpair)", "t" * 43, "w")
+    supervisor = FramedStream(trio.SocketStream(theirs))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run_writer)
+
+            async def handshake() -> None:
+                assert isinstance(await supervisor.receive(), Hello)
+                supervisor.send_nowait(WorkerRegistered(worker_id="w-1", name="w"))
+
+            nursery.start_soon(handshake)
+            await nursery.start(client._serve_stream, trio.SocketStream(ours))
+            client.register_function("x.a", HttpInvocationConfig(url="http://h/a", timeout_ms=5,
+                                                                 auth={"type": "hmac", "secret_key": "K"}))
+            client.register_function({"id": "x.b", "invocation": {"url": "http://h/b", "method": "GET"}})
+            client.register_function("x.c", {"url": "http://h/c"})
+            with pytest.raises(TypeError, match="must be callable or an HttpInvocationConfig"):
+                client.register_function("x.d", 5)
+            with pytest.raises(TypeError, match="'invocation' of 'x.e' must be a dict"):
+                client.register_function({"id": "x.e", "invocation": "http://h/e"})
+            sent = [await supervisor.receive() for _ in range(3)]
+            assert [(m.id, m.invocation) for m in sent] == [  # type: ignore[union-attr]
+                ("x.a", {"url": "http://h/a", "method": "POST", "timeout_ms": 5,
+                         "auth": {"type": "hmac", "secret_key": "K"}}),
+                ("x.b", {"url": "http://h/b", "method": "GET"}),
+                ("x.c", {"url": "http://h/c"})]
+            assert not set(client._functions) & {"x.a", "x.b", "x.c", "x.d", "x.e"}
+            nursery.cancel_scope.cancel()
