@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from iii_supervisor.server.http.messages import parse_request
 from iii_supervisor.server.http.middleware import BadAnswer, Continue, Respond, middleware_input, read_answer
 from iii_supervisor.server.http.routes import MAX_ROUTE_MIDDLEWARE, route_from_trigger
 from inprocess import EngineParts, FakeWorker, engine_parts
+from supervisor_harness import Supervisor, write_worker
 
 # --- the answers ------------------------------------------------------------------------------
 
@@ -363,3 +365,100 @@ async def test_global_middleware_answers_before_the_body_is_read() -> None:
                     answer += chunk
             assert answer.startswith(b"HTTP/1.1 403 ") and b"connection: close" in answer
             await stream.aclose()
+
+
+# --- end to end: a real supervisor, real worker processes (our SDK) ---------------------------
+
+#: the middleware live in one worker, the routes in another: middleware are plain functions,
+#: called through the registry like any other
+AUTH_WORKER = """
+def _step(name):
+    def middleware(req):
+        order = req["context"].get("order", []) + [name]
+        return {"action": "continue", "context": {"order": order}}
+    return middleware
+
+
+def bearer(req):
+    token = req["request"]["headers"].get("authorization", "").removeprefix("Bearer ")
+    if not token:
+        return {"action": "respond", "response": {"status_code": 401, "headers": {"www-authenticate": "Bearer"},
+                                                  "body": {"error": "missing_or_invalid_bearer"}}}
+    order = req["context"].get("order", []) + ["auth.bearer"]
+    return {"action": "continue", "context": {"order": order, "user": token,
+                                              "route": req["request"]["path"]}}
+
+
+def broken(req):
+    raise RuntimeError("auth backend down")
+
+
+iii.register_function("auth.global", _step("auth.global"))
+iii.register_function("auth.bearer", bearer)
+iii.register_function("auth.broken", broken)
+iii.register_function("auth.ready", lambda d: True)
+"""
+
+API_WORKER = """
+from iii_supervisor import http
+from iii_supervisor.types import HttpRequest, HttpResponse
+
+
+def me(req):
+    return {"status_code": 200, "body": {"context": req.get("context"), "id": req["path_params"]["id"]}}
+
+
+@http
+async def stream(req: HttpRequest, response: HttpResponse):
+    await response.status(200)
+    await response.headers({"content-type": "text/plain"})
+    await response.writer.write(f"hello {req.context['user']}\\n".encode())
+    await response.writer.close_async()
+
+
+def route(function_id, api_path, middleware):
+    iii.register_trigger({"type": "http", "function_id": function_id,
+                          "config": {"api_path": api_path, "middleware_function_ids": middleware}})
+
+
+iii.register_function("api.me", me)
+iii.register_function("api.tag", lambda req: {"action": "continue",
+                                              "context": {"order": req["context"]["order"] + ["api.tag"]}})
+iii.register_function("api.stream", stream)
+route("api.me", "/me/:id", ["auth.bearer", "api.tag"])
+route("api.stream", "/stream", ["auth.bearer"])
+route("api.me", "/broken/:id", ["auth.broken"])
+route("api.me", "/missing/:id", ["auth.nowhere"])
+iii.register_function("api.ready", lambda d: True)
+"""
+
+
+async def test_middleware_end_to_end_across_worker_processes(tmp_path: Path) -> None:
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "auth", AUTH_WORKER)
+    write_worker(workers, "api", API_WORKER)
+    config = tmp_path / "config.toml"
+    config.write_text('[http]\nrequest_timeout_ms = 5000\n\n'
+                      '[[http.middleware]]\nfunction_id = "auth.global"\npriority = 1\n')
+    with trio.fail_after(40):
+        async with Supervisor(workers, "--config", str(config)) as sup:
+            await sup.start(functions=("auth.ready", "api.ready"))
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sup.http_port}", trust_env=False,
+                                         timeout=10) as client:
+                r = await client.get("/me/7", headers={"authorization": "Bearer alice"})
+                assert r.status_code == 200, r.text
+                assert r.json() == {"id": "7", "context": {"order": ["auth.global", "auth.bearer", "api.tag"],
+                                                           "user": "alice", "route": "/me/:id"}}
+                r = await client.get("/me/7")
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+                assert r.json() == {"error": "missing_or_invalid_bearer"}
+                r = await client.get("/stream", headers={"authorization": "Bearer bob"})
+                assert (r.status_code, r.text) == (200, "hello bob\n")  # an @http stream behind middleware
+                r = await client.get("/broken/1")
+                assert r.status_code == 500
+                assert _error(r) == {"code": "invocation_failed",
+                                     "message": "middleware 'auth.broken' failed: auth backend down"}
+                r = await client.get("/missing/1")
+                assert r.status_code == 503 and "'auth.nowhere', which is not registered" in _error(r)["message"]
+            assert "Traceback" not in sup.output()
