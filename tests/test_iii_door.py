@@ -98,7 +98,8 @@ def test_close_codes_and_reasons() -> None:
 async def door(config: dict[str, Any] | None = None) -> AsyncIterator[tuple[EngineParts, IiiDoor]]:
     section = dict(config or {})
     extra = section.pop("_extra", {})
-    async with engine_parts([iii_door.SPEC], {"iii": {"port": 0, "ping_interval": 5, "close_timeout": 0.2, **section}, **extra}) as parts:
+    section = {"port": 0, "ping_interval": 5, "close_timeout": 0.2, **section}
+    async with engine_parts([iii_door.SPEC], {"iii": section, **extra}) as parts:
         module = parts.modules["iii"]
         assert isinstance(module, IiiDoor) and module.port
         yield parts, module
