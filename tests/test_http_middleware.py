@@ -14,6 +14,7 @@ import trio
 
 from iii_supervisor.config import parse_config
 from iii_supervisor.errors import ConfigError, TriggerRegistrationError
+from iii_supervisor.protocol import InvokeFunction
 from iii_supervisor.registry import TriggerEntry
 from iii_supervisor.server import http as http_module
 from iii_supervisor.server.http.messages import parse_request
@@ -208,6 +209,10 @@ async def test_order_payloads_and_context_with_global_and_route_middleware() -> 
             assert handler["context"] == {"tenant": "t2", "user": "u1"}
             assert handler["body"] == {"name": "n"} and "request_body" in handler
             assert "context" not in by_name["cond"]  # the condition runs before the route's middleware
+            # all the calls for one request are in one trace (the client sent none: a new one)
+            traces = {event.traceparent.split("-")[1] for event in worker.received
+                      if isinstance(event, InvokeFunction) and event.traceparent}
+            assert len(traces) == 1, traces
 
             # a route without middleware of its own still gets the global ones
             calls.clear()

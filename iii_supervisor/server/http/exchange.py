@@ -115,9 +115,11 @@ class Exchange:
                                              f"request body of {request.content_length} bytes exceeds the limit "
                                              f"of {limit} bytes"), request)
             return  # the body was never read: respond() closes the connection
+        # the client's trace, if it sent one: every call for this request (middleware, condition,
+        # handler) is in the same trace
+        traceparent = ensure_traceparent(request.headers.get("traceparent"))
         context: dict[str, Any] = {}
         if self.global_middleware:  # before the body is read, as in the reference engine
-            traceparent = ensure_traceparent(request.headers.get("traceparent"))
             response = await self._run_middleware(self.global_middleware, request, found, context,
                                                   trio.current_time() + self.config.request_timeout_ms / 1000,
                                                   traceparent)
@@ -140,7 +142,6 @@ class Exchange:
                             body_bytes if buffered else None)
         # one deadline for the condition and the handler together: the response must start in time
         deadline = trio.current_time() + self.config.request_timeout_ms / 1000
-        traceparent = ensure_traceparent(request.headers.get("traceparent"))  # the client's trace, if it sent one
         response = await self._check_condition(found, data, deadline, traceparent)
         if response is None and found.route.middleware_function_ids:
             response = await self._run_middleware(found.route.middleware_function_ids, request, found, context,
