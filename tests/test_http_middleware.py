@@ -3,6 +3,7 @@ process with fake workers over socket pairs (order, continue/respond, errors, ti
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -75,6 +76,38 @@ def test_a_huge_answer_is_named_briefly() -> None:
     with pytest.raises(BadAnswer) as caught:
         read_answer("x" * 100_000)
     assert len(str(caught.value)) < 300
+
+
+def _garbage(rng: random.Random, depth: int = 0) -> Any:
+    """A random answer, biased towards the keys and values read_answer looks at."""
+    keys = ["action", "context", "response", "status_code", "statusCode", "headers", "body", "x", ""]
+    scalars: list[Any] = [None, True, False, 0, -1, 200, 401, 599, 600, 1e300, "continue", "respond", "",
+                          "a\r\nb", "é", "\u2603", "Name: v", "bad name: v", ["Content-Type: text/plain"],
+                          2**70, float("nan")]
+    roll = rng.random()
+    if depth > 3 or roll < 0.4:
+        return rng.choice(scalars)
+    if roll < 0.55:
+        return [_garbage(rng, depth + 1) for _ in range(rng.randrange(4))]
+    value = {rng.choice(keys): _garbage(rng, depth + 1) for _ in range(rng.randrange(5))}
+    if rng.random() < 0.6:
+        value["action"] = rng.choice(["continue", "respond", "stop", None, 3])
+    if value.get("action") == "respond" and rng.random() < 0.8:
+        value["response"] = {rng.choice(keys[3:]): _garbage(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return value
+
+
+def test_garbage_answers_are_read_or_refused_never_crash() -> None:
+    rng = random.Random(13)
+    outcomes = {Continue: 0, Respond: 0, BadAnswer: 0}
+    for _ in range(5000):
+        answer = _garbage(rng)
+        try:
+            outcomes[type(read_answer(answer))] += 1
+        except BadAnswer as exc:
+            assert len(str(exc)) < 700
+            outcomes[BadAnswer] += 1
+    assert all(n > 100 for n in outcomes.values()), outcomes  # every outcome was exercised
 
 
 def test_middleware_input_has_the_reference_shape() -> None:

@@ -77,7 +77,7 @@ def read_answer(answer: Any) -> Continue | Respond:
             raise BadAnswer(f"returned 'respond' without a response object (got {_show(response)})")
         try:
             return Respond(render_response(response))
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # (TypeError: a body orjson cannot encode)
             raise BadAnswer(f"returned 'respond' with an invalid response: {exc}") from None
     if action is None:
         raise BadAnswer(f"returned an object without an 'action' (expected 'continue' or 'respond'): "
