@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from iii_supervisor.config import parse_config
-from iii_supervisor.errors import ConfigError, TriggerRegistrationError
+from iii_supervisor.errors import ConfigError, FunctionNotFound, InvocationTimeout, TriggerRegistrationError
 from iii_supervisor.protocol import InvokeFunction
 from iii_supervisor.registry import TriggerEntry
 from iii_supervisor.server import http as http_module
@@ -322,7 +322,16 @@ async def test_errors_timeouts_missing_functions_and_malformed_answers() -> None
         async with api(request_timeout_ms=300) as (parts, worker, client):
             for fid, fn in [("boom", boom), ("slow", slow), ("as_told", as_told), ("h", handler)]:
                 await worker.register_function(fid, fn)
-            for path, mw in [("/boom", "boom"), ("/slow", "slow"), ("/told", "as_told"), ("/missing", "gone.mw")]:
+            async def nested(_data: Any) -> Any:
+                raise FunctionNotFound("function 'elsewhere' not found")
+
+            async def nested_timeout(_data: Any) -> Any:
+                raise InvocationTimeout("'elsewhere' took too long")
+
+            parts.registry.add_builtin("mw.nested", nested, "")
+            parts.registry.add_builtin("mw.nested_timeout", nested_timeout, "")
+            for path, mw in [("/boom", "boom"), ("/slow", "slow"), ("/told", "as_told"), ("/missing", "gone.mw"),
+                             ("/nested", "mw.nested"), ("/nested-timeout", "mw.nested_timeout")]:
                 await worker.register_trigger("http", "h", {"api_path": path, "middleware_function_ids": [mw]})
 
             r = await client.get("/boom")
@@ -343,6 +352,17 @@ async def test_errors_timeouts_missing_functions_and_malformed_answers() -> None
                 err = _error(r)
                 assert err["code"] == "invalid_middleware_response"
                 assert err["message"].startswith("middleware 'as_told' ") and says in err["message"], err
+
+            # a built-in middleware whose own call fails (its error keeps its code): not "not registered"
+            r = await client.get("/nested")
+            assert r.status_code == 503
+            assert _error(r) == {"code": "function_not_found",
+                                 "message": "middleware 'mw.nested' failed: function 'elsewhere' not found"}
+            # a built-in middleware whose own call timed out, well before the request's deadline: not ours
+            r = await client.get("/nested-timeout")
+            assert r.status_code == 504
+            assert _error(r) == {"code": "invocation_timeout",
+                                 "message": "middleware 'mw.nested_timeout' failed: 'elsewhere' took too long"}
 
             r = await client.get("/missing")
             assert r.status_code == 503
@@ -431,9 +451,14 @@ def broken(req):
     raise RuntimeError("auth backend down")
 
 
+def nested(req):  # a middleware whose own call fails: its error, not "middleware not registered"
+    return iii.trigger({"function_id": "auth.nowhere", "payload": {}})
+
+
 iii.register_function("auth.global", _step("auth.global"))
 iii.register_function("auth.bearer", bearer)
 iii.register_function("auth.broken", broken)
+iii.register_function("auth.nested", nested)
 iii.register_function("auth.ready", lambda d: True)
 """
 
@@ -467,6 +492,7 @@ route("api.me", "/me/:id", ["auth.bearer", "api.tag"])
 route("api.stream", "/stream", ["auth.bearer"])
 route("api.me", "/broken/:id", ["auth.broken"])
 route("api.me", "/missing/:id", ["auth.nowhere"])
+route("api.me", "/nested/:id", ["auth.nested"])
 iii.register_function("api.ready", lambda d: True)
 """
 
@@ -499,4 +525,8 @@ async def test_middleware_end_to_end_across_worker_processes(tmp_path: Path) -> 
                                      "message": "middleware 'auth.broken' failed: auth backend down"}
                 r = await client.get("/missing/1")
                 assert r.status_code == 503 and "'auth.nowhere', which is not registered" in _error(r)["message"]
+                r = await client.get("/nested/1")
+                assert r.status_code == 500
+                assert _error(r) == {"code": "invocation_failed", "message": "middleware 'auth.nested' failed: "
+                                     "function_not_found: function 'auth.nowhere' not found"}
             assert "Traceback" not in sup.output()

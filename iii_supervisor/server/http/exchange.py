@@ -176,21 +176,23 @@ class Exchange:
         route = found.route
         for function_id in function_ids:
             # a copy: a built-in middleware gets this very dict, and must not change ours
+            if self.registry.lookup(function_id) is None:
+                # (looked up here, not inferred from the call's error code, which may also be
+                # that of a call the middleware itself made)
+                return json_response(503, "function_not_found",
+                                     f"route {route.method} {route.pattern} has middleware {function_id!r}, "
+                                     f"which is not registered")
             payload = middleware_input(request, route.pattern, found.params, dict(context))
             try:
                 answer = await self.invoker.call(function_id, payload,
                                                  timeout=max(deadline - trio.current_time(), 0.001),
                                                  traceparent=traceparent)
             except EngineError as exc:  # (a module's own error kinds too, not only InvocationError)
-                if exc.code == "invocation_timeout":
+                if exc.code == "invocation_timeout" and trio.current_time() >= deadline:
                     return json_response(504, "MIDDLEWARE_TIMEOUT",
                                          f"middleware {function_id!r} of route {route.method} {route.pattern} "
                                          f"did not answer within the request's deadline "
                                          f"(http.request_timeout_ms = {self.config.request_timeout_ms})")
-                if exc.code == "function_not_found":
-                    return json_response(503, "function_not_found",
-                                         f"route {route.method} {route.pattern} has middleware {function_id!r}, "
-                                         f"which is not registered")
                 return self._error_response(exc.code, f"middleware {function_id!r} failed: {exc.message}",
                                             exc.stacktrace)
             try:
