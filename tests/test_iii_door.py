@@ -265,6 +265,9 @@ async def test_shared_token_and_auth_function(monkeypatch: pytest.MonkeyPatch) -
                                headers=[(b"authorization", b"Bearer s3cret"), (b"x-user", b"ada")])
             assert (await ok.receive())["type"] == "workerregistered"
             assert seen[-1]["query_params"] == {"team": ["a"]} and seen[-1]["ip_address"] == "127.0.0.1"
+            # the token may come in the URL instead (the Node SDK sends no Authorization header)
+            by_query = await connect(nursery, module, "/?token=s3cret", headers=[(b"x-user", b"ada")])
+            assert (await by_query.receive())["type"] == "workerregistered"
             nursery.cancel_scope.cancel()
 
 
