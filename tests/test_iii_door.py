@@ -14,6 +14,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
     open_websocket_url,
@@ -360,4 +361,54 @@ async def test_a_worker_that_does_not_read_gets_worker_overloaded_not_our_memory
             assert codes == ["worker_overloaded"]
             session = next(iter(module.sessions.values()))
             assert session.backlog() <= module.send_limit
+            nursery.cancel_scope.cancel()
+
+
+def test_config_section_is_strict_and_off_by_default() -> None:
+    from iii_supervisor.config import parse_config
+    from iii_supervisor.errors import ConfigError
+
+    assert parse_config({}).section("iii").port is None  # off unless a port is set
+    with pytest.raises(ConfigError, match=r"extra fields found \(prot\) @ iii"):
+        parse_config({"iii": {"prot": 1}})
+    with pytest.raises(ConfigError, match="iii.port must be between 0 and 65535"):
+        parse_config({"iii": {"port": 70000}})
+    with pytest.raises(ConfigError, match="expected an integer, got '1'"):
+        parse_config({"iii": {"port": "1"}})
+    with pytest.raises(ConfigError, match="token_file and iii.token_env are both set"):
+        parse_config({"iii": {"port": 0, "token_file": "a", "token_env": "B"}})
+    with pytest.raises(ConfigError, match="must be the name of an environment variable"):
+        parse_config({"iii": {"token_env": "not a name"}})
+    with pytest.raises(ConfigError, match=r"iii.max_message_size \(200000000\) must be at most"):
+        parse_config({"iii": {"port": 0, "max_message_size": 200_000_000}})
+
+
+async def test_missing_token_env_fails_the_start_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iii_supervisor.errors import ConfigError
+
+    monkeypatch.delenv("DOOR_NO_SUCH_TOKEN", raising=False)
+    with trio.fail_after(5), pytest.raises(BaseException) as raised:  # noqa: PT011 - unwrapped below
+        async with door({"token_env": "DOOR_NO_SUCH_TOKEN"}):
+            pass
+    leaf: BaseException = raised.value
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, ConfigError) and "DOOR_NO_SUCH_TOKEN" in leaf.message
+
+
+async def test_supervisor_pings_become_websocket_pings_and_connections_are_limited() -> None:
+    with trio.fail_after(10):
+        async with door({"max_connections": 2}) as (_parts, module), trio.open_nursery() as nursery:
+            first = await connect(nursery, module)
+            hello = await first.receive()
+            session = module.sessions[hello["worker_id"]]
+            nursery.start_soon(first.closed_with)  # keep reading (trio-websocket answers the ping)
+            answered = session.ping()  # what the pool does to a spawned worker
+            with trio.fail_after(3):
+                await answered.wait()
+            second = await connect(nursery, module)
+            await second.receive()
+            with pytest.raises(HandshakeError):  # the third is refused before its handshake
+                async with open_websocket_url(f"ws://127.0.0.1:{module.port}/", connect_timeout=0.5):
+                    pass
             nursery.cancel_scope.cancel()
