@@ -85,6 +85,17 @@ def test_map_refs_copies_only_the_path_to_a_reference() -> None:
     assert not wire.is_sdk_ref({"channel_id": 1, "direction": "read"})
 
 
+def test_route_takes_the_targets_both_sdks_build() -> None:
+    assert wire.route("/").kind == "worker" and wire.route("/?token=T").param("token") == "T"
+    assert wire.route("/otel?token=T").kind == "otel" and wire.route("/otel/").kind == "otel"
+    python = wire.route("/ws/channels/abc?token=T&key=K&dir=read")
+    assert (python.kind, python.channel_id, python.param("key"), python.param("dir")) == ("channel", "abc", "K", "read")
+    node = wire.route("/?token=T/ws/channels/abc?key=K&dir=write")  # the Node SDK appends the path after the query
+    assert (node.kind, node.channel_id, node.param("key"), node.param("dir"), node.param("token")) == \
+        ("channel", "abc", "K", "write", "T")
+    assert wire.route("/elsewhere").kind is None and wire.route("/x/ws/channels/abc").kind is None
+
+
 def test_close_codes_and_reasons() -> None:
     assert wire.close_code("frame_too_large") == 1009
     assert wire.close_code("unknown_message_type") == 1003 and wire.close_code("binary_frame") == 1003
