@@ -80,6 +80,8 @@ class DoorSession(Session):
             self.door.endpoints.session_closed(self)
         except NotImplementedError:
             pass
+        except Exception:  # a bug there must not stop the rest of the clean-up (the caller's)
+            log.exception("iii door: channel clean-up of %s failed", self.name)
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
