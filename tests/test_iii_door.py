@@ -266,12 +266,15 @@ async def test_shared_token_and_auth_function(monkeypatch: pytest.MonkeyPatch) -
 
             async def check(data: Any) -> Any:
                 seen.append(data)
+                if data["headers"].get("x-user") == "boom":
+                    raise RuntimeError("the auth backend is down")
                 return {"allowed": data["headers"].get("x-user") == "ada"}
 
             auth = await parts.worker("auth")
             await auth.register_function("auth::check", check)
             for headers, status in (([], 401), ([(b"authorization", b"Bearer nope")], 401),
-                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"eve")], 403)):
+                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"eve")], 403),
+                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"boom")], 401)):
                 assert await rejection(module, headers=headers) == status
             ok = await connect(nursery, module, "/?team=a",
                                headers=[(b"authorization", b"Bearer s3cret"), (b"x-user", b"ada")])
