@@ -373,7 +373,7 @@ async def test_errors_timeouts_missing_functions_and_malformed_answers() -> None
             assert (await client.get("/missing")).status_code == 200
 
             assert len(handled) == 1  # only that last request reached the handler
-            assert parts.invoker.pending == {} or all(p.function_id == "slow" for p in parts.invoker.pending.values())
+            assert parts.invoker.pending == {}  # the timed-out middleware call was forgotten too
             assert len(parts.channels) == 0  # no channel was opened for an answer given by middleware
 
 
