@@ -153,7 +153,11 @@ async def test_official_sdk_workers_end_to_end(tmp_path: Path) -> None:
                             await sup.call("x::slow", {})
 
                     nursery.start_soon(slow_call)
-                    await trio.sleep(0.3)
+
+                    async def x_busy() -> bool:
+                        return (await sup.workers())["door-x"]["in_flight"] >= 1
+
+                    await wait_until(x_busy, "the slow call reached the attached worker")
                     x.send_signal(signal.SIGKILL)
                 await x.wait()
 
