@@ -97,12 +97,12 @@ async def test_official_sdk_workers_end_to_end(tmp_path: Path) -> None:
 
             async def all_fired() -> bool:
                 seen = kinds(out)
-                return all(k in seen for k in ("sink", "topic", "cron", "state", "stream", "log", "custom"))
+                return all(k in seen for k in ("sink", "topic", "pub", "cron", "state", "stream", "log", "custom"))
 
             await wait_until(all_fired, "every trigger fired")
             seen = kinds(out)
             assert {d["via"] for d in seen["sink"]} == {"void", "enqueue"}
-            assert seen["topic"][0] == {"via": "topic"}
+            assert seen["topic"][0] == {"via": "topic"} and seen["pub"][0] == {"via": "pubsub"}
             assert seen["state"][0]["event_type"].endswith("created") and seen["state"][0]["key"] == "k"
             assert seen["stream"][0]["streamName"] == "doorstream"
             assert any("door-log" in str(entry) for entry in seen["log"])
