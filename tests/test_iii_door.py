@@ -215,6 +215,30 @@ async def test_handshake_calls_both_ways_and_registration_answers() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_call_that_cannot_be_encoded_fails_that_call_only() -> None:
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            target = await connect(nursery, module)
+            await target.receive()
+            await target.send(type="registerfunction", id="sdk::deep")
+            with trio.fail_after(3):
+                while parts.registry.lookup("sdk::deep") is None:
+                    await trio.sleep(0.01)
+            caller = await connect(nursery, module)
+            await caller.receive()
+            deep = '"leaf"'
+            for _ in range(400):  # orjson decodes this deep, but encodes at most 254 levels
+                deep = f"[{deep}]"
+            await caller.ws.send_message('{"type":"invokefunction","invocation_id":"d1","function_id":"sdk::deep",'
+                                         f'"data":{deep}}}')
+            answer = await caller.receive_type("invocationresult")
+            assert answer["invocation_id"] == "d1" and answer["error"]["code"] == "request_too_large"
+            await caller.send(type="invokefunction", invocation_id="d2", function_id="missing", data={})
+            assert (await caller.receive_type("invocationresult"))["invocation_id"] == "d2"  # both still connected
+            assert len(module.sessions) == 2
+            nursery.cancel_scope.cancel()
+
+
 async def _value(value: Any) -> Any:
     return value
 

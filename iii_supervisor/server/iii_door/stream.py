@@ -83,11 +83,14 @@ class WsStream:
         if isinstance(event, _CHANNEL_FRAMES):
             self._channel_frame(event)
             return
-        data = wire.encode(event, owner_of=self.owner_of)
-        if data is None:
-            return
-        if (type(event) is InvokeFunction or type(event) is InvocationResult) and wire.has_refs(data):
-            data = self._with_sdk_refs(event, data)
+        try:
+            data = wire.encode(event, owner_of=self.owner_of)
+            if data is None:
+                return
+            if (type(event) is InvokeFunction or type(event) is InvocationResult) and wire.has_refs(data):
+                data = self._with_sdk_refs(event, data)
+        except TypeError as exc:  # orjson: not JSON, or nested deeper than it encodes (a local failure)
+            raise LocalProtocolError(f"cannot encode {type(event).__name__} as JSON: {exc}") from None
         self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
@@ -130,7 +133,7 @@ class WsStream:
             raise LocalProtocolError(f"cannot pass a channel to {self.session}: {type(exc).__name__}: {exc}") from None
         if changed is event:
             return data
-        encoded = wire.encode(changed)
+        encoded = wire.encode(changed)  # (a TypeError here is the caller's to translate)
         assert encoded is not None
         return encoded
 
