@@ -106,6 +106,9 @@ class WsStream:
             consumed = self.endpoints.outgoing(self.session, event)
         except NotImplementedError:
             consumed = False
+        except Exception:  # a bug there fails this frame, never the caller
+            log.exception("iii door: a channel frame for %s could not be passed on", self.session)
+            return
         if not consumed:
             log.debug("iii door: %s for an unknown channel of %s dropped", type(event).__name__, self.session)
 
@@ -174,6 +177,9 @@ class WsStream:
             try:
                 ref = self.endpoints.from_wire(self.session, value)
             except NotImplementedError:
+                return None
+            except Exception:  # a bug there leaves the reference as sent, never ends the connection
+                log.exception("iii door: a channel reference from %s could not be read", self.session)
                 return None
             return None if ref is None else ref.to_wire()
 
