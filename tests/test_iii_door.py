@@ -450,3 +450,16 @@ async def test_supervisor_pings_become_websocket_pings_and_connections_are_limit
                 async with open_websocket_url(f"ws://127.0.0.1:{module.port}/", connect_timeout=0.5):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_an_unfinished_upgrade_is_cut_at_the_handshake_deadline() -> None:
+    with trio.fail_after(10):
+        async with door({"handshake_timeout": 0.3}) as (_parts, module):
+            silent = await trio.open_tcp_stream("127.0.0.1", module.port)
+            await silent.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+            started = trio.current_time()
+            with trio.fail_after(3):
+                while await silent.receive_some(1024):
+                    pass
+            assert trio.current_time() - started < 2
+            await silent.aclose()
