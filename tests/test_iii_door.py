@@ -215,6 +215,30 @@ async def test_handshake_calls_both_ways_and_registration_answers() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_call_that_cannot_be_encoded_fails_that_call_only() -> None:
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            target = await connect(nursery, module)
+            await target.receive()
+            await target.send(type="registerfunction", id="sdk::deep")
+            with trio.fail_after(3):
+                while parts.registry.lookup("sdk::deep") is None:
+                    await trio.sleep(0.01)
+            caller = await connect(nursery, module)
+            await caller.receive()
+            deep = '"leaf"'
+            for _ in range(400):  # orjson decodes this deep, but encodes at most 254 levels
+                deep = f"[{deep}]"
+            await caller.ws.send_message('{"type":"invokefunction","invocation_id":"d1","function_id":"sdk::deep",'
+                                         f'"data":{deep}}}')
+            answer = await caller.receive_type("invocationresult")
+            assert answer["invocation_id"] == "d1" and answer["error"]["code"] == "request_too_large"
+            await caller.send(type="invokefunction", invocation_id="d2", function_id="missing", data={})
+            assert (await caller.receive_type("invocationresult"))["invocation_id"] == "d2"  # both still connected
+            assert len(module.sessions) == 2
+            nursery.cancel_scope.cancel()
+
+
 async def _value(value: Any) -> Any:
     return value
 
@@ -426,3 +450,16 @@ async def test_supervisor_pings_become_websocket_pings_and_connections_are_limit
                 async with open_websocket_url(f"ws://127.0.0.1:{module.port}/", connect_timeout=0.5):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_an_unfinished_upgrade_is_cut_at_the_handshake_deadline() -> None:
+    with trio.fail_after(10):
+        async with door({"handshake_timeout": 0.3}) as (_parts, module):
+            silent = await trio.open_tcp_stream("127.0.0.1", module.port)
+            await silent.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+            started = trio.current_time()
+            with trio.fail_after(3):
+                while await silent.receive_some(1024):
+                    pass
+            assert trio.current_time() - started < 2
+            await silent.aclose()

@@ -31,9 +31,10 @@ iii.register_function("a::leaf", lambda data: {"leaf": data["n"] + 1})
 iii.register_function("a::start", lambda data: iii.trigger({"function_id": "ours::mid", "payload": data}))
 iii.register_function("a::big", lambda data: iii.trigger(
     {"function_id": "x::size", "payload": {"blob": "x" * data["mib"] * 1024 * 1024}, "timeout_ms": 60_000}))
-for kind in ("sink", "topic", "cron", "state", "stream", "log", "custom"):
+for kind in ("sink", "topic", "pub", "cron", "state", "stream", "log", "custom"):
     iii.register_function(f"a::on_{kind}", sink(kind))
 iii.register_trigger({"type": "durable:subscriber", "function_id": "a::on_topic", "config": {"topic": "door-topic"}})
+iii.register_trigger({"type": "subscribe", "function_id": "a::on_pub", "config": {"topic": "door-pub"}})
 iii.register_trigger({"type": "cron", "function_id": "a::on_cron", "config": {"expression": "* * * * * *"}})
 iii.register_trigger({"type": "state", "function_id": "a::on_state", "config": {"scope": "door"}})
 iii.register_trigger({"type": "stream", "function_id": "a::on_stream", "config": {"stream_name": "doorstream"}})
@@ -59,6 +60,7 @@ def fire(data):
     receipt = iii.trigger({"function_id": "a::on_sink", "payload": {"via": "enqueue"},
                            "action": TriggerAction.Enqueue(queue="default")})
     iii.trigger({"function_id": "iii::durable::publish", "payload": {"topic": "door-topic", "data": {"via": "topic"}}})
+    iii.trigger({"function_id": "publish", "payload": {"topic": "door-pub", "data": {"via": "pubsub"}}})
     iii.trigger({"function_id": "state::set", "payload": {"scope": "door", "key": "k", "value": 1}})
     iii.trigger({"function_id": "stream::set",
                  "payload": {"stream_name": "doorstream", "group_id": "g", "item_id": "i", "data": 1}})

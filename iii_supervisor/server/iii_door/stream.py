@@ -83,11 +83,14 @@ class WsStream:
         if isinstance(event, _CHANNEL_FRAMES):
             self._channel_frame(event)
             return
-        data = wire.encode(event, owner_of=self.owner_of)
-        if data is None:
-            return
-        if (type(event) is InvokeFunction or type(event) is InvocationResult) and wire.has_refs(data):
-            data = self._with_sdk_refs(event, data)
+        try:
+            data = wire.encode(event, owner_of=self.owner_of)
+            if data is None:
+                return
+            if (type(event) is InvokeFunction or type(event) is InvocationResult) and wire.has_refs(data):
+                data = self._with_sdk_refs(event, data)
+        except TypeError as exc:  # orjson: not JSON, or nested deeper than it encodes (a local failure)
+            raise LocalProtocolError(f"cannot encode {type(event).__name__} as JSON: {exc}") from None
         self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
@@ -103,6 +106,9 @@ class WsStream:
             consumed = self.endpoints.outgoing(self.session, event)
         except NotImplementedError:
             consumed = False
+        except Exception:  # a bug there fails this frame, never the caller
+            log.exception("iii door: a channel frame for %s could not be passed on", self.session)
+            return
         if not consumed:
             log.debug("iii door: %s for an unknown channel of %s dropped", type(event).__name__, self.session)
 
@@ -130,7 +136,7 @@ class WsStream:
             raise LocalProtocolError(f"cannot pass a channel to {self.session}: {type(exc).__name__}: {exc}") from None
         if changed is event:
             return data
-        encoded = wire.encode(changed)
+        encoded = wire.encode(changed)  # (a TypeError here is the caller's to translate)
         assert encoded is not None
         return encoded
 
@@ -171,6 +177,9 @@ class WsStream:
             try:
                 ref = self.endpoints.from_wire(self.session, value)
             except NotImplementedError:
+                return None
+            except Exception:  # a bug there leaves the reference as sent, never ends the connection
+                log.exception("iii door: a channel reference from %s could not be read", self.session)
                 return None
             return None if ref is None else ref.to_wire()
 
