@@ -66,6 +66,11 @@ class DoorSession(Session):
         #: what the worker said about itself (``engine::workers::register``)
         self.metadata: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Session.close, and the door forgets the connection in the same synchronous step."""
+        self.door.forget(self)
+        super().close()
+
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
             self.door.reattach(self, event)
@@ -297,11 +302,9 @@ class IiiDoor:
         try:
             await session.serve()
         finally:
-            self.sessions.pop(worker_id, None)
-            if self.pool is not None:
-                self.pool.attached.pop(worker_id, None)
-                if slot is not None:
-                    self.pool.detach(slot, session)
+            self.forget(session)
+            if self.pool is not None and slot is not None:
+                self.pool.detach(slot, session)
             try:
                 self.endpoints.session_closed(session)
             except NotImplementedError:
@@ -326,6 +329,12 @@ class IiiDoor:
             return
         log.info("iii door: %s reattached: closing its previous connection %s", session.name, previous.worker_id)
         previous.close()
+
+    def forget(self, session: DoorSession) -> None:
+        if self.sessions.get(session.worker_id) is session:
+            del self.sessions[session.worker_id]
+        if self.pool is not None:
+            self.pool.attached.pop(session.worker_id, None)
 
     def unique_name(self, wanted: str, session: DoorSession) -> str:
         """``wanted``, or ``wanted#N`` while another worker has that name."""
