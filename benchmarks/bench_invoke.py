@@ -75,30 +75,21 @@ import psutil
 from _common import (
     HERE,
     NOISY_CORES,
-    VENV_BIN,
     CpuSampler,
-    LoggedProcess,
-    args_json,
+    Supervisor,
     collect_pyspy,
     find_pyspy,
     fmt_cell,
     fmt_k,
-    git_state,
     latency_stats,
-    machine_info,
     median,
     print_process_profile,
     pyspy_recording,
-    reap,
     spread,
-    stop_process,
     table,
-    utc_timestamp,
     wait_quiet,
-    write_json,
+    write_result,
 )
-
-from iii_supervisor.control import ControlClient
 
 WORKERS_DIR = HERE / "workers_invoke"
 DEFAULT_OUTPUT = HERE / "results" / "invoke.json"
@@ -184,71 +175,18 @@ def peer_inflight(ex: concurrent.futures.ProcessPoolExecutor, count: int, second
 # --- the supervisor ----------------------------------------------------------------------------
 
 
-def _start_supports(flag: str) -> bool:
-    """Whether ``iii-supervisor start`` knows ``flag`` (the CLI grows options over time)."""
-    from iii_supervisor.cli import build_parser
+class InvokeSupervisor(Supervisor):
+    """The supervisor of ``workers_dir``, optionally run under ``python -m cProfile``."""
 
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
-        start = action.choices.get("start")  # type: ignore[union-attr]
-        if start is not None:
-            return any(flag in a.option_strings for a in start._actions)  # noqa: SLF001
-    return False
-
-
-class Supervisor(LoggedProcess):
-    """A real ``iii-supervisor start`` subprocess on a temporary runtime directory."""
-
-    log_lines = 40
-    no_log = "(no supervisor log)"
-
-    def __init__(self, workers_dir: Path, *, cprofile: bool = False) -> None:
-        super().__init__("iii-b", "supervisor.log")  # short prefix: the control socket path has a length limit
-        self.workers_dir = workers_dir
+    def __init__(self, workers_dir: Path, functions: set[str], *, cprofile: bool = False, **kw: Any) -> None:
+        super().__init__(workers_dir, functions, **kw)
         self.cprofile = cprofile
-        self.runtime_dir = self.tmp
         self.prof_path = self.runtime_dir / "supervisor.prof"
-        self.worker_pids: dict[str, int] = {}
 
-    @property
-    def control_socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
-
-    def start(self, timeout: float = 30.0) -> None:
+    def launcher(self) -> list[str]:
         if self.cprofile:
-            cmd = [sys.executable, "-m", "cProfile", "-o", str(self.prof_path), "-m", "iii_supervisor.cli"]
-        else:
-            exe = VENV_BIN / "iii-supervisor"
-            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
-        cmd += ["start", str(self.workers_dir), "--runtime-dir", str(self.runtime_dir), "--log-level", "warning"]
-        if _start_supports("--http-port"):
-            cmd += ["--http-port", "0"]  # any free port: never clash with another supervisor on the default one
-        self.spawn(cmd)
-        want = {"bench.run", "bench.echo_sync", "bench.echo_async"}
-
-        def ready() -> bool | None:
-            if not self.control_socket.exists():
-                return None
-            have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
-            if not want <= have:
-                return None
-            workers = self.call("engine::workers::list", timeout=5)["workers"]
-            self.worker_pids = {w["name"]: w["pid"] for w in workers if w["pid"]}
-            return True
-
-        self.wait_started(ready, timeout, label="the supervisor", retry_on=(Exception,),  # not ready yet
-                          not_ready=lambda last: f"the supervisor was not ready within {timeout:g}s "
-                                                 f"(last error: {last!r})")
-
-    def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
-        with ControlClient(self.control_socket, timeout=timeout) as client:
-            return client.call(function_id, data, timeout_ms=int(timeout * 1000))
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, wait, SIGKILL on timeout; then make sure the workers are gone too."""
-        stop_process(self.proc, "supervisor", timeout)
-        reap({f"worker {name} (pid {pid})": pid for name, pid in self.worker_pids.items()}, "the supervisor")
-        self.close_log()
+            return [sys.executable, "-m", "cProfile", "-o", str(self.prof_path), "-m", "iii_supervisor.cli"]
+        return super().launcher()
 
 
 # --- the measurement -----------------------------------------------------------------------------
@@ -376,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     _, load = wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
     print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
-    sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile")
+    sup = InvokeSupervisor(WORKERS_DIR, {"bench.run", "bench.echo_sync", "bench.echo_async"},
+                           cprofile=args.profile == "cprofile")
     ex: concurrent.futures.ProcessPoolExecutor | None = None
     raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in OURS}
     raw.update({"peer_seq": [], "peer_inflight": []})
@@ -528,26 +467,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratios['inflight_sync']['ratio_of_medians']:.2f}x; needed >= {fmt_k(need)}/s = 3x "
           f"{fmt_k(summary['peer_inflight']['calls_per_s'])}/s)")
 
-    result = {
-        "benchmark": "bench_invoke",
-        "timestamp": utc_timestamp(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "args": args_json(args),
-        "machine": machine_info(processor=platform.processor()),
-        "git": git_state(),
-        "profiled_with_cprofile": args.profile == "cprofile",
-        "payload": PAYLOAD,
-        "target": {"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
-                   "required_calls_per_s": need, "met_async": met_async, "met_sync": met_sync,
-                   "best_inflight_calls_per_s": inflight_best},
-        "summary": summary,
-        "ratios": ratios,
-        "raw": raw,
-        "pyspy": pyspy_report,
-        "duration_s": time.perf_counter() - t_start,
-    }
-    write_json(args.output, result)
-    print(f"results: {args.output}  (run took {result['duration_s']:.1f} s)")
+    write_result(
+        args.output, "bench_invoke", args, t_start, machine={"processor": platform.processor()},
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        profiled_with_cprofile=args.profile == "cprofile",
+        payload=PAYLOAD,
+        target={"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
+                "required_calls_per_s": need, "met_async": met_async, "met_sync": met_sync,
+                "best_inflight_calls_per_s": inflight_best},
+        summary=summary, ratios=ratios, raw=raw, pyspy=pyspy_report)
     return 0
 
 
