@@ -2,6 +2,8 @@
 
 - machine noise and CPU accounting: :func:`machine_busy_cores`, :func:`wait_quiet`, :class:`CpuSampler`;
 - statistics: :func:`median`, :func:`percentile`, :func:`latency_stats`, :func:`spread`;
+- the routed-call loop the driver workers run (``workers_invoke/driver.py`` on our SDK,
+  ``workers_invoke_sdk/sdk_driver.py`` on the official one): :func:`call_loop`;
 - table formatting: :func:`fmt_k`, :func:`fmt_f`, :func:`fmt_cell`, :func:`table`;
 - subprocesses: :class:`LoggedProcess` (log file, startup polling, stop, cleanup), :func:`stop_process`,
   :func:`reap`;
@@ -13,8 +15,8 @@
   :func:`utc_timestamp`, :func:`machine_info`, :func:`args_json`, :func:`git_state`, :func:`write_json`.
 
 The scripts run as ``python benchmarks/bench_*.py``, so this directory is on ``sys.path`` and
-``import _common`` finds this file. The invoke driver worker (``workers_invoke/driver.py``) puts this
-directory on ``sys.path`` itself to use :func:`latency_stats`.
+``import _common`` finds this file. The invoke driver workers put this directory on ``sys.path``
+themselves to use :func:`call_loop`.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
-
-from iii_supervisor.control import ControlClient
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -201,6 +201,62 @@ def spread(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float
         out[key + "_min"] = min(vals)
         out[key + "_max"] = max(vals)
     return out
+
+
+# --- the routed-call loops that run inside the driver workers ------------------------------------
+
+
+async def call_loop(params: dict[str, Any], trigger: Callable[[dict[str, Any]], Awaitable[Any]],
+                    run_all: Callable[[Callable[[], Awaitable[None]], int], Awaitable[None]]) -> dict[str, Any]:
+    """One measurement of a driver worker (A): call ``params["target"]`` through the supervisor with
+    ``await trigger({"function_id", "payload"})`` until ``count`` calls have completed or ``seconds``
+    have passed — one at a time (``mode: "seq"``, per-call latency) or from ``concurrency`` tasks
+    each awaiting calls in a loop (``"inflight"``). ``trigger`` and ``run_all(task, n)`` (run ``n``
+    copies of ``task`` concurrently, until all end) come from the worker's SDK and event loop, so
+    the same loop measures our SDK (trio) and the official one (asyncio).
+
+    Returns :func:`latency_stats` plus ``driver_cpu_s`` (the driver's CPU seconds)."""
+    mode = params["mode"]
+    payload = params.get("payload", {"x": 1})
+    count = int(params["count"])
+    seconds = float(params["seconds"])
+    req = {"function_id": params["target"], "payload": payload}
+    perf = time.perf_counter
+    latencies: list[float] = []
+    append = latencies.append
+    state = {"issued": 0, "done": 0, "mismatches": 0}
+    cpu0 = time.process_time()
+    start = perf()
+    deadline = start + seconds
+    if mode == "seq":
+        calls = mismatches = 0
+        now = start
+        while calls < count and now < deadline:
+            t0 = perf()
+            result = await trigger(req)
+            now = perf()
+            append(now - t0)
+            calls += 1
+            if result != payload:
+                mismatches += 1
+        state.update(done=calls, mismatches=mismatches)
+    elif mode == "inflight":
+        async def caller() -> None:
+            while state["issued"] < count and perf() < deadline:
+                state["issued"] += 1
+                t0 = perf()
+                result = await trigger(req)
+                append(perf() - t0)
+                state["done"] += 1
+                if result != payload:
+                    state["mismatches"] += 1
+
+        await run_all(caller, int(params.get("concurrency", 64)))
+    else:
+        raise ValueError(f"unknown mode {mode!r} (expected 'seq' or 'inflight')")
+    stats = latency_stats(latencies, state["done"], perf() - start, state["mismatches"])
+    stats["driver_cpu_s"] = time.process_time() - cpu0
+    return stats
 
 
 # --- table formatting ---------------------------------------------------------------------------
@@ -407,6 +463,8 @@ class Supervisor(LoggedProcess):
                                                  f"(last error: {last!r})")
 
     def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
+        from iii_supervisor.control import ControlClient  # here: driver workers import this file too
+
         with ControlClient(self.control_socket, timeout=timeout) as client:
             return client.call(function_id, data, timeout_ms=int(timeout * 1000))
 
