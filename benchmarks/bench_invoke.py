@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Routed-call benchmark: iii-supervisor worker → supervisor → worker, vs ProcessPoolExecutor.
+"""Routed-call benchmark: worker → supervisor → worker on our SDK (Unix socket) and on the official
+iii-sdk (WebSocket door), vs ProcessPoolExecutor.
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_invoke.py            # full run (~45-55 s)
-    .venv/bin/python benchmarks/bench_invoke.py --quick    # smoke run (~10-15 s)
+    .venv/bin/python benchmarks/bench_invoke.py            # full run (~1.5-2 min)
+    .venv/bin/python benchmarks/bench_invoke.py --quick    # smoke run (~25 s)
+    .venv/bin/python benchmarks/bench_invoke.py --no-sdk   # without the official-SDK configuration
     .venv/bin/python benchmarks/bench_invoke.py --profile pyspy   # + py-spy profile of every process
 
 What it does
@@ -22,21 +24,32 @@ What it does
    This harness asks A to run each measurement over the control socket
    (:class:`iii_supervisor.control.ControlClient`, i.e. what ``iii-supervisor invoke`` does).
 
+   The third configuration: a second supervisor, ``iii-supervisor start benchmarks/workers_invoke_sdk
+   --iii-port 0``, with the same two workers written with the official Python SDK (``iii-sdk``
+   0.25, import ``iii``, unmodified; spawned with ``III_URL``/``III_TOKEN``, so they connect over
+   the WebSocket door): ``sdk_target`` (``sdkbench.echo_sync``: the SDK runs it on a thread of its
+   own per call; ``sdkbench.echo_async``: on the SDK's asyncio loop) and ``sdk_driver``
+   (``sdkbench.run``, the same loop with ``await iii.trigger_async`` and asyncio tasks). It runs
+   with ``OTEL_ENABLED=false`` (no ``/otel`` telemetry socket). Skipped, with the reason printed,
+   where ``iii`` is not installed or the CLI has no ``--iii-port`` (or with ``--no-sdk``).
+
 2. Measures the peer in this process: ``ProcessPoolExecutor(max_workers=2)`` calling a trivial
    module-level echo, one at a time (``submit().result()`` in a loop) and with 64 futures kept in
    flight (a semaphore-bounded window of ``submit`` + done-callbacks).
 
 3. Warms everything up, then repeats every measurement ``--reps`` times (default 3, interleaved:
-   rep 1 of every scenario, then rep 2, …) and reports the median (and [min–max]) of each.
-   Alongside it samples the CPU time of the supervisor, A and B (psutil) and the hypervisor steal
-   (/proc/stat), so the table can say where the CPU went per call.
+   rep 1 of every scenario of every configuration, then rep 2, …) and reports the median (and
+   [min–max]) of each. Alongside it samples the CPU time of the supervisor, A and B of each
+   configuration (psutil) and the hypervisor steal (/proc/stat), so the table can say where the
+   CPU went per call.
 
-4. Prints the table and whether the target
+4. Prints one table with the three configurations side by side (ratios of calls/s: ours/PPE,
+   iii-sdk/ours, iii-sdk/PPE, of the medians and [per rep]) and whether the target
    "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)" was met, and writes
    every raw number to ``benchmarks/results/invoke.json`` (gitignored).
 
 ``--profile pyspy`` adds a profiling phase after the measurements (so it does not disturb them):
-``py-spy record`` on the supervisor, A and B while A runs the 64-in-flight async scenario, and
+``py-spy record`` on the supervisor, A and B (our SDK's configuration) while A runs the 64-in-flight scenarios, and
 prints the top functions by own (self) samples and by inclusive samples, per process. py-spy runs
 with ``--gil`` (only samples of the thread holding the GIL: Python work; override with the env var
 ``BENCH_PYSPY_ARGS``); the CPU table (psutil user+sys, /proc schedstat run-queue wait) says how much
