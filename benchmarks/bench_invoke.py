@@ -49,7 +49,7 @@ What it does
    every raw number to ``benchmarks/results/invoke.json`` (gitignored).
 
 ``--profile pyspy`` adds a profiling phase after the measurements (so it does not disturb them):
-``py-spy record`` on the supervisor, A and B (our SDK's configuration) while A runs the 64-in-flight scenarios, and
+``py-spy record`` on the supervisor, A and B of each configuration while A runs the 64-in-flight scenarios, and
 prints the top functions by own (self) samples and by inclusive samples, per process. py-spy runs
 with ``--gil`` (only samples of the thread holding the GIL: Python work; override with the env var
 ``BENCH_PYSPY_ARGS``); the CPU table (psutil user+sys, /proc schedstat run-queue wait) says how much
@@ -289,27 +289,26 @@ def _rate_cell(s: dict[str, Any], reps: int) -> str:
 # --- profiling phase -------------------------------------------------------------------------------
 
 
-def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Path,
+def profile_pyspy(sup: Supervisor, driver: str, seconds: float, concurrency: int, out_dir: Path,
                   targets: list[str]) -> dict[str, Any]:
+    """py-spy on ``sup`` and its two workers while ``driver`` keeps 64 calls to each target in flight."""
     pyspy = find_pyspy()
     if pyspy is None:
         return {}
     assert sup.proc is not None
-    pids = {"supervisor": sup.proc.pid, "driver": sup.worker_pids.get("driver"),
-            "target": sup.worker_pids.get("target")}
-    pids = {name: pid for name, pid in pids.items() if pid is not None}
+    pids = {"supervisor": sup.proc.pid, **{name.removeprefix("sdk_"): pid for name, pid in sup.worker_pids.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for target in targets:
-        short = target.rsplit("_", 1)[-1]
+        short = target.replace(".", "_")
         duration = max(2, int(seconds))
         # --gil (PYSPY_EXTRA): only GIL holders
         def profile_path(name: str, short: str = short) -> Path:
             return out_dir / f"pyspy_{short}_{name}.txt"
 
         with pyspy_recording(pyspy, pids, profile_path, duration, 500, PYSPY_EXTRA) as spies:
-            stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
-                                           "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
+            stats = sup.call(driver, {"mode": "inflight", "target": target, "count": 10**9,
+                                      "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
                              timeout=duration + 30)
             per_proc = collect_pyspy(spies, duration + 30, 25, 40)
         report[target] = {"calls_per_s_while_profiled": stats["calls_per_s"], "processes": per_proc}
@@ -461,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.profile == "pyspy":
             print("profiling with py-spy (after the measurements) …", flush=True)
-            pyspy_report = profile_pyspy(sup, max(4.0, args.seconds), args.concurrency,
-                                         args.output.parent / "profiles", ["bench.echo_async", "bench.echo_sync"])
+            profiles = args.output.parent / "profiles"
+            pyspy_report = profile_pyspy(sup, "bench.run", max(4.0, args.seconds), args.concurrency, profiles,
+                                         ["bench.echo_async", "bench.echo_sync"])
+            if sdk_sup is not None:
+                pyspy_report.update(profile_pyspy(sdk_sup, "sdkbench.run", max(4.0, args.seconds), args.concurrency,
+                                                  profiles, ["sdkbench.echo_async", "sdkbench.echo_sync"]))
     except BaseException:
         failed = True
         raise
