@@ -29,7 +29,7 @@ import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
@@ -47,6 +47,10 @@ from .stream import WsStream
 log = logging.getLogger(__name__)
 
 REGISTER_FUNCTION = "engine::workers::register"
+#: largest message on a telemetry socket (OTLP-JSON batches) and on a channel socket (the SDK
+#: writes chunks of 64 KiB; the reference keeps channel frames under 1 MiB)
+OTEL_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+CHANNEL_MAX_MESSAGE_SIZE = 1024 * 1024 + 64 * 1024
 #: the metadata fields of ``engine::workers::register`` that are kept (bounded: nothing else is)
 _METADATA_KEYS = ("name", "runtime", "version", "os", "pid", "description", "namespace", "isolation")
 _PONG = Pong()
@@ -68,8 +72,14 @@ class DoorSession(Session):
 
     def close(self) -> None:
         """Session.close, and the door forgets the connection in the same synchronous step."""
+        if self.closed.is_set():
+            return
         self.door.forget(self)
         super().close()
+        try:
+            self.door.endpoints.session_closed(self)
+        except NotImplementedError:
+            pass
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
@@ -152,7 +162,7 @@ class IiiDoor:
                     name="iii door"))
                 host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
                 self.url = f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
-                if self.pool is not None:  # spawned workers find the door (and prove who they are)
+                if self.pool is not None:  # spawned workers find the door, and prove who they are
                     self.pool.door_url = self.url
                 task_status.started(self.port)
                 await trio.sleep_forever()
@@ -194,29 +204,37 @@ class IiiDoor:
             address = f"{peer[0]}:{peer[1]}"
         except OSError:
             address = "?"
-        target = urlsplit(request.path)
-        path = target.path.rstrip("/") or "/"
-        if path == "/":
+        target = wire.route(request.path)
+        if target.kind == "worker":
             await self._worker(request, address)
-        elif path == "/otel":
-            if await self._admit(request, address, "telemetry") is not None:
-                await self._otel(await request.accept(), address)
-        elif path.startswith("/ws/channels/"):
-            query = parse_qs(target.query)
-            channel_id = path[len("/ws/channels/"):]
+        elif target.kind == "otel":
+            admitted = await self._admit(request, address, "telemetry")
+            if admitted is not None:
+                slot = admitted[0]
+                conn = await request.accept()
+                _limit(conn, OTEL_MAX_MESSAGE_SIZE)
+                await self._otel(conn, slot.name if slot is not None else address)
+        elif target.kind == "channel":
+            channel_id, key, direction = target.channel_id, target.param("key"), target.param("dir")
+            admits = getattr(self.endpoints, "admits", None)
+            if admits is not None and not admits(channel_id, key, direction):
+                await request.reject(404, body=b"no such channel (or a wrong key)")
+                return
             conn = await request.accept()
+            _limit(conn, CHANNEL_MAX_MESSAGE_SIZE)
             try:
-                await self.endpoints.serve(conn, channel_id, query.get("key", [""])[0], query.get("dir", [""])[0])
+                await self.endpoints.serve(conn, channel_id, key, direction)
             except NotImplementedError:
                 await conn.aclose(1011, "channels are not available in this build")
         else:
-            await request.reject(404, body=f"no such endpoint {target.path!r:.100} (the iii door serves /, /otel "
+            path = urlsplit(request.path).path
+            await request.reject(404, body=f"no such endpoint {path!r:.100} (the iii door serves /, /otel "
                                             "and /ws/channels/ID)".encode())
 
     async def _admit(self, request: WebSocketRequest, address: str, what: str) -> tuple[Any, bool] | None:
         """Who this upgrade is: ``(slot, False)`` for a spawned worker, ``(None, True)`` for an
         attached one; None when refused (the upgrade was answered 401/403)."""
-        bearer = _bearer(request)
+        bearer = _presented_token(request)
         if bearer is not None and self.pool is not None:
             slot = self.pool.authenticate(bearer)
             if slot is not None:
@@ -241,7 +259,7 @@ class IiiDoor:
         """Ask ``auth_function_id``; None lets the connection in, else (status, reason)."""
         function_id = self.config.auth_function_id
         assert function_id is not None
-        query: dict[str, list[str]] = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+        query = wire.route(request.path).query
         payload = {"headers": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
                    "query_params": query, "ip_address": address.rsplit(":", 1)[0]}
         try:
@@ -305,10 +323,6 @@ class IiiDoor:
             self.forget(session)
             if self.pool is not None and slot is not None:
                 self.pool.detach(slot, session)
-            try:
-                self.endpoints.session_closed(session)
-            except NotImplementedError:
-                pass
             sink._cut()
             log.info("iii door: %s disconnected (%s)", session.name, worker_id)
 
@@ -355,11 +369,21 @@ class IiiDoor:
         return getattr(owner, "worker_id", None) or (owner.name if owner is not None else "engine")
 
 
-def _bearer(request: WebSocketRequest) -> str | None:
+def _limit(conn: WebSocketConnection, size: int) -> None:
+    """Lower an accepted connection's message limit (serve_ws sets one for all before the path is known)."""
+    if hasattr(conn, "_max_message_size"):
+        conn._max_message_size = min(conn._max_message_size, size)
+
+
+def _presented_token(request: WebSocketRequest) -> str | None:
+    """``Authorization: Bearer <token>`` (the Python SDK sends ``$III_TOKEN``), else the URL's
+    ``?token=`` (spawned workers' ``III_URL`` carries it: the Node SDK sends no such header, and
+    both SDKs keep the query on every socket they open)."""
     for key, value in request.headers:
         if key.lower() == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    return None
+    token = wire.route(request.path).param("token")
+    return token or None
 
