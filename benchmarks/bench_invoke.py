@@ -30,7 +30,8 @@ What it does
    the WebSocket door): ``sdk_target`` (``sdkbench.echo_sync``: the SDK runs it on a thread of its
    own per call; ``sdkbench.echo_async``: on the SDK's asyncio loop) and ``sdk_driver``
    (``sdkbench.run``, the same loop with ``await iii.trigger_async`` and asyncio tasks). It runs
-   with ``OTEL_ENABLED=false`` (no ``/otel`` telemetry socket). Skipped, with the reason printed,
+   with ``OTEL_ENABLED=false`` (no ``/otel`` telemetry socket; ``--sdk-otel`` leaves the SDK's
+   default, a span per call exported over ``/otel``). Skipped, with the reason printed,
    where ``iii`` is not installed or the CLI has no ``--iii-port`` (or with ``--no-sdk``).
 
 2. Measures the peer in this process: ``ProcessPoolExecutor(max_workers=2)`` calling a trivial
@@ -244,7 +245,7 @@ def _sdk_version() -> str | None:
         return None
 
 
-def sdk_supervisor() -> tuple[Supervisor | None, str]:
+def sdk_supervisor(otel: bool) -> tuple[Supervisor | None, str]:
     """The supervisor of the official-SDK workers (WebSocket door on a free port), or None and why not."""
     from _common import cli_start_supports
 
@@ -254,10 +255,12 @@ def sdk_supervisor() -> tuple[Supervisor | None, str]:
         return None, "the official SDK is not installed (.venv/bin/pip install iii-sdk==0.25.0)"
     if not cli_start_supports("--iii-port"):
         return None, "this iii-supervisor has no WebSocket door (--iii-port)"
-    # OTEL_ENABLED=false: the SDK would otherwise open its /otel telemetry socket (see docs/performance.md)
+    # OTEL_ENABLED=false unless --sdk-otel: no /otel socket, no span export (see docs/performance.md)
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_ENABLED"}
+    if not otel:
+        env["OTEL_ENABLED"] = "false"
     return Supervisor(SDK_WORKERS_DIR, {"sdkbench.run", "sdkbench.echo_sync", "sdkbench.echo_async"},
-                      tmp_prefix="iii-d", extra_args=["--iii-port", "0"],
-                      env={**os.environ, "OTEL_ENABLED": "false"}), ""
+                      tmp_prefix="iii-d", extra_args=["--iii-port", "0"], env=env), ""
 
 
 def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mode: str, count: int,
@@ -343,6 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
     p.add_argument("--no-sdk", action="store_true",
                    help="skip the third configuration (the official iii-sdk workers over the WebSocket door)")
+    p.add_argument("--sdk-otel", action="store_true",
+                   help="leave the official SDK's telemetry on (its default: a span per call, exported over /otel); "
+                        "default: OTEL_ENABLED=false")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON output (default {DEFAULT_OUTPUT})")
     p.add_argument("--profile", choices=["none", "pyspy", "cprofile"], default="none",
                    help="pyspy: profile supervisor+workers after the measurements; cprofile: run the "
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
     sup = InvokeSupervisor(WORKERS_DIR, {"bench.run", "bench.echo_sync", "bench.echo_async"},
                            cprofile=args.profile == "cprofile")
-    sdk_sup, sdk_skipped = (None, "--no-sdk") if args.no_sdk else sdk_supervisor()
+    sdk_sup, sdk_skipped = (None, "--no-sdk") if args.no_sdk else sdk_supervisor(args.sdk_otel)
     if sdk_sup is None:
         print(f"official SDK configuration skipped: {sdk_skipped}", flush=True)
     configs = OURS + (SDK if sdk_sup is not None else [])
@@ -584,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         profiled_with_cprofile=args.profile == "cprofile",
         payload=PAYLOAD,
         official_sdk={"measured": have_sdk, "skipped_because": sdk_skipped or None,
-                      "version": _sdk_version(), "otel_enabled": False,
+                      "version": _sdk_version(), "otel_enabled": args.sdk_otel,
                       "reference_ws_round_trip_us": REFERENCE_WS_ROUND_TRIP_US},
         target={"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
                 "required_calls_per_s": need, "met_async": met_async, "met_sync": met_sync,
