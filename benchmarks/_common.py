@@ -1,17 +1,22 @@
-"""What ``bench_invoke.py`` and ``bench_http.py`` share (not a benchmark itself; imported by them).
+"""What the ``bench_*.py`` scripts share (not a benchmark itself; imported by them).
 
 - machine noise and CPU accounting: :func:`machine_busy_cores`, :func:`wait_quiet`, :class:`CpuSampler`;
 - statistics: :func:`median`, :func:`percentile`, :func:`latency_stats`, :func:`spread`;
+- the routed-call loop the driver workers run (``workers_invoke/driver.py`` on our SDK,
+  ``workers_invoke_sdk/sdk_driver.py`` on the official one): :func:`call_loop`;
 - table formatting: :func:`fmt_k`, :func:`fmt_f`, :func:`fmt_cell`, :func:`table`;
 - subprocesses: :class:`LoggedProcess` (log file, startup polling, stop, cleanup), :func:`stop_process`,
   :func:`reap`;
+- the supervisor under test: :class:`Supervisor` (``iii-supervisor start`` on a temporary runtime directory,
+  ready once the wanted functions are registered, called over its control socket),
+  :func:`supervisor_launcher`, :func:`supervisor_start_args`;
 - py-spy: :func:`find_pyspy`, :func:`pyspy_recording`, :func:`collect_pyspy`, :func:`print_process_profile`;
-- the JSON result: :func:`utc_timestamp`, :func:`machine_info`, :func:`args_json`, :func:`git_state`,
-  :func:`write_json`.
+- the JSON result: :func:`write_result` (the common fields, written and announced), and its parts
+  :func:`utc_timestamp`, :func:`machine_info`, :func:`args_json`, :func:`git_state`, :func:`write_json`.
 
 The scripts run as ``python benchmarks/bench_*.py``, so this directory is on ``sys.path`` and
-``import _common`` finds this file. The invoke driver worker (``workers_invoke/driver.py``) puts this
-directory on ``sys.path`` itself to use :func:`latency_stats`.
+``import _common`` finds this file. The invoke driver workers put this directory on ``sys.path``
+themselves to use :func:`call_loop`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +203,62 @@ def spread(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float
     return out
 
 
+# --- the routed-call loops that run inside the driver workers ------------------------------------
+
+
+async def call_loop(params: dict[str, Any], trigger: Callable[[dict[str, Any]], Awaitable[Any]],
+                    run_all: Callable[[Callable[[], Awaitable[None]], int], Awaitable[None]]) -> dict[str, Any]:
+    """One measurement of a driver worker (A): call ``params["target"]`` through the supervisor with
+    ``await trigger({"function_id", "payload"})`` until ``count`` calls have completed or ``seconds``
+    have passed — one at a time (``mode: "seq"``, per-call latency) or from ``concurrency`` tasks
+    each awaiting calls in a loop (``"inflight"``). ``trigger`` and ``run_all(task, n)`` (run ``n``
+    copies of ``task`` concurrently, until all end) come from the worker's SDK and event loop, so
+    the same loop measures our SDK (trio) and the official one (asyncio).
+
+    Returns :func:`latency_stats` plus ``driver_cpu_s`` (the driver's CPU seconds)."""
+    mode = params["mode"]
+    payload = params.get("payload", {"x": 1})
+    count = int(params["count"])
+    seconds = float(params["seconds"])
+    req = {"function_id": params["target"], "payload": payload}
+    perf = time.perf_counter
+    latencies: list[float] = []
+    append = latencies.append
+    state = {"issued": 0, "done": 0, "mismatches": 0}
+    cpu0 = time.process_time()
+    start = perf()
+    deadline = start + seconds
+    if mode == "seq":
+        calls = mismatches = 0
+        now = start
+        while calls < count and now < deadline:
+            t0 = perf()
+            result = await trigger(req)
+            now = perf()
+            append(now - t0)
+            calls += 1
+            if result != payload:
+                mismatches += 1
+        state.update(done=calls, mismatches=mismatches)
+    elif mode == "inflight":
+        async def caller() -> None:
+            while state["issued"] < count and perf() < deadline:
+                state["issued"] += 1
+                t0 = perf()
+                result = await trigger(req)
+                append(perf() - t0)
+                state["done"] += 1
+                if result != payload:
+                    state["mismatches"] += 1
+
+        await run_all(caller, int(params.get("concurrency", 64)))
+    else:
+        raise ValueError(f"unknown mode {mode!r} (expected 'seq' or 'inflight')")
+    stats = latency_stats(latencies, state["done"], perf() - start, state["mismatches"])
+    stats["driver_cpu_s"] = time.process_time() - cpu0
+    return stats
+
+
 # --- table formatting ---------------------------------------------------------------------------
 
 
@@ -316,6 +377,102 @@ class LoggedProcess:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- the supervisor under test ------------------------------------------------------------------
+
+
+def supervisor_launcher() -> list[str]:
+    """The command that runs the ``iii-supervisor`` CLI: the venv's console script, else ``python -m``."""
+    exe = VENV_BIN / "iii-supervisor"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
+
+
+def cli_start_supports(flag: str) -> bool:
+    """Whether ``iii-supervisor start`` knows ``flag`` (the CLI grows options over time)."""
+    from iii_supervisor.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
+        start = action.choices.get("start")  # type: ignore[union-attr]
+        if start is not None:
+            return any(flag in a.option_strings for a in start._actions)  # noqa: SLF001
+    return False
+
+
+def supervisor_start_args(workers_dir: Path, runtime_dir: Path, data_dir: Path, *,
+                          log_level: str = "warning") -> list[str]:
+    """``start WORKERS_DIR --runtime-dir DIR --data-dir DIR --log-level LEVEL`` plus ``--http-port 0``
+    and ``--stream-port 0`` where the CLI has them: a benchmark's supervisor has its own directories
+    and free ports, so it never clashes with another supervisor (the data directory is locked by its
+    pid; the default ports may be taken)."""
+    args = ["start", str(workers_dir), "--runtime-dir", str(runtime_dir), "--data-dir", str(data_dir),
+            "--log-level", log_level]
+    for flag in ("--http-port", "--stream-port"):
+        if cli_start_supports(flag):
+            args += [flag, "0"]
+    return args
+
+
+class Supervisor(LoggedProcess):
+    """A real ``iii-supervisor start WORKERS_DIR`` subprocess on a temporary runtime directory, ready once
+    ``functions`` are all registered, driven over its control socket (what ``iii-supervisor invoke`` does).
+
+    ``extra_args`` are appended to the start command; ``env`` replaces the environment. Subclasses may
+    override :meth:`launcher` (e.g. to run the CLI under a profiler)."""
+
+    log_lines = 40
+    no_log = "(no supervisor log)"
+
+    def __init__(self, workers_dir: Path, functions: Collection[str], *, tmp_prefix: str = "iii-b",
+                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+        super().__init__(tmp_prefix, "supervisor.log")  # short prefix: the control socket path has a length limit
+        self.workers_dir = workers_dir
+        self.functions = set(functions)
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.runtime_dir = self.tmp
+        self.data_dir = self.tmp / "data"
+        #: worker name → pid of the workers it spawned (read when it is ready)
+        self.worker_pids: dict[str, int] = {}
+
+    @property
+    def control_socket(self) -> Path:
+        return self.runtime_dir / "control.sock"
+
+    def launcher(self) -> list[str]:
+        return supervisor_launcher()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.spawn([*self.launcher(), *supervisor_start_args(self.workers_dir, self.runtime_dir, self.data_dir),
+                    *self.extra_args],
+                   env=self.env)
+
+        def ready() -> bool | None:
+            if not self.control_socket.exists():
+                return None
+            have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
+            if not self.functions <= have:
+                return None
+            workers = self.call("engine::workers::list", timeout=5)["workers"]
+            self.worker_pids = {w["name"]: w["pid"] for w in workers if w["pid"]}
+            return True
+
+        self.wait_started(ready, timeout, label="the supervisor", retry_on=(Exception,),  # not ready yet
+                          not_ready=lambda last: f"the supervisor was not ready within {timeout:g}s "
+                                                 f"(last error: {last!r})")
+
+    def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
+        from iii_supervisor.control import ControlClient  # here: driver workers import this file too
+
+        with ControlClient(self.control_socket, timeout=timeout) as client:
+            return client.call(function_id, data, timeout_ms=int(timeout * 1000))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, wait, SIGKILL on timeout; then make sure the workers are gone too."""
+        stop_process(self.proc, "supervisor", timeout)
+        reap({f"worker {name} (pid {pid})": pid for name, pid in self.worker_pids.items()}, "the supervisor")
+        self.close_log()
 
 
 # --- py-spy -------------------------------------------------------------------------------------
@@ -484,3 +641,15 @@ def git_state() -> dict[str, Any]:
 def write_json(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def write_result(path: Path, benchmark: str, args: argparse.Namespace, t_start: float, *,
+                 machine: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """Write a benchmark's JSON result: its name, time, arguments, machine, git state, ``fields`` and
+    the run's duration since ``t_start`` (``time.perf_counter()``); print where it went."""
+    result = {"benchmark": benchmark, "timestamp": utc_timestamp(), "args": args_json(args),
+              "machine": machine_info(**(machine or {})), "git": git_state(), **fields,
+              "duration_s": time.perf_counter() - t_start}
+    write_json(path, result)
+    print(f"results: {path}  (run took {result['duration_s']:.1f} s)")
+    return result

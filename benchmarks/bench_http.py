@@ -83,14 +83,11 @@ from _common import (
     NOISY_CORES,
     CpuSampler,
     LoggedProcess,
-    args_json,
     collect_pyspy,
     find_pyspy,
     fmt_cell,
     fmt_f,
     fmt_k,
-    git_state,
-    machine_info,
     median,
     percentile,
     print_process_profile,
@@ -98,10 +95,10 @@ from _common import (
     reap,
     spread,
     stop_process,
+    supervisor_start_args,
     table,
-    utc_timestamp,
     wait_quiet,
-    write_json,
+    write_result,
 )
 
 WORKERS_DIR = HERE / "workers_http"
@@ -263,8 +260,7 @@ class SupervisorServer(Server):
             cmd = [sys.executable, "-m", "iii_supervisor"]
         else:
             cmd = [sys.executable, "-c", PURE_H11_LAUNCHER]
-        return cmd + ["start", str(WORKERS_DIR), "--runtime-dir", str(self.runtime_dir),
-                      "--http-port", "0", "--log-level", "info"]
+        return cmd + supervisor_start_args(WORKERS_DIR, self.runtime_dir, self.tmp / "data", log_level="info")
 
     def find_port(self) -> int | None:
         if self.port is None:
@@ -752,26 +748,19 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = {d: _version(d) for d in ("h11", "h11-mypyc", "trio", "orjson", "uvicorn", "httptools", "uvloop",
                                          "psutil", "py-spy")}
-    result = {
-        "benchmark": "bench_http",
-        "time": utc_timestamp(),
-        "machine": machine_info(loadavg_start=os.getloadavg()),
-        "versions": versions,
-        "client": {"kind": gen.kind, "version": wrk_version(wrk) if wrk else None,
-                   "command": f"wrk -t1 -c<N> -d{args.duration}s --latency URL" if wrk else "PythonClient"},
-        "git": git_state(),
-        "args": args_json(args),
-        "configs": {c: CONFIGS[c] for c in configs},
-        "notes": notes,
-        "summary": {c: {f"c{n}": summary[c][n] for n in args.connections} for c in configs},
-        "ratios": ratios,
-        "target": target,
-        "raw": {c: {f"c{n}": raw[c][n] for n in args.connections} for c in configs},
-        "profile": profile_report,
-        "wall_s": time.perf_counter() - t_start,
-    }
-    write_json(args.output, result)
-    print(f"\nwrote {args.output} ({result['wall_s']:.0f} s)")
+    print()
+    write_result(
+        args.output, "bench_http", args, t_start, machine={"loadavg_start": os.getloadavg()},
+        versions=versions,
+        client={"kind": gen.kind, "version": wrk_version(wrk) if wrk else None,
+                "command": f"wrk -t1 -c<N> -d{args.duration}s --latency URL" if wrk else "PythonClient"},
+        configs={c: CONFIGS[c] for c in configs},
+        notes=notes,
+        summary={c: {f"c{n}": summary[c][n] for n in args.connections} for c in configs},
+        ratios=ratios,
+        target=target,
+        raw={c: {f"c{n}": raw[c][n] for n in args.connections} for c in configs},
+        profile=profile_report)
     return 0
 
 

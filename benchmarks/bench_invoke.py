@@ -1,15 +1,12 @@
 #!/usr/bin/env python3
-"""Routed-call benchmark: iii-supervisor worker → supervisor → worker, vs ProcessPoolExecutor.
-
-Three configurations in the same run: our SDK on the Unix socket (sync and async handlers), and the
-official iii SDK (``iii-sdk``, when installed) over the iii door's WebSocket: ``sdk_driver`` →
-supervisor → ``sdk_target`` → supervisor → ``sdk_driver`` (``benchmarks/workers_invoke_sdk/``,
-spawned through ``[workers.NAME] command``, the door on a free port). ``--no-sdk`` leaves it out.
+"""Routed-call benchmark: worker → supervisor → worker on our SDK (Unix socket) and on the official
+iii-sdk (WebSocket door), vs ProcessPoolExecutor.
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_invoke.py            # full run (~45-55 s)
-    .venv/bin/python benchmarks/bench_invoke.py --quick    # smoke run (~10-15 s)
+    .venv/bin/python benchmarks/bench_invoke.py            # full run (~1.5-2 min)
+    .venv/bin/python benchmarks/bench_invoke.py --quick    # smoke run (~25 s)
+    .venv/bin/python benchmarks/bench_invoke.py --no-sdk   # without the official-SDK configuration
     .venv/bin/python benchmarks/bench_invoke.py --profile pyspy   # + py-spy profile of every process
 
 What it does
@@ -27,21 +24,33 @@ What it does
    This harness asks A to run each measurement over the control socket
    (:class:`iii_supervisor.control.ControlClient`, i.e. what ``iii-supervisor invoke`` does).
 
+   The third configuration: a second supervisor, ``iii-supervisor start benchmarks/workers_invoke_sdk
+   --iii-port 0``, with the same two workers written with the official Python SDK (``iii-sdk``
+   0.25, import ``iii``, unmodified; spawned with ``III_URL``/``III_TOKEN``, so they connect over
+   the WebSocket door): ``sdk_target`` (``sdkbench.echo_sync``: the SDK runs it on a thread of its
+   own per call; ``sdkbench.echo_async``: on the SDK's asyncio loop) and ``sdk_driver``
+   (``sdkbench.run``, the same loop with ``await iii.trigger_async`` and asyncio tasks). It runs
+   with ``OTEL_ENABLED=false`` (no ``/otel`` telemetry socket; ``--sdk-otel`` leaves the SDK's
+   default, a span per call exported over ``/otel``). Skipped, with the reason printed,
+   where ``iii`` is not installed or the CLI has no ``--iii-port`` (or with ``--no-sdk``).
+
 2. Measures the peer in this process: ``ProcessPoolExecutor(max_workers=2)`` calling a trivial
    module-level echo, one at a time (``submit().result()`` in a loop) and with 64 futures kept in
    flight (a semaphore-bounded window of ``submit`` + done-callbacks).
 
 3. Warms everything up, then repeats every measurement ``--reps`` times (default 3, interleaved:
-   rep 1 of every scenario, then rep 2, …) and reports the median (and [min–max]) of each.
-   Alongside it samples the CPU time of the supervisor, A and B (psutil) and the hypervisor steal
-   (/proc/stat), so the table can say where the CPU went per call.
+   rep 1 of every scenario of every configuration, then rep 2, …) and reports the median (and
+   [min–max]) of each. Alongside it samples the CPU time of the supervisor, A and B of each
+   configuration (psutil) and the hypervisor steal (/proc/stat), so the table can say where the
+   CPU went per call.
 
-4. Prints the table and whether the target
+4. Prints one table with the three configurations side by side (ratios of calls/s: ours/PPE,
+   iii-sdk/ours, iii-sdk/PPE, of the medians and [per rep]) and whether the target
    "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)" was met, and writes
    every raw number to ``benchmarks/results/invoke.json`` (gitignored).
 
 ``--profile pyspy`` adds a profiling phase after the measurements (so it does not disturb them):
-``py-spy record`` on the supervisor, A and B while A runs the 64-in-flight async scenario, and
+``py-spy record`` on the supervisor, A and B of each configuration while A runs the 64-in-flight scenarios, and
 prints the top functions by own (self) samples and by inclusive samples, per process. py-spy runs
 with ``--gil`` (only samples of the thread holding the GIL: Python work; override with the env var
 ``BENCH_PYSPY_ARGS``); the CPU table (psutil user+sys, /proc schedstat run-queue wait) says how much
@@ -80,30 +89,21 @@ import psutil
 from _common import (
     HERE,
     NOISY_CORES,
-    VENV_BIN,
     CpuSampler,
-    LoggedProcess,
-    args_json,
+    Supervisor,
     collect_pyspy,
     find_pyspy,
     fmt_cell,
     fmt_k,
-    git_state,
     latency_stats,
-    machine_info,
     median,
     print_process_profile,
     pyspy_recording,
-    reap,
     spread,
-    stop_process,
     table,
-    utc_timestamp,
     wait_quiet,
-    write_json,
+    write_result,
 )
-
-from iii_supervisor.control import ControlClient
 
 WORKERS_DIR = HERE / "workers_invoke"
 SDK_WORKERS_DIR = HERE / "workers_invoke_sdk"
@@ -116,26 +116,20 @@ TARGET_RATIO = 3.0
 PYSPY_EXTRA = os.environ.get("BENCH_PYSPY_ARGS", "--gil").split()
 
 OURS = [
-    # key, mode, target function, label, driver function
-    ("seq_sync", "seq", "bench.echo_sync", "sequential, sync handler", "bench.run"),
-    ("seq_async", "seq", "bench.echo_async", "sequential, async handler", "bench.run"),
-    ("inflight_sync", "inflight", "bench.echo_sync", "64 in flight, sync handler", "bench.run"),
-    ("inflight_async", "inflight", "bench.echo_async", "64 in flight, async handler", "bench.run"),
+    # key, mode, target function, label
+    ("seq_sync", "seq", "bench.echo_sync", "sequential, sync handler"),
+    ("seq_async", "seq", "bench.echo_async", "sequential, async handler"),
+    ("inflight_sync", "inflight", "bench.echo_sync", "64 in flight, sync handler"),
+    ("inflight_async", "inflight", "bench.echo_async", "64 in flight, async handler"),
 ]
-#: the official SDK over the iii door (WebSocket), when iii-sdk is installed
-SDK_SCENARIOS = [
-    ("sdk_seq", "seq", "sdkbench.echo", "iii-sdk over WebSocket, sequential", "sdkbench.run"),
-    ("sdk_inflight", "inflight", "sdkbench.echo", "iii-sdk over WebSocket, 64 in flight", "sdkbench.run"),
-]
-PEER_OF = {"seq_sync": "seq", "seq_async": "seq", "inflight_sync": "inflight", "inflight_async": "inflight",
-           "sdk_seq": "seq", "sdk_inflight": "inflight"}
-
-
-def sdk_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("iii") is not None and _start_supports("--iii-port")
-
+#: the official Python SDK (iii-sdk) over the WebSocket door: the same scenarios, key "sdk_" + ours
+SDK = [("sdk_" + key, mode, target.replace("bench.", "sdkbench."), label) for key, mode, target, label in OURS]
+SDK_OF = {key: "sdk_" + key for key, *_ in OURS}
+PEER_OF = {"seq_sync": "seq", "seq_async": "seq", "inflight_sync": "inflight", "inflight_async": "inflight"}
+PEER_OF.update({SDK_OF[k]: v for k, v in list(PEER_OF.items())})
+#: what the reference Rust engine's own benchmark reports for a WebSocket round trip caller → engine
+#: → echo worker → caller on its CI machines (another machine, another engine: for scale only)
+REFERENCE_WS_ROUND_TRIP_US = 139
 
 # --- the peer: ProcessPoolExecutor ----------------------------------------------------------------
 
@@ -202,84 +196,18 @@ def peer_inflight(ex: concurrent.futures.ProcessPoolExecutor, count: int, second
 # --- the supervisor ----------------------------------------------------------------------------
 
 
-def _start_supports(flag: str) -> bool:
-    """Whether ``iii-supervisor start`` knows ``flag`` (the CLI grows options over time)."""
-    from iii_supervisor.cli import build_parser
+class InvokeSupervisor(Supervisor):
+    """The supervisor of ``workers_dir``, optionally run under ``python -m cProfile``."""
 
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
-        start = action.choices.get("start")  # type: ignore[union-attr]
-        if start is not None:
-            return any(flag in a.option_strings for a in start._actions)  # noqa: SLF001
-    return False
-
-
-class Supervisor(LoggedProcess):
-    """A real ``iii-supervisor start`` subprocess on a temporary runtime directory."""
-
-    log_lines = 40
-    no_log = "(no supervisor log)"
-
-    def __init__(self, workers_dir: Path, *, cprofile: bool = False, sdk: bool = False) -> None:
-        super().__init__("iii-b", "supervisor.log")  # short prefix: the control socket path has a length limit
-        self.workers_dir = workers_dir
+    def __init__(self, workers_dir: Path, functions: set[str], *, cprofile: bool = False, **kw: Any) -> None:
+        super().__init__(workers_dir, functions, **kw)
         self.cprofile = cprofile
-        #: also run the official-SDK pair behind the iii door
-        self.sdk = sdk
-        self.runtime_dir = self.tmp
         self.prof_path = self.runtime_dir / "supervisor.prof"
-        self.worker_pids: dict[str, int] = {}
 
-    @property
-    def control_socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
-
-    def start(self, timeout: float = 30.0) -> None:
+    def launcher(self) -> list[str]:
         if self.cprofile:
-            cmd = [sys.executable, "-m", "cProfile", "-o", str(self.prof_path), "-m", "iii_supervisor.cli"]
-        else:
-            exe = VENV_BIN / "iii-supervisor"
-            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
-        cmd += ["start", str(self.workers_dir), "--runtime-dir", str(self.runtime_dir), "--log-level", "warning"]
-        if _start_supports("--http-port"):
-            cmd += ["--http-port", "0"]  # any free port: never clash with another supervisor on the default one
-        if _start_supports("--stream-port"):
-            cmd += ["--stream-port", "0"]
-        want = {"bench.run", "bench.echo_sync", "bench.echo_async"}
-        env = None
-        if self.sdk:
-            config = self.runtime_dir / "bench.toml"
-            config.write_text("".join(f'[workers.{name}]\ncommand = ["{sys.executable}", '
-                                      f'"{SDK_WORKERS_DIR / (name + ".py")}"]\n'
-                                      for name in ("sdk_driver", "sdk_target")))
-            cmd += ["--iii-port", "0", "--config", str(config)]
-            env = {**os.environ, "OTEL_ENABLED": "false"}
-            want |= {"sdkbench.run", "sdkbench.echo"}
-        self.spawn(cmd, env=env)
-
-        def ready() -> bool | None:
-            if not self.control_socket.exists():
-                return None
-            have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
-            if not want <= have:
-                return None
-            workers = self.call("engine::workers::list", timeout=5)["workers"]
-            self.worker_pids = {w["name"]: w["pid"] for w in workers if w["pid"]}
-            return True
-
-        self.wait_started(ready, timeout, label="the supervisor", retry_on=(Exception,),  # not ready yet
-                          not_ready=lambda last: f"the supervisor was not ready within {timeout:g}s "
-                                                 f"(last error: {last!r})")
-
-    def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
-        with ControlClient(self.control_socket, timeout=timeout) as client:
-            return client.call(function_id, data, timeout_ms=int(timeout * 1000))
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, wait, SIGKILL on timeout; then make sure the workers are gone too."""
-        stop_process(self.proc, "supervisor", timeout)
-        reap({f"worker {name} (pid {pid})": pid for name, pid in self.worker_pids.items()}, "the supervisor")
-        self.close_log()
+            return [sys.executable, "-m", "cProfile", "-o", str(self.prof_path), "-m", "iii_supervisor.cli"]
+        return super().launcher()
 
 
 # --- the measurement -----------------------------------------------------------------------------
@@ -300,11 +228,39 @@ def _sampled(sampler: CpuSampler, measure: Callable[[], dict[str, Any]]) -> dict
     return stats
 
 
-def ours_run(sup: Supervisor, sampler: CpuSampler, mode: str, target: str, count: int, seconds: float,
-             concurrency: int, driver: str = "bench.run") -> dict[str, Any]:
+def routed_run(sup: Supervisor, sampler: CpuSampler, driver: str, mode: str, target: str, count: int,
+               seconds: float, concurrency: int) -> dict[str, Any]:
+    """Ask the driver worker (its ``driver`` function: bench.run or sdkbench.run) for one measurement."""
     params = {"mode": mode, "target": target, "count": count, "seconds": seconds,
               "concurrency": concurrency, "payload": PAYLOAD}
     return _sampled(sampler, lambda: sup.call(driver, params, timeout=seconds + 30))
+
+
+def _sdk_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("iii-sdk")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def sdk_supervisor(otel: bool) -> tuple[Supervisor | None, str]:
+    """The supervisor of the official-SDK workers (WebSocket door on a free port), or None and why not."""
+    from _common import cli_start_supports
+
+    try:
+        import iii  # noqa: F401
+    except ImportError:
+        return None, "the official SDK is not installed (.venv/bin/pip install iii-sdk==0.25.0)"
+    if not cli_start_supports("--iii-port"):
+        return None, "this iii-supervisor has no WebSocket door (--iii-port)"
+    # OTEL_ENABLED=false unless --sdk-otel: no /otel socket, no span export (see docs/performance.md)
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_ENABLED"}
+    if not otel:
+        env["OTEL_ENABLED"] = "false"
+    return Supervisor(SDK_WORKERS_DIR, {"sdkbench.run", "sdkbench.echo_sync", "sdkbench.echo_async"},
+                      tmp_prefix="iii-d", extra_args=["--iii-port", "0"], env=env), ""
 
 
 def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mode: str, count: int,
@@ -336,27 +292,26 @@ def _rate_cell(s: dict[str, Any], reps: int) -> str:
 # --- profiling phase -------------------------------------------------------------------------------
 
 
-def profile_pyspy(sup: Supervisor, seconds: float, concurrency: int, out_dir: Path,
+def profile_pyspy(sup: Supervisor, driver: str, seconds: float, concurrency: int, out_dir: Path,
                   targets: list[str]) -> dict[str, Any]:
+    """py-spy on ``sup`` and its two workers while ``driver`` keeps 64 calls to each target in flight."""
     pyspy = find_pyspy()
     if pyspy is None:
         return {}
     assert sup.proc is not None
-    pids = {"supervisor": sup.proc.pid, "driver": sup.worker_pids.get("driver"),
-            "target": sup.worker_pids.get("target")}
-    pids = {name: pid for name, pid in pids.items() if pid is not None}
+    pids = {"supervisor": sup.proc.pid, **{name.removeprefix("sdk_"): pid for name, pid in sup.worker_pids.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for target in targets:
-        short = target.rsplit("_", 1)[-1]
+        short = target.replace(".", "_")
         duration = max(2, int(seconds))
         # --gil (PYSPY_EXTRA): only GIL holders
         def profile_path(name: str, short: str = short) -> Path:
             return out_dir / f"pyspy_{short}_{name}.txt"
 
         with pyspy_recording(pyspy, pids, profile_path, duration, 500, PYSPY_EXTRA) as spies:
-            stats = sup.call("bench.run", {"mode": "inflight", "target": target, "count": 10**9,
-                                           "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
+            stats = sup.call(driver, {"mode": "inflight", "target": target, "count": 10**9,
+                                      "seconds": duration, "concurrency": concurrency, "payload": PAYLOAD},
                              timeout=duration + 30)
             per_proc = collect_pyspy(spies, duration + 30, 25, 40)
         report[target] = {"calls_per_s_while_profiled": stats["calls_per_s"], "processes": per_proc}
@@ -377,7 +332,8 @@ def print_pyspy(report: dict[str, Any], n_self: int = 15, n_incl: int = 20) -> N
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Routed calls worker A → iii-supervisor → worker B → A (sequential and 64 in flight, "
-                    "sync and async handlers) vs concurrent.futures.ProcessPoolExecutor(max_workers=2).",
+                    "sync and async handlers), on our SDK (Unix socket) and on the official iii-sdk "
+                    "(WebSocket door), vs concurrent.futures.ProcessPoolExecutor(max_workers=2).",
         epilog="Results: a table on stdout and raw JSON in benchmarks/results/invoke.json. "
                "--profile pyspy needs py-spy in the venv (.venv/bin/pip install py-spy).")
     p.add_argument("--quick", action="store_true", help="short smoke run (1 rep, 0.6 s per measurement; ~15 s)")
@@ -388,9 +344,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight-count", type=int, default=500_000,
                    help="call-count bound, 64 in flight (default 500000)")
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON output (default {DEFAULT_OUTPUT})")
     p.add_argument("--no-sdk", action="store_true",
-                   help="leave out the official iii SDK over the iii door (included when iii-sdk is installed)")
+                   help="skip the third configuration (the official iii-sdk workers over the WebSocket door)")
+    p.add_argument("--sdk-otel", action="store_true",
+                   help="leave the official SDK's telemetry on (its default: a span per call, exported over /otel); "
+                        "default: OTEL_ENABLED=false")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON output (default {DEFAULT_OUTPUT})")
     p.add_argument("--profile", choices=["none", "pyspy", "cprofile"], default="none",
                    help="pyspy: profile supervisor+workers after the measurements; cprofile: run the "
                         "supervisor under cProfile (distorts the numbers)")
@@ -401,6 +360,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _check_restarts(sup: Supervisor, what: str) -> None:
+    workers_after = sup.call("engine::workers::list", timeout=10)["workers"]
+    restarts = {w["name"]: w["restarts"] for w in workers_after}
+    if any(restarts.values()) or {w["name"]: w["pid"] for w in workers_after if w["pid"]} != sup.worker_pids:
+        raise RuntimeError(f"a worker of {what} restarted during the measurements ({restarts}): results are invalid")
+
+
+def _paired(raw: dict[str, list[dict[str, Any]]], a: str, b: str) -> dict[str, Any]:
+    """calls/s of ``a`` over ``b``: the ratio of the medians, and per rep (measured side by side)."""
+    paired = [x["calls_per_s"] / y["calls_per_s"] for x, y in zip(raw[a], raw[b], strict=False)]
+    ratio = median([x["calls_per_s"] for x in raw[a]]) / median([y["calls_per_s"] for y in raw[b]])
+    return {"ratio_of_medians": ratio, "paired": paired, "paired_median": median(paired)}
+
+
+def _ratio_cell(r: dict[str, Any]) -> str:
+    p = r["paired"]
+    return f"{r['ratio_of_medians']:.2f}x" + (f" [{min(p):.2f}–{max(p):.2f}]" if len(p) > 1 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -409,13 +387,14 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     _, load = wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
     print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
-    sdk = not args.no_sdk and sdk_available()
-    if not args.no_sdk and not sdk:
-        print("iii-sdk is not installed (pip install iii-sdk): the official-SDK configuration is left out", flush=True)
-    scenarios = OURS + (SDK_SCENARIOS if sdk else [])
-    sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile", sdk=sdk)
+    sup = InvokeSupervisor(WORKERS_DIR, {"bench.run", "bench.echo_sync", "bench.echo_async"},
+                           cprofile=args.profile == "cprofile")
+    sdk_sup, sdk_skipped = (None, "--no-sdk") if args.no_sdk else sdk_supervisor(args.sdk_otel)
+    if sdk_sup is None:
+        print(f"official SDK configuration skipped: {sdk_skipped}", flush=True)
+    configs = OURS + (SDK if sdk_sup is not None else [])
     ex: concurrent.futures.ProcessPoolExecutor | None = None
-    raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in scenarios}
+    raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in configs}
     raw.update({"peer_seq": [], "peer_inflight": []})
     pyspy_report: dict[str, Any] = {}
     failed = False
@@ -425,72 +404,86 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor pid {sup.proc.pid}, workers {sup.worker_pids}, runtime dir {sup.runtime_dir}", flush=True)
         if sup.call("bench.echo_async", PAYLOAD) != PAYLOAD or sup.call("bench.echo_sync", PAYLOAD) != PAYLOAD:
             raise RuntimeError("echo functions do not echo")
-        ours_sampler = CpuSampler({"supervisor": psutil.Process(sup.proc.pid),
-                                   **{n: psutil.Process(pid) for n, pid in sup.worker_pids.items()}},
-                                  detail=True)
+        samplers = {"ours": CpuSampler({"supervisor": psutil.Process(sup.proc.pid),
+                                        **{n: psutil.Process(pid) for n, pid in sup.worker_pids.items()}},
+                                       detail=True)}
+        sups = {"ours": sup}
+        if sdk_sup is not None:
+            sdk_sup.start()
+            assert sdk_sup.proc is not None
+            print(f"official-SDK supervisor pid {sdk_sup.proc.pid} (WebSocket door), workers {sdk_sup.worker_pids}",
+                  flush=True)
+            if sdk_sup.call("sdkbench.echo_async", PAYLOAD) != PAYLOAD or \
+                    sdk_sup.call("sdkbench.echo_sync", PAYLOAD) != PAYLOAD:
+                raise RuntimeError("the official-SDK echo functions do not echo")
+            samplers["sdk"] = CpuSampler({"supervisor": psutil.Process(sdk_sup.proc.pid),
+                                          **{n.removeprefix("sdk_"): psutil.Process(pid)
+                                             for n, pid in sdk_sup.worker_pids.items()}}, detail=True)
+            sups["sdk"] = sdk_sup
 
         ex = concurrent.futures.ProcessPoolExecutor(max_workers=2)
         list(ex.map(echo, range(100)))  # start both worker processes
         me = psutil.Process()
-        pool_procs = [c for c in me.children() if c.pid != sup.proc.pid]
+        ours_pids = {s.proc.pid for s in sups.values() if s.proc is not None}
+        pool_procs = [c for c in me.children() if c.pid not in ours_pids]
         peer_sampler = CpuSampler({"harness": me, **{f"pool{i}": c for i, c in enumerate(pool_procs)}}, detail=True)
 
-        drivers = {key: driver for key, _mode, _target, _label, driver in scenarios}
-
-        def run_ours(key: str, mode: str, target: str, seconds: float) -> dict[str, Any]:
+        def run(key: str, mode: str, target: str | None, seconds: float) -> dict[str, Any]:
             count = args.seq_count if mode == "seq" else args.inflight_count
-            return ours_run(sup, ours_sampler, mode, target, count, seconds, args.concurrency, drivers[key])
+            if target is None:
+                return peer_run(ex, peer_sampler, mode, count, seconds, args.concurrency)
+            who = "sdk" if key.startswith("sdk_") else "ours"
+            driver = "sdkbench.run" if who == "sdk" else "bench.run"
+            return routed_run(sups[who], samplers[who], driver, mode, target, count, seconds, args.concurrency)
 
-        def run_peer(mode: str, seconds: float) -> dict[str, Any]:
-            count = args.seq_count if mode == "seq" else args.inflight_count
-            return peer_run(ex, peer_sampler, mode, count, seconds, args.concurrency)
+        # interleaved: per rep, the sequential scenarios of each configuration, then the 64-in-flight ones
+        order: list[tuple[str, str, str | None]] = []
+        for mode in ("seq", "inflight"):
+            order += [(key, m, target) for key, m, target, _ in configs if m == mode]
+            order.append(("peer_" + mode, mode, None))
 
-        # warm-up: every scenario once, results discarded
-        for key, mode, target, *_ in scenarios:
-            run_ours(key, mode, target, args.warmup)
-        run_peer("seq", args.warmup)
-        run_peer("inflight", args.warmup)
+        for key, mode, target in order:  # warm-up: every scenario once, results discarded
+            run(key, mode, target, args.warmup)
 
-        # measurement: interleaved reps
-        order = [("ours", *o[:3]) for o in scenarios if o[1] == "seq"] + [("peer", "peer_seq", "seq", None)] + \
-                [("ours", *o[:3]) for o in scenarios if o[1] == "inflight"] + \
-                [("peer", "peer_inflight", "inflight", None)]
         for rep in range(args.reps):
             _, load = wait_quiet(NOISY_CORES, 1.0 if args.quick else 3.0, interval=0.5)
             if load > NOISY_CORES:
                 print(f"  (machine not quiet before rep {rep + 1}: {load:.2f} cores busy elsewhere; measuring anyway)",
                       flush=True)
-            for who, key, mode, target in order:
-                if who == "ours":
-                    r = run_ours(key, mode, target, args.seconds)
-                else:
-                    r = run_peer(mode, args.seconds)
+            for key, mode, target in order:
+                r = run(key, mode, target, args.seconds)
                 r["rep"] = rep + 1
                 raw[key].append(r)
-                print(f"  rep {rep + 1} {key:<15} {fmt_k(r['calls_per_s']):>7} calls/s  p50 {r['p50_ms']:.3f} ms  "
+                print(f"  rep {rep + 1} {key:<19} {fmt_k(r['calls_per_s']):>7} calls/s  p50 {r['p50_ms']:.3f} ms  "
                       f"p99 {r['p99_ms']:.3f} ms  ({r['calls']} calls; other processes {r['other_cores']:.2f} cores, "
                       f"steal {r['steal_cores']:.2f})" + ("  NOISY" if r["other_cores"] + r["steal_cores"] > NOISY_CORES
                                                            else ""),
                       flush=True)
 
-        workers_after = sup.call("engine::workers::list", timeout=10)["workers"]
-        restarts = {w["name"]: w["restarts"] for w in workers_after}
-        if any(restarts.values()) or {w["name"]: w["pid"] for w in workers_after} != sup.worker_pids:
-            raise RuntimeError(f"a worker restarted during the measurements ({restarts}): results are invalid")
+        _check_restarts(sup, "our SDK")
+        if sdk_sup is not None:
+            _check_restarts(sdk_sup, "the official SDK")
 
         if args.profile == "pyspy":
             print("profiling with py-spy (after the measurements) …", flush=True)
-            pyspy_report = profile_pyspy(sup, max(4.0, args.seconds), args.concurrency,
-                                         args.output.parent / "profiles", ["bench.echo_async", "bench.echo_sync"])
+            profiles = args.output.parent / "profiles"
+            pyspy_report = profile_pyspy(sup, "bench.run", max(4.0, args.seconds), args.concurrency, profiles,
+                                         ["bench.echo_async", "bench.echo_sync"])
+            if sdk_sup is not None:
+                pyspy_report.update(profile_pyspy(sdk_sup, "sdkbench.run", max(4.0, args.seconds), args.concurrency,
+                                                  profiles, ["sdkbench.echo_async", "sdkbench.echo_sync"]))
     except BaseException:
         failed = True
         raise
     finally:
         if ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
-        sup.stop()
-        if failed and sup.proc is not None:
-            print(f"bench: failed; supervisor log tail:\n{sup.log_tail()}", file=sys.stderr)
+        for s in (sup, sdk_sup):
+            if s is None:
+                continue
+            s.stop()
+            if failed and s.proc is not None:
+                print(f"bench: failed; supervisor log tail ({s.workers_dir.name}):\n{s.log_tail()}", file=sys.stderr)
         cprofile_top = None
         if args.profile == "cprofile" and sup.prof_path.exists():
             import io
@@ -503,26 +496,42 @@ def main(argv: list[str] | None = None) -> int:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(sup.prof_path, dest)
         sup.cleanup()
+        if sdk_sup is not None:
+            sdk_sup.cleanup()
 
     # --- report ---
     summary = {key: summarize(runs) for key, runs in raw.items()}
-    rows = []
+    have_sdk = sdk_sup is not None
     ratios: dict[str, Any] = {}
-    for key, _mode, _target, label, _driver in scenarios:
-        s, peer = summary[key], summary["peer_" + PEER_OF[key]]
-        pairs = zip(raw[key], raw["peer_" + PEER_OF[key]], strict=False)
-        paired = [o["calls_per_s"] / p["calls_per_s"] for o, p in pairs]
-        ratio = s["calls_per_s"] / peer["calls_per_s"]
-        ratios[key] = {"ratio_of_medians": ratio, "paired": paired, "paired_median": median(paired)}
-        ratio_cell = f"{ratio:.2f}x" + (f" [{min(paired):.2f}–{max(paired):.2f}]" if len(paired) > 1 else "")
-        rows.append([label, _rate_cell(s, args.reps), f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
-                     _rate_cell(peer, args.reps), ratio_cell])
+    rows = []
+    for key, _mode, _target, label in OURS:
+        peer = "peer_" + PEER_OF[key]
+        s, p = summary[key], summary[peer]
+        ratios[key] = _paired(raw, key, peer)
+        row = [label, _rate_cell(s, args.reps), f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"]
+        if have_sdk:
+            sdk = SDK_OF[key]
+            d = summary[sdk]
+            ratios[sdk] = _paired(raw, sdk, peer)
+            ratios[sdk + "_vs_ours"] = _paired(raw, sdk, key)
+            row += [_rate_cell(d, args.reps), f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}"]
+        row += [_rate_cell(p, args.reps), _ratio_cell(ratios[key])]
+        if have_sdk:
+            row += [_ratio_cell(ratios[SDK_OF[key] + "_vs_ours"]), _ratio_cell(ratios[SDK_OF[key]])]
+        rows.append(row)
+    headers = ["scenario", "ours/Unix socket calls/s", "p50 ms", "p99 ms"]
+    if have_sdk:
+        headers += ["iii-sdk/WebSocket door calls/s", "p50 ms", "p99 ms"]
+    headers += ["ProcessPoolExecutor calls/s", "ours/PPE"]
+    if have_sdk:
+        headers += ["iii-sdk/ours", "iii-sdk/PPE"]
     print()
-    print(f"## Routed calls A → supervisor → B → A vs ProcessPoolExecutor(max_workers=2)  "
-          f"(median of {args.reps} interleaved rep(s), {args.seconds:g} s each; [min–max])")
+    print("## Routed calls A → supervisor → B → A: our SDK over the Unix socket"
+          + (", the official iii-sdk 0.25 over the WebSocket door" if have_sdk else "")
+          + f", vs ProcessPoolExecutor(max_workers=2)  (median of {args.reps} interleaved rep(s), "
+            f"{args.seconds:g} s each; [min–max]; ratios of calls/s: of the medians [per rep])")
     print()
-    print(table(["scenario", "ours calls/s", "p50 ms", "p99 ms", "ProcessPoolExecutor calls/s", "ratio (ours/peer)"],
-                rows))
+    print(table(headers, rows))
     print()
     peer_rows = [[label, _rate_cell(summary[k], args.reps), f"{summary[k]['p50_ms']:.3f}",
                   f"{summary[k]['p99_ms']:.3f}"]
@@ -531,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["peer scenario", "calls/s", "p50 ms", "p99 ms"], peer_rows))
     print()
     cpu_rows = []
-    for key in [k for k, *_ in scenarios] + ["peer_seq", "peer_inflight"]:
+    for key in [k for k, *_ in configs] + ["peer_seq", "peer_inflight"]:
         s = summary[key]
         cpu = "  ".join(f"{n} {v:.0f}" for n, v in s["cpu_us_per_call"].items())
         util = "  ".join(f"{n} {v:.2f}" for n, v in s["cpu_util"].items())
@@ -544,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     if noisy:
         print(f"\nWARNING: {noisy} measurement(s) ran while other processes + steal took > {NOISY_CORES} cores "
               "(see 'other procs / steal'); compare ratios, and re-run on a quiet machine for absolute numbers.")
+    if have_sdk:
+        rt = summary["sdk_seq_async"]["p50_ms"] * 1000
+        print(f"\nofficial SDK over the WebSocket door, one call at a time to an async echo: p50 {rt:.0f} µs per "
+              f"round trip A → supervisor → B → A (ours on the Unix socket: "
+              f"{summary['seq_async']['p50_ms'] * 1000:.0f} µs). For scale only: the reference Rust engine's own "
+              f"benchmark reports {REFERENCE_WS_ROUND_TRIP_US} µs for caller → engine → echo worker → caller over "
+              f"WebSocket on its CI machines (another machine).")
 
     inflight_best = max(summary["inflight_sync"]["calls_per_s"], summary["inflight_async"]["calls_per_s"])
     need = TARGET_RATIO * summary["peer_inflight"]["calls_per_s"]
@@ -568,28 +584,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratios['inflight_sync']['ratio_of_medians']:.2f}x; needed >= {fmt_k(need)}/s = 3x "
           f"{fmt_k(summary['peer_inflight']['calls_per_s'])}/s)")
 
-    result = {
-        "benchmark": "bench_invoke",
-        "timestamp": utc_timestamp(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "args": args_json(args),
-        "machine": machine_info(processor=platform.processor()),
-        "git": git_state(),
-        "profiled_with_cprofile": args.profile == "cprofile",
-        "payload": PAYLOAD,
-        "target": {"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
-                   "required_calls_per_s": need, "met_async": met_async, "met_sync": met_sync,
-                   "best_inflight_calls_per_s": inflight_best},
-        "summary": summary,
-        "ratios": ratios,
-        "raw": raw,
-        "pyspy": pyspy_report,
-        "duration_s": time.perf_counter() - t_start,
-    }
-    write_json(args.output, result)
-    print(f"results: {args.output}  (run took {result['duration_s']:.1f} s)")
+    write_result(
+        args.output, "bench_invoke", args, t_start, machine={"processor": platform.processor()},
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        profiled_with_cprofile=args.profile == "cprofile",
+        payload=PAYLOAD,
+        official_sdk={"measured": have_sdk, "skipped_because": sdk_skipped or None,
+                      "version": _sdk_version(), "otel_enabled": args.sdk_otel,
+                      "reference_ws_round_trip_us": REFERENCE_WS_ROUND_TRIP_US},
+        target={"description": "routed calls/s with 64 in flight >= 3x ProcessPoolExecutor (64 in flight)",
+                "required_calls_per_s": need, "met_async": met_async, "met_sync": met_sync,
+                "best_inflight_calls_per_s": inflight_best},
+        summary=summary, ratios=ratios, raw=raw, pyspy=pyspy_report)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

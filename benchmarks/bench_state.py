@@ -34,25 +34,16 @@ import psutil
 from _common import (
     HERE,
     NOISY_CORES,
-    VENV_BIN,
     CpuSampler,
-    LoggedProcess,
-    args_json,
+    Supervisor,
     fmt_cell,
     fmt_k,
-    git_state,
-    machine_info,
     median,
-    reap,
     spread,
-    stop_process,
     table,
-    utc_timestamp,
     wait_quiet,
-    write_json,
+    write_result,
 )
-
-from iii_supervisor.control import ControlClient
 
 WORKERS_DIR = HERE / "workers_state"
 DEFAULT_OUTPUT = HERE / "results" / "state.json"
@@ -60,51 +51,15 @@ SCENARIOS = [("echo", "routed echo call (peer)"), ("set", "state::set"), ("get",
 TARGET_FRACTION = 0.25
 
 
-class Supervisor(LoggedProcess):
-    log_lines = 40
-    no_log = "(no supervisor log)"
+class StateSupervisor(Supervisor):
+    """The supervisor of ``workers_state`` with the store's ``store_synchronous`` from a config file."""
 
     def __init__(self, synchronous: str = "full") -> None:
-        super().__init__("iii-s", "supervisor.log")
+        super().__init__(WORKERS_DIR, {"bench.state_run", "bench.echo"}, tmp_prefix="iii-s")
         self.synchronous = synchronous
-        self.runtime_dir = self.tmp
-        self.data_dir = self.tmp / "data"
-        self.worker_pids: dict[str, int] = {}
-
-    @property
-    def control_socket(self) -> Path:
-        return self.runtime_dir / "control.sock"
-
-    def start(self, timeout: float = 30.0) -> None:
-        exe = VENV_BIN / "iii-supervisor"
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iii_supervisor.cli"]
         config = self.tmp / "bench.toml"
-        config.write_text(f'[supervisor]\nstore_synchronous = "{self.synchronous}"\n')
-        cmd += ["start", str(WORKERS_DIR), "--runtime-dir", str(self.runtime_dir), "--data-dir", str(self.data_dir),
-                "--config", str(config), "--log-level", "warning", "--http-port", "0"]
-        self.spawn(cmd)
-
-        def ready() -> bool | None:
-            if not self.control_socket.exists():
-                return None
-            have = {f["function_id"] for f in self.call("engine::functions::list", timeout=5)["functions"]}
-            if not {"bench.state_run", "bench.echo"} <= have:
-                return None
-            self.worker_pids = {w["name"]: w["pid"] for w in self.call("engine::workers::list", timeout=5)["workers"]
-                                if w["pid"]}
-            return True
-
-        self.wait_started(ready, timeout, label="the supervisor", retry_on=(Exception,),
-                          not_ready=lambda last: f"the supervisor was not ready within {timeout:g}s ({last!r})")
-
-    def call(self, function_id: str, data: Any = None, *, timeout: float = 60.0) -> Any:
-        with ControlClient(self.control_socket, timeout=timeout) as client:
-            return client.call(function_id, data, timeout_ms=int(timeout * 1000))
-
-    def stop(self, timeout: float = 15.0) -> None:
-        stop_process(self.proc, "supervisor", timeout)
-        reap({f"worker {name} (pid {pid})": pid for name, pid in self.worker_pids.items()}, "the supervisor")
-        self.close_log()
+        config.write_text(f'[supervisor]\nstore_synchronous = "{synchronous}"\n')
+        self.extra_args = ["--config", str(config)]
 
 
 def measure(sup: Supervisor, sampler: CpuSampler, op: str, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
@@ -142,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_state: reps={args.reps} seconds={args.seconds:g} concurrency={args.concurrency} "
           f"keys={args.keys} synchronous={args.synchronous}; loadavg {os.getloadavg()[0]:.2f}", flush=True)
     wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
-    sup = Supervisor(args.synchronous)
+    sup = StateSupervisor(args.synchronous)
     raw: dict[str, list[dict[str, Any]]] = {op: [] for op, _ in SCENARIOS}
     try:
         sup.start()
@@ -187,11 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"store cost of a set (1/set − 1/get): {store_us:.1f} µs per call = {store_us / routed_us:.2f} of a routed "
           f"echo call ({routed_us:.1f} µs); target < {TARGET_FRACTION}: {'MET' if met else 'NOT MET'}")
-    write_json(args.output, {"benchmark": "bench_state", "timestamp": utc_timestamp(), "args": args_json(args),
-                             "machine": machine_info(), "git": git_state(), "summary": summary, "raw": raw,
-                             "store_us_per_set": store_us, "routed_us": routed_us, "target_met": met,
-                             "duration_s": time.perf_counter() - t_start})
-    print(f"results: {args.output}  (run took {time.perf_counter() - t_start:.1f} s)")
+    write_result(args.output, "bench_state", args, t_start, summary=summary, raw=raw, store_us_per_set=store_us,
+                 routed_us=routed_us, target_met=met)
     return 0
 
 
