@@ -104,3 +104,7 @@ class ChannelTable:
 
     def __len__(self) -> int:
         return len(self._inbound)
+
+    def __contains__(self, channel_id: object) -> bool:
+        """Is inbound channel ``channel_id`` still open?"""
+        return channel_id in self._inbound
