@@ -439,24 +439,28 @@ class ChannelEndpoints:
 
     async def _serve_read(self, ws: WebSocketConnection, end: _End) -> None:
         """The worker reads what the engine sends on one of our channels."""
-        try:
-            while not end.gone:
-                if end.frames:
-                    frame = end.frames.popleft()
-                    end.size -= len(frame)
-                    await ws.send_message(frame)
-                elif end.ended:
-                    if end.error is None:
-                        await ws.aclose(_NORMAL)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+            try:
+                while not end.gone:
+                    if end.frames:
+                        frame = end.frames.popleft()
+                        end.size -= len(frame)
+                        await ws.send_message(frame)
+                    elif end.ended:
+                        if end.error is None:
+                            await ws.aclose(_NORMAL)
+                        else:
+                            await ws.aclose(_FAILED, _reason(f"{end.error.code}: {end.error.message}"))
+                        return
                     else:
-                        await ws.aclose(_FAILED, _reason(f"{end.error.code}: {end.error.message}"))
-                    return
-                else:
-                    await end.changed.wait()
-            with trio.move_on_after(1):
-                await ws.aclose(_GOING_AWAY, "the channel was dropped")
-        except ConnectionClosed:
-            pass  # the reader left early: what is still sent is dropped
+                        await end.changed.wait()
+                with trio.move_on_after(1):
+                    await ws.aclose(_GOING_AWAY, "the channel was dropped")
+            except ConnectionClosed:
+                pass  # the reader left early: what is still sent is dropped
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def _serve_pipe(self, ws: WebSocketConnection, end: _End, pipe: _Pipe) -> None:
         """One socket of a pipe; the other end must connect within the sweep time."""
@@ -513,33 +517,44 @@ class ChannelEndpoints:
             self._drop(end)
 
     async def _pipe_read(self, ws: WebSocketConnection, end: _End, pipe: _Pipe) -> None:
-        end.scope = trio.CancelScope()
         try:
-            with end.scope:
-                while True:
-                    if pipe.items:
-                        item = pipe.items.popleft()
-                        pipe.size -= len(item)
-                        pipe.notify()
-                        await ws.send_message(item)
-                    elif pipe.writer_done:
-                        if pipe.error is None:
-                            await ws.aclose(_NORMAL)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+                try:
+                    while True:
+                        if pipe.items:
+                            item = pipe.items.popleft()
+                            pipe.size -= len(item)
+                            pipe.notify()
+                            await ws.send_message(item)
+                        elif pipe.writer_done:
+                            if pipe.error is None:
+                                await ws.aclose(_NORMAL)
+                            else:
+                                await ws.aclose(_FAILED, _reason(pipe.error))
+                            return
                         else:
-                            await ws.aclose(_FAILED, _reason(pipe.error))
-                        return
-                    else:
-                        await pipe.changed.wait()
+                            await pipe.changed.wait()
+                finally:
+                    nursery.cancel_scope.cancel()
         except ConnectionClosed:
             pass
         finally:
-            end.scope = None
             # the reader is gone: a writer still writing has nobody to write to
             pipe.items.clear()
             pipe.size = 0
             for sibling in end.group or ():
                 if sibling is not end and sibling.direction == "write":
                     self._drop(sibling)
+
+
+async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+    """Beside a task that only sends: notice the peer closing (what it sends is dropped)."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        scope.cancel()
 
 
 def iter_ends(endpoints: ChannelEndpoints) -> Iterator[dict[str, Any]]:
