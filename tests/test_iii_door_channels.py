@@ -251,15 +251,23 @@ async def test_ends_are_swept_when_untaken_or_when_their_call_is_over(autojump_c
     response = table.open_inbound(peer)
     call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
                                       "response": response.ref().to_wire()})
-    assert len(endpoints) == 3
+    await trio.sleep(0)
+    # the same, one reference at a time (as the door converts them): the ends of one step are one call
+    response2 = table.open_inbound(peer)
+    body2 = table.open_outbound(peer)
+    per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
+    peer.send_nowait(Chunk(body2.channel_id, b"an unread JSON body"))
+    assert len(endpoints) == 5
     await trio.sleep(2)
     endpoints.to_wire(peer, table.open_outbound(peer, empty=True))  # (a sweep runs on minting)
-    assert len(endpoints) == 4
+    assert len(endpoints) == 6
     response.close()  # the HTTP front is done with the call: its ends go at the next sweep
+    response2.close()
     await trio.sleep(2)
     endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
-    assert call["request_body"]["channel_id"] not in endpoints._ends
-    assert call["response"]["channel_id"] not in endpoints._ends and len(endpoints) == 3
+    for gone in (call["request_body"], call["response"], *per_ref):
+        assert gone["channel_id"] not in endpoints._ends
+    assert len(endpoints) == 3 and endpoints._untaken_bytes == 0
     await trio.sleep(channels_mod.UNTAKEN_TTL)
     endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
     assert old["channel_id"] not in endpoints._ends and len(endpoints) == 1

@@ -159,6 +159,7 @@ class ChannelEndpoints:
         #: ChannelTable id → the end serving it
         self._by_channel: dict[int, _End] = {}
         self._last_sweep = -float("inf")
+        self._step: tuple[Any, list[_End]] | None = None
 
     # --- minting --------------------------------------------------------------------------------
 
@@ -171,7 +172,20 @@ class ChannelEndpoints:
     def to_wire(self, session: Any, ref: ChannelRef) -> dict[str, Any]:
         """The reference SDK's shape ``{channel_id: str, access_key, direction}`` for a channel
         of ours that ``session`` (a WebSocket-door worker) is to use; mints the access key."""
-        return self._mint_for(session, ref, None).wire()
+        return self._mint_for(session, ref, self._step_group(session)).wire()
+
+    def _step_group(self, session: Any) -> list[_End]:
+        """The group of the ends minted for ``session`` in the current task step: a door that
+        converts a payload's references one by one does so without a checkpoint, so the ends of one
+        call land in one group. The group is forgotten once the step ends (``run_sync_soon``)."""
+        if self._step is None or self._step[0] is not session:
+            if self._step is None:
+                trio.lowlevel.current_trio_token().run_sync_soon(self._end_step)
+            self._step = (session, [])
+        return self._step[1]
+
+    def _end_step(self) -> None:
+        self._step = None
 
     def wire_data(self, session: Any, data: Any) -> Any:
         """``data`` (a call's payload) with each of our channel references replaced by
