@@ -168,7 +168,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json(workers)
         return 0
-    rows = [[w["name"], str(w["pid"] or "-"), w["state"], str(w["restarts"]), fmt_uptime(w["uptime_s"]),
+    rows = [[w["name"], str(w["pid"] or "-"), w["state"], "-" if w["restarts"] is None else str(w["restarts"]),
+             fmt_uptime(w["uptime_s"]),
              str(len(w["functions"])), fmt_bytes(w["rss_bytes"]),
              "-" if w.get("cpu_percent") is None else f"{w['cpu_percent']:.1f}", str(w.get("in_flight", 0)),
              _last_exit(w.get("last_exit"))] for w in workers]

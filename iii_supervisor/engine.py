@@ -30,7 +30,7 @@ from .process.reaper import Reaper
 from .process.runner import discover_workers
 from .process.settings import worker_specs
 from .registry import Registry
-from .server import http
+from .server import http, iii_door
 from .server.sockets import SessionServer, SocketLimits, serve_unix
 from .server.unix import CONTROL_SOCKET, WORKER_SOCKET, RuntimeLock, prepare_runtime_dir, resolve_runtime_dir
 from .store import SqliteStore, resolve_data_dir
@@ -48,6 +48,7 @@ MODULES: tuple[ModuleSpec, ...] = (
     stream.SPEC,
     cron.SPEC,
     metrics.SPEC,
+    iii_door.SPEC,
 )
 
 
@@ -88,7 +89,8 @@ class Engine:
             self.store = SqliteStore(resolve_data_dir(data_dir, sup.data_dir),
                                      synchronous=sup.store_synchronous)  # type: ignore[arg-type]
         context = ModuleContext(registry=self.registry, invoker=self.invoker, channels=self.channels, config=config,
-                                runtime_dir=self.runtime_dir, store=self.store, worker_lines=self.worker_lines)
+                                runtime_dir=self.runtime_dir, store=self.store, worker_lines=self.worker_lines,
+                                pool=self.pool)
         self.modules: dict[str, Module] = {spec.name: spec.build(context, config.section(spec.section))
                                            for spec in MODULES}
         self.limits = SocketLimits(max_frame_size=sup.max_frame_size, handshake_timeout=sup.handshake_timeout)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..channels import ChannelTable
     from ..config import Config
     from ..invocation import Invoker
+    from ..process.pool import WorkerPool
     from ..registry import Registry
     from ..worker_lines import WorkerLines
 
@@ -52,6 +53,8 @@ class ModuleContext:
     store: Any = None
     #: every line the workers print to stdout/stderr (see worker_lines.py); None when no workers run
     worker_lines: WorkerLines | None = None
+    #: the worker pool (the iii door authenticates spawned workers and shows attached ones); None in tests
+    pool: WorkerPool | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -129,6 +129,12 @@ class WorkerPool:
         #: removed slots whose worker is still stopping while a new one of that name runs
         self._retiring: set[WorkerSlot] = set()
         self._sample_soon = trio.Event()
+        #: the iii door's address when it is on: spawned workers get it as ``III_URL``, and their
+        #: per-spawn token as ``III_TOKEN`` (the official SDK presents it on every socket)
+        self.door_url: str | None = None
+        #: workers connected through the iii door that the supervisor did not spawn, by worker id
+        #: (each has a ``status_row()``)
+        self.attached: dict[str, Any] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn every worker, then supervise them until cancelled (which stops them all)."""
@@ -229,6 +235,7 @@ class WorkerPool:
             "III_WORKER_NAME": slot.spec.name,
             **({"III_WORKER_INSTANCE": str(slot.instance)} if slot.instance is not None else {}),
             "III_WORKER_TOKEN": slot.token,
+            **({"III_URL": self.door_url, "III_TOKEN": slot.token} if self.door_url is not None else {}),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -462,6 +469,7 @@ class WorkerPool:
                 "worker_id": session.worker_id if session else None,
                 "path": str(slot.spec.path),
             })
+        rows.extend(session.status_row() for session in self.attached.values())
         return rows
 
 
