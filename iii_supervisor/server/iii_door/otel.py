@@ -133,9 +133,7 @@ def _entry(record: dict[str, Any]) -> dict[str, Any]:
     message = body if isinstance(body, str) else orjson.dumps(body, default=str).decode()
     attrs = attributes(record.get("attributes"))
     data = attrs.pop("log.data", None)  # what the SDK's Logger puts its `data` argument in
-    service = attrs.pop("service.name", None)  # the Logger's service_name ("" unless given)
-    if isinstance(service, str) and service:
-        attrs["service.name"] = service
+    attrs.pop("service.name", None)  # the Logger's service_name: ignored, as our own SDK's is
     if attrs:  # other attributes (a logging bridge's code.* …) are kept beside the data
         data = {"data": data, "attributes": attrs} if data is not None else {"attributes": attrs}
     entry: dict[str, Any] = {
