@@ -23,7 +23,7 @@ from iii_supervisor.errors import InvocationError
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.modules.log import LogConfig, LogModule
 from iii_supervisor.protocol import CHANNEL_WINDOW, ChannelClose, ChannelControl, ChannelWindow, Chunk, ErrorBody
-from iii_supervisor.registry import Registry
+from iii_supervisor.registry import Registry, TriggerEntry
 from iii_supervisor.server.iii_door import channels as channels_mod
 from iii_supervisor.server.iii_door import otel
 from iii_supervisor.server.iii_door.channels import MAX_CHANNEL_MESSAGE, ChannelEndpoints
@@ -251,8 +251,7 @@ async def test_ends_are_swept_when_untaken_or_when_their_call_is_over(autojump_c
     response = table.open_inbound(peer)
     call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
                                       "response": response.ref().to_wire()})
-    await trio.sleep(0)
-    # the same, one reference at a time (as the door converts them): the ends of one step are one call
+    # the same, one reference at a time (as the door converts them): the HTTP front's pair of ids is one call
     response2 = table.open_inbound(peer)
     body2 = table.open_outbound(peer)
     per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
@@ -387,3 +386,26 @@ async def test_the_otel_socket_records_log_entries_and_closes_on_garbage(monkeyp
             assert await d.invoker.call("engine::log::entries", {"entries": entries, "worker_name": "x"}) == {
                 "recorded": 1}
             assert d.log.entries[-1]["worker_name"] == "x"
+
+
+async def test_otlp_entries_feed_log_triggers_except_under_the_trace_of_a_delivery() -> None:
+    """A door worker's log records carry no baggage: an entry logged inside a log trigger's handler
+    (it continues the delivery's trace) must not be fed to the triggers again."""
+    with trio.fail_after(10):
+        async with door() as d:
+            got: list[dict[str, Any]] = []
+
+            async def handler(entry: dict[str, Any]) -> None:
+                got.append(entry)
+
+            d.registry.add_builtin("t.on_log", handler, "test")
+            d.registry.add_trigger(TriggerEntry("t1", "log", "t.on_log", {"level": "warn"}, None))
+            first = {"level": "warn", "message": "first", "trace_id": "a" * 32}
+            await d.invoker.call("engine::log::entries", {"worker_name": "w", "entries": [first]})
+            await until(lambda: len(got) == 1)
+            inside = {"level": "error", "message": "logged by the handler", "trace_id": "a" * 32}
+            other = {"level": "error", "message": "another trace", "trace_id": "b" * 32}
+            await d.invoker.call("engine::log::entries", {"worker_name": "w", "entries": [inside, other]})
+            await until(lambda: len(got) == 2)
+            assert [e["message"] for e in got] == ["first", "another trace"]
+            assert [e["message"] for e in d.log.entries][-3:] == ["first", "logged by the handler", "another trace"]

@@ -159,7 +159,6 @@ class ChannelEndpoints:
         #: ChannelTable id → the end serving it
         self._by_channel: dict[int, _End] = {}
         self._last_sweep = -float("inf")
-        self._step: tuple[Any, list[_End]] | None = None
 
     # --- minting --------------------------------------------------------------------------------
 
@@ -172,20 +171,7 @@ class ChannelEndpoints:
     def to_wire(self, session: Any, ref: ChannelRef) -> dict[str, Any]:
         """The reference SDK's shape ``{channel_id: str, access_key, direction}`` for a channel
         of ours that ``session`` (a WebSocket-door worker) is to use; mints the access key."""
-        return self._mint_for(session, ref, self._step_group(session)).wire()
-
-    def _step_group(self, session: Any) -> list[_End]:
-        """The group of the ends minted for ``session`` in the current task step: a door that
-        converts a payload's references one by one does so without a checkpoint, so the ends of one
-        call land in one group. The group is forgotten once the step ends (``run_sync_soon``)."""
-        if self._step is None or self._step[0] is not session:
-            if self._step is None:
-                trio.lowlevel.current_trio_token().run_sync_soon(self._end_step)
-            self._step = (session, [])
-        return self._step[1]
-
-    def _end_step(self) -> None:
-        self._step = None
+        return self._mint_for(session, ref, None).wire()
 
     def wire_data(self, session: Any, data: Any) -> Any:
         """``data`` (a call's payload) with each of our channel references replaced by
@@ -212,7 +198,20 @@ class ChannelEndpoints:
         if old is not None:  # the same channel sent twice: the newer reference serves it
             self._drop(old)
         self._by_channel[ref.channel_id] = end
+        if group is None:
+            self._pair(end)
         return end
+
+    def _pair(self, end: _End) -> None:
+        """Ends minted one by one: the HTTP front opens a call's response channel and then its
+        request body's, one after the other (ids N and N+1, same worker), so such a pair is one
+        call and is swept together. Anything else waits for :data:`UNTAKEN_TTL`."""
+        assert end.channel_id is not None
+        other_id = end.channel_id + 1 if end.direction == "write" else end.channel_id - 1
+        other = self._by_channel.get(other_id)
+        if (other is not None and other.session is end.session and other.group is None
+                and other.direction != end.direction):
+            end.group = other.group = [end, other]
 
     def _mint(self, direction: Direction, **fields: Any) -> _End:
         now = trio.current_time()
