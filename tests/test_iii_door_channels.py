@@ -409,3 +409,19 @@ async def test_otlp_entries_feed_log_triggers_except_under_the_trace_of_a_delive
             await until(lambda: len(got) == 2)
             assert [e["message"] for e in got] == ["first", "another trace"]
             assert [e["message"] for e in d.log.entries][-3:] == ["first", "logged by the handler", "another trace"]
+
+
+async def test_the_session_leaving_closes_its_channel_sockets() -> None:
+    with trio.fail_after(10):
+        async with door() as d:
+            peer = DoorPeer(d.endpoints)
+            channel = d.table.open_inbound(peer)
+            ref = d.table.open_outbound(peer)
+            write, read = d.endpoints.to_wire(peer, channel.ref()), d.endpoints.to_wire(peer, ref)
+            async with open_websocket_url(d.url(write)) as w, open_websocket_url(d.url(read)) as r:
+                await w.send_message(b"x")
+                await until(lambda: len(channel.inbox) == 1)
+                d.table.peer_closed(peer)  # what Session.close does, then the door:
+                d.endpoints.session_closed(peer)
+                assert await closed_with(w) == 1001 and await closed_with(r) == 1001
+            assert len(d.endpoints) == 0
