@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from supervisor_harness import Supervisor, run_cli
 
@@ -104,8 +105,18 @@ async def test_sdk_workers_stream_http_pipe_between_each_other_and_log_through_o
     async with Supervisor(workers, "--iii-port", "0", env={"OTEL_ENABLED": "false"}) as sup:
         await sup.start(functions=("chan.stream", "chan.upload", "chan.produce", "chan.consume", "chan.emit"),
                         timeout=30)
-        door_port(sup)
+        port = door_port(sup)
         with trio.fail_after(60):
+            # through the real door: a channel that does not exist, and garbage on /otel
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/ws/channels/nope?key=x&dir=read") as ws:
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+                assert info.value.reason.code == 1008
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/otel") as ws:
+                await ws.send_message("not telemetry")
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+                assert info.value.reason.code == 1003
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sup.http_port}", timeout=20) as client:
                 # @http streaming: status, headers, a streamed body of several windows
                 response = await client.get("/chan/stream")
