@@ -32,10 +32,10 @@ as the call is over.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import secrets
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -92,7 +92,25 @@ def _clean(exc: ConnectionClosed) -> tuple[bool, int | None]:
 
 
 @attrs.define(eq=False)
-class _Pipe:
+class _Watched:
+    """Something a task waits on until it changes."""
+
+    #: set (and dropped) on a change; made only when a task waits (most ends never do)
+    _changed: trio.Event | None = attrs.field(default=None, kw_only=True)
+
+    def notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+
+@attrs.define(eq=False)
+class _Pipe(_Watched):
     """``engine::channels::create``: frames from the writer socket to the reader socket."""
 
     frames: int
@@ -101,18 +119,13 @@ class _Pipe:
     size: int = 0
     writer_done: bool = False
     error: str | None = None
-    changed: trio.Event = attrs.Factory(trio.Event)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
 
     def full(self) -> bool:
         return bool(self.items) and (len(self.items) >= self.frames or self.size >= PIPE_BYTES)
 
 
 @attrs.define(eq=False)
-class _End:
+class _End(_Watched):
     """One end of a channel, as a door worker sees it."""
 
     wire_id: str
@@ -135,12 +148,7 @@ class _End:
     #: read end: the engine wrote its last frame; write end: the engine reader gave up
     ended: bool = False
     error: ErrorBody | None = None
-    changed: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope | None = None
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
 
     def wire(self) -> dict[str, Any]:
         return {"channel_id": self.wire_id, "access_key": self.key, "direction": self.direction}
@@ -217,7 +225,8 @@ class ChannelEndpoints:
         now = trio.current_time()
         if now - self._last_sweep >= SWEEP_INTERVAL or len(self._ends) >= MAX_ENDS:
             self._sweep(now)
-        end = _End(uuid.uuid4().hex, secrets.token_urlsafe(24), direction, now, **fields)
+        raw = secrets.token_bytes(34)  # one read of the system's random source for both
+        end = _End(raw[:16].hex(), base64.urlsafe_b64encode(raw[16:]).decode(), direction, now, **fields)
         if end.group is not None:
             end.group.append(end)
         self._ends[end.wire_id] = end
@@ -413,7 +422,7 @@ class ChannelEndpoints:
             with end.scope:
                 while True:
                     while end.window <= 0:
-                        await end.changed.wait()
+                        await end.wait_change()
                     try:
                         message = await ws.get_message()
                     except ConnectionClosed as exc:
@@ -467,7 +476,7 @@ class ChannelEndpoints:
                             await ws.aclose(_FAILED, _reason(f"{end.error.code}: {end.error.message}"))
                         return
                     else:
-                        await end.changed.wait()
+                        await end.wait_change()
                 with trio.move_on_after(1):
                     await ws.aclose(_GOING_AWAY, "the channel was dropped")
             except ConnectionClosed:
@@ -506,7 +515,7 @@ class ChannelEndpoints:
             with end.scope:
                 while True:
                     while pipe.full():
-                        await pipe.changed.wait()
+                        await pipe.wait_change()
                     try:
                         message = await ws.get_message()
                     except ConnectionClosed as exc:
@@ -547,7 +556,7 @@ class ChannelEndpoints:
                                 await ws.aclose(_FAILED, _reason(pipe.error))
                             return
                         else:
-                            await pipe.changed.wait()
+                            await pipe.wait_change()
                 finally:
                     nursery.cancel_scope.cancel()
         except ConnectionClosed:
