@@ -235,7 +235,10 @@ class WorkerPool:
             "III_WORKER_NAME": slot.spec.name,
             **({"III_WORKER_INSTANCE": str(slot.instance)} if slot.instance is not None else {}),
             "III_WORKER_TOKEN": slot.token,
-            **({"III_URL": self.door_url, "III_TOKEN": slot.token} if self.door_url is not None else {}),
+            # the official SDKs: the Python one sends $III_TOKEN as a bearer header, the Node one
+            # only the URL (whose query both keep on every socket they open)
+            **({"III_URL": f"{self.door_url}/?token={slot.token}", "III_TOKEN": slot.token}
+               if self.door_url is not None else {}),
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -47,6 +47,10 @@ from .stream import WsStream
 log = logging.getLogger(__name__)
 
 REGISTER_FUNCTION = "engine::workers::register"
+#: largest message on a telemetry socket (OTLP-JSON batches) and on a channel socket (the SDK
+#: writes chunks of 64 KiB; the reference keeps channel frames under 1 MiB)
+OTEL_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+CHANNEL_MAX_MESSAGE_SIZE = 1024 * 1024 + 64 * 1024
 #: the metadata fields of ``engine::workers::register`` that are kept (bounded: nothing else is)
 _METADATA_KEYS = ("name", "runtime", "version", "os", "pid", "description", "namespace", "isolation")
 _PONG = Pong()
@@ -65,6 +69,17 @@ class DoorSession(Session):
         self.connected_at = trio.current_time()
         #: what the worker said about itself (``engine::workers::register``)
         self.metadata: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Session.close, and the door forgets the connection in the same synchronous step."""
+        if self.closed.is_set():
+            return
+        self.door.forget(self)
+        super().close()
+        try:
+            self.door.endpoints.session_closed(self)
+        except NotImplementedError:
+            pass
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
@@ -147,7 +162,7 @@ class IiiDoor:
                     name="iii door"))
                 host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
                 self.url = f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
-                if self.pool is not None:  # spawned workers find the door (and prove who they are)
+                if self.pool is not None:  # spawned workers find the door, and prove who they are
                     self.pool.door_url = self.url
                 task_status.started(self.port)
                 await trio.sleep_forever()
@@ -194,14 +209,24 @@ class IiiDoor:
         if path == "/":
             await self._worker(request, address)
         elif path == "/otel":
-            if await self._admit(request, address, "telemetry") is not None:
-                await self._otel(await request.accept(), address)
+            admitted = await self._admit(request, address, "telemetry")
+            if admitted is not None:
+                slot = admitted[0]
+                conn = await request.accept()
+                _limit(conn, OTEL_MAX_MESSAGE_SIZE)
+                await self._otel(conn, slot.name if slot is not None else address)
         elif path.startswith("/ws/channels/"):
             query = parse_qs(target.query)
             channel_id = path[len("/ws/channels/"):]
+            key, direction = query.get("key", [""])[0], query.get("dir", [""])[0]
+            admits = getattr(self.endpoints, "admits", None)
+            if admits is not None and not admits(channel_id, key, direction):
+                await request.reject(404, body=b"no such channel (or a wrong key)")
+                return
             conn = await request.accept()
+            _limit(conn, CHANNEL_MAX_MESSAGE_SIZE)
             try:
-                await self.endpoints.serve(conn, channel_id, query.get("key", [""])[0], query.get("dir", [""])[0])
+                await self.endpoints.serve(conn, channel_id, key, direction)
             except NotImplementedError:
                 await conn.aclose(1011, "channels are not available in this build")
         else:
@@ -211,7 +236,7 @@ class IiiDoor:
     async def _admit(self, request: WebSocketRequest, address: str, what: str) -> tuple[Any, bool] | None:
         """Who this upgrade is: ``(slot, False)`` for a spawned worker, ``(None, True)`` for an
         attached one; None when refused (the upgrade was answered 401/403)."""
-        bearer = _bearer(request)
+        bearer = _presented_token(request)
         if bearer is not None and self.pool is not None:
             slot = self.pool.authenticate(bearer)
             if slot is not None:
@@ -297,15 +322,9 @@ class IiiDoor:
         try:
             await session.serve()
         finally:
-            self.sessions.pop(worker_id, None)
-            if self.pool is not None:
-                self.pool.attached.pop(worker_id, None)
-                if slot is not None:
-                    self.pool.detach(slot, session)
-            try:
-                self.endpoints.session_closed(session)
-            except NotImplementedError:
-                pass
+            self.forget(session)
+            if self.pool is not None and slot is not None:
+                self.pool.detach(slot, session)
             sink._cut()
             log.info("iii door: %s disconnected (%s)", session.name, worker_id)
 
@@ -327,6 +346,12 @@ class IiiDoor:
         log.info("iii door: %s reattached: closing its previous connection %s", session.name, previous.worker_id)
         previous.close()
 
+    def forget(self, session: DoorSession) -> None:
+        if self.sessions.get(session.worker_id) is session:
+            del self.sessions[session.worker_id]
+        if self.pool is not None:
+            self.pool.attached.pop(session.worker_id, None)
+
     def unique_name(self, wanted: str, session: DoorSession) -> str:
         """``wanted``, or ``wanted#N`` while another worker has that name."""
         taken = {s.name for s in self.sessions.values() if s is not session}
@@ -346,11 +371,21 @@ class IiiDoor:
         return getattr(owner, "worker_id", None) or (owner.name if owner is not None else "engine")
 
 
-def _bearer(request: WebSocketRequest) -> str | None:
+def _limit(conn: WebSocketConnection, size: int) -> None:
+    """Lower an accepted connection's message limit (serve_ws sets one for all before the path is known)."""
+    if hasattr(conn, "_max_message_size"):
+        conn._max_message_size = min(conn._max_message_size, size)
+
+
+def _presented_token(request: WebSocketRequest) -> str | None:
+    """``Authorization: Bearer <token>`` (the Python SDK sends ``$III_TOKEN``), else the URL's
+    ``?token=`` (spawned workers' ``III_URL`` carries it: the Node SDK sends no such header, and
+    both SDKs keep the query on every socket they open)."""
     for key, value in request.headers:
         if key.lower() == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    return None
+    tokens = parse_qs(urlsplit(request.path).query).get("token")
+    return tokens[0] if tokens and tokens[0] else None
 

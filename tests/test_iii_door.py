@@ -1,0 +1,363 @@
+"""The iii door: the translation (pure), and in-process tests with a trio-websocket client against a
+real listener (handshake, calls both ways, reattach, paths, auth, bad input, a fuzz test)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    connect_websocket_url,
+    open_websocket_url,
+)
+
+from iii_supervisor.errors import MalformedMessage, UnknownMessageType
+from iii_supervisor.protocol import ErrorBody, FunctionRegistered, InvokeFunction, TriggerRegistrationResult
+from iii_supervisor.server import iii_door
+from iii_supervisor.server.iii_door import wire
+from iii_supervisor.server.iii_door.door import IiiDoor
+from inprocess import EngineParts, engine_parts
+
+# --- the translation (pure) ----------------------------------------------------------------------
+
+
+def test_decode_reattach_ignored_and_refused_types() -> None:
+    msg = wire.decode('{"type":"reattach","previous_worker_id":"w1","reattach_token":"t"}')
+    assert msg == wire.Reattach(previous_worker_id="w1", reattach_token="t")
+    assert wire.decode('{"type":"registerservice","id":"s","name":"n"}') is None
+    call = wire.decode('{"type":"invokefunction","function_id":"f","data":{"a":1},"namespace":"default",'
+                       '"caller":{"function_id":"g"},"action":{"type":"void"}}')
+    assert isinstance(call, InvokeFunction) and call.action is not None and call.action.type == "void"
+    with pytest.raises(UnknownMessageType, match="not part of the iii worker protocol"):
+        wire.decode('{"type":"hello","token":"x"}')
+    with pytest.raises(UnknownMessageType):
+        wire.decode('{"type":"channelwindow","channel_id":1,"size":5}')
+    with pytest.raises(UnknownMessageType, match="'bogus'"):
+        wire.decode('{"type":"bogus"}')
+    with pytest.raises(MalformedMessage, match="not valid JSON"):
+        wire.decode("{nope")
+    with pytest.raises(MalformedMessage, match="JSON object"):
+        wire.decode("[1]")
+    with pytest.raises(MalformedMessage, match="invokefunction.function_id"):
+        wire.decode('{"type":"invokefunction","function_id":5}')
+    with pytest.raises(MalformedMessage, match="previous_worker_id"):
+        wire.decode('{"type":"reattach","previous_worker_id":7}')
+
+
+def test_encode_acks_only_on_error() -> None:
+    assert wire.encode(FunctionRegistered(id="f")) is None
+    rejected = orjson.loads(wire.encode(FunctionRegistered(id="f", error=ErrorBody(code="function_conflict",
+                                                                                  message="taken")),
+                                        owner_of=lambda fid: "owner-1") or b"")
+    # the one code iii-sdk 0.25 does not treat as fatal: the worker keeps serving its other functions
+    assert rejected == {"type": "registrationrejected", "code": "FUNCTION_NAMESPACE_CONFLICT", "namespace": "default",
+                        "function_id": "f", "owner_worker_id": "owner-1", "message": "taken"}
+    assert wire.encode(TriggerRegistrationResult(id="t", trigger_type="cron", function_id="f")) is None
+    failed = orjson.loads(wire.encode(TriggerRegistrationResult(
+        id="t", trigger_type="cron", function_id="f", error=ErrorBody(code="trigger_registration_failed",
+                                                                      message="bad")) ) or b"")
+    assert failed["type"] == "triggerregistrationresult" and failed["error"]["code"] == "trigger_registration_failed"
+
+
+def test_map_refs_copies_only_the_path_to_a_reference() -> None:
+    shared = {"keep": [1, 2]}
+    payload = {"a": shared, "body": {"channel_id": 7, "direction": "read"}, "list": [{"channel_id": 8,
+                                                                                    "direction": "write"}]}
+
+    def convert(value: dict[str, Any]) -> dict[str, Any] | None:
+        return {"ref": value["channel_id"]} if "channel_id" in value else None
+
+    out = wire.map_refs(payload, convert)
+    assert out == {"a": shared, "body": {"ref": 7}, "list": [{"ref": 8}]}
+    assert out["a"] is shared and payload["body"] == {"channel_id": 7, "direction": "read"}  # the input is intact
+    untouched = {"x": [{"y": 1}]}
+    assert wire.map_refs(untouched, convert) is untouched
+    assert wire.is_sdk_ref({"channel_id": "c", "access_key": "k", "direction": "read"})
+    assert not wire.is_sdk_ref({"channel_id": 1, "direction": "read"})
+
+
+def test_close_codes_and_reasons() -> None:
+    assert wire.close_code("frame_too_large") == 1009
+    assert wire.close_code("unknown_message_type") == 1003 and wire.close_code("binary_frame") == 1003
+    assert wire.close_code("malformed_message") == 1002
+    assert len(wire.close_reason("é" * 200).encode()) <= 123
+
+
+# --- in process: a real listener, trio-websocket clients ------------------------------------------
+
+
+@asynccontextmanager
+async def door(config: dict[str, Any] | None = None) -> AsyncIterator[tuple[EngineParts, IiiDoor]]:
+    section = dict(config or {})
+    extra = section.pop("_extra", {})
+    section = {"port": 0, "ping_interval": 5, "close_timeout": 0.2, **section}
+    async with engine_parts([iii_door.SPEC], {"iii": section, **extra}) as parts:
+        module = parts.modules["iii"]
+        assert isinstance(module, IiiDoor) and module.port
+        yield parts, module
+
+
+class Client:
+    """A raw WebSocket peer speaking the reference's JSON."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def send(self, **msg: Any) -> None:
+        await self.ws.send_message(orjson.dumps(msg).decode())
+
+    async def receive(self) -> dict[str, Any]:
+        return orjson.loads(await self.ws.get_message())  # type: ignore[no-any-return]
+
+    async def receive_type(self, kind: str) -> dict[str, Any]:
+        while (msg := await self.receive())["type"] != kind:
+            pass
+        return msg
+
+    async def closed_with(self) -> tuple[int, str]:
+        with trio.fail_after(5):
+            try:
+                while True:
+                    await self.ws.get_message()
+            except ConnectionClosed as exc:
+                assert exc.reason is not None
+                return exc.reason.code, exc.reason.reason or ""
+
+
+async def connect(nursery: trio.Nursery, module: IiiDoor, path: str = "/", *,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> Client:
+    ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{module.port}{path}", extra_headers=headers,
+                                     max_message_size=64 * 1024 * 1024)
+    return Client(ws)
+
+
+async def rejection(module: IiiDoor, path: str = "/", headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    """The HTTP status an upgrade was refused with."""
+    try:
+        async with open_websocket_url(f"ws://127.0.0.1:{module.port}{path}", extra_headers=headers):
+            pass
+    except ConnectionRejected as exc:
+        return int(exc.status_code)
+    except BaseExceptionGroup as group:
+        match, _ = group.split(ConnectionRejected)
+        assert match is not None, group
+        leaf = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, ConnectionRejected)
+        return int(leaf.status_code)
+    raise AssertionError("the upgrade was accepted")
+
+
+async def test_handshake_calls_both_ways_and_registration_answers() -> None:
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            ours = await parts.worker("ours")
+            await ours.register_function("ours::double", lambda data: _value({"d": data["n"] * 2}))
+            sdk = await connect(nursery, module)
+            hello = await sdk.receive()  # at once, no client hello
+            assert hello["type"] == "workerregistered" and hello["worker_id"] in module.sessions
+            assert len(hello["reattach_token"]) > 20
+            await sdk.send(type="registerfunction", id="sdk::inc")
+            await sdk.send(type="registerfunction", id="ours::double")  # taken: refused, non-fatal code
+            rejected = await sdk.receive()
+            assert rejected["type"] == "registrationrejected" and rejected["code"] == "FUNCTION_NAMESPACE_CONFLICT"
+            assert rejected["function_id"] == "ours::double" and rejected["owner_worker_id"] == "ours-1"
+            await sdk.send(type="registertrigger", id="t1", trigger_type="nope", function_id="sdk::inc", config={})
+            refused = await sdk.receive()
+            assert refused["type"] == "triggerregistrationresult" and refused["error"]["code"] == \
+                "trigger_registration_failed"
+            await sdk.send(type="invokefunction", function_id="engine::workers::register",
+                           data={"runtime": "python", "version": "0.25.0", "name": "probe", "pid": 1},
+                           action={"type": "void"})
+
+            async def serve_one() -> None:
+                call = await sdk.receive_type("invokefunction")
+                assert call["function_id"] == "sdk::inc" and call["data"] == {"n": 1}
+                await sdk.send(type="invocationresult", invocation_id=call["invocation_id"], function_id="sdk::inc",
+                               result={"n": 2})
+
+            nursery.start_soon(serve_one)
+            assert await ours.call("sdk::inc", {"n": 1}) == {"n": 2}  # ours → SDK
+            await sdk.send(type="invokefunction", invocation_id="u1", function_id="ours::double", data={"n": 4})
+            answer = await sdk.receive_type("invocationresult")  # SDK → ours
+            assert answer == {"type": "invocationresult", "invocation_id": "u1", "function_id": "ours::double",
+                              "result": {"d": 8}}
+            session = module.sessions[hello["worker_id"]]
+            assert session.name == "probe" and session.metadata["version"] == "0.25.0"
+            await sdk.send(type="invokefunction", invocation_id="u2", function_id="missing", data=None)
+            missing = await sdk.receive_type("invocationresult")
+            assert missing["error"]["code"] == "function_not_found"
+            await sdk.ws.aclose()
+            with trio.fail_after(3):
+                while parts.registry.lookup("sdk::inc") is not None:  # removed on disconnect
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+async def test_reattach_with_the_token_evicts_the_old_connection_before_the_replay() -> None:
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            first = await connect(nursery, module)
+            hello = await first.receive()
+            await first.send(type="registerfunction", id="sdk::f")
+            with trio.fail_after(3):
+                while parts.registry.lookup("sdk::f") is None:
+                    await trio.sleep(0.01)
+            # a wrong token is ignored: the old connection keeps its function
+            intruder = await connect(nursery, module)
+            await intruder.receive()
+            await intruder.send(type="reattach", previous_worker_id=hello["worker_id"], reattach_token="wrong")
+            await intruder.send(type="registerfunction", id="sdk::f")
+            assert (await intruder.receive())["type"] == "registrationrejected"
+            # the right one: the old connection is closed and cleaned up, the replay lands
+            second = await connect(nursery, module)
+            await second.receive()
+            await second.send(type="reattach", previous_worker_id=hello["worker_id"],
+                              reattach_token=hello["reattach_token"])
+            await second.send(type="registerfunction", id="sdk::f")
+            code, _ = await first.closed_with()
+            assert code == 1000
+            entry = parts.registry.lookup("sdk::f")
+            assert entry is not None and entry.owner is not None and entry.owner.worker_id in module.sessions
+            assert hello["worker_id"] not in module.sessions
+            nursery.cancel_scope.cancel()
+
+
+async def test_paths_other_than_the_three_are_refused_with_404() -> None:
+    with trio.fail_after(10):
+        async with door() as (_parts, module), trio.open_nursery() as nursery:
+            assert await rejection(module, "/elsewhere") == 404
+            otel = await connect(nursery, module, "/otel")  # accepted (telemetry)
+            await otel.ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_shared_token_and_auth_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOOR_TEST_TOKEN", "s3cret")
+    with trio.fail_after(10):
+        async with door({"token_env": "DOOR_TEST_TOKEN", "auth_function_id": "auth::check"}) as (parts, module), \
+                trio.open_nursery() as nursery:
+            seen: list[Any] = []
+
+            async def check(data: Any) -> Any:
+                seen.append(data)
+                return {"allowed": data["headers"].get("x-user") == "ada"}
+
+            auth = await parts.worker("auth")
+            await auth.register_function("auth::check", check)
+            for headers, status in (([], 401), ([(b"authorization", b"Bearer nope")], 401),
+                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"eve")], 403)):
+                assert await rejection(module, headers=headers) == status
+            ok = await connect(nursery, module, "/?team=a",
+                               headers=[(b"authorization", b"Bearer s3cret"), (b"x-user", b"ada")])
+            assert (await ok.receive())["type"] == "workerregistered"
+            assert seen[-1]["query_params"] == {"team": ["a"]} and seen[-1]["ip_address"] == "127.0.0.1"
+            # the token may come in the URL instead (the Node SDK sends no Authorization header)
+            by_query = await connect(nursery, module, "/?token=s3cret", headers=[(b"x-user", b"ada")])
+            assert (await by_query.receive())["type"] == "workerregistered"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("frame", "code", "reason"), [
+    ("{not json", 1002, "not valid JSON"),
+    ('{"type":"invokefunction","function_id":5}', 1002, "function_id"),
+    ('{"type":"teleport"}', 1003, "unknown message type"),
+    (b"\x00\x01binary", 1003, "binary frames"),
+    ("x" * 5000, 1009, ""),
+])
+async def test_bad_input_closes_with_a_code_and_a_reason(frame: str | bytes, code: int, reason: str) -> None:
+    with trio.fail_after(10):
+        async with door({"max_message_size": 4096}) as (parts, module), trio.open_nursery() as nursery:
+            bad = await connect(nursery, module)
+            await bad.receive()
+            await bad.ws.send_message(frame)
+            got_code, got_reason = await bad.closed_with()
+            assert got_code == code and reason in got_reason
+            good = await connect(nursery, module)  # the door serves on
+            assert (await good.receive())["type"] == "workerregistered"
+            nursery.cancel_scope.cancel()
+
+
+async def test_fuzz_garbage_frames_leave_the_door_serving() -> None:
+    rng = random.Random(1313)
+    kinds = ["invokefunction", "invocationresult", "registerfunction", "registertrigger", "unregistertrigger",
+             "registertriggertype", "reattach", "registerservice", "ping", "pong", "hello", "bogus", None]
+    values: list[Any] = [None, 1, -1, 2**62, 1.5, "", "x" * 300, True, [], {}, [1, {"a": None}],
+                         {"channel_id": "c", "access_key": "k", "direction": "read"}, {"type": "void"}]
+    fields = ["id", "function_id", "invocation_id", "data", "result", "error", "action", "config", "trigger_type",
+              "previous_worker_id", "reattach_token", "metadata", "timeout_ms"]
+
+    def garbage() -> str | bytes:
+        roll = rng.random()
+        if roll < 0.15:
+            return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64)))
+        if roll < 0.3:
+            return "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(1, 64)))
+        msg: dict[str, Any] = {} if (kind := rng.choice(kinds)) is None else {"type": kind}
+        for _ in range(rng.randrange(0, 5)):
+            msg[rng.choice(fields)] = rng.choice(values)
+        return orjson.dumps(msg).decode()
+
+    with trio.fail_after(30):
+        async with door({"max_message_size": 8192}) as (parts, module), trio.open_nursery() as nursery:
+            ours = await parts.worker("ours")
+            await ours.register_function("ours::ok", lambda data: _value("ok"))
+            for _ in range(40):
+                client = await connect(nursery, module)
+                await client.receive()
+                try:
+                    for _ in range(rng.randrange(1, 8)):
+                        await client.ws.send_message(garbage())
+                        await trio.sleep(0)
+                except ConnectionClosed:
+                    pass
+                await client.ws.aclose()
+            # a well-behaved worker still registers, calls and is called
+            good = await connect(nursery, module)
+            await good.receive()
+            await good.send(type="invokefunction", invocation_id="c1", function_id="ours::ok", data={})
+            assert (await good.receive_type("invocationresult"))["result"] == "ok"
+            with trio.fail_after(5):
+                while len(module.sessions) > 1:  # every fuzzed connection is gone, its state with it
+                    await trio.sleep(0.02)
+            owners = {f.owner_name for f in parts.registry.list_functions() if f.owner is not None}
+            assert owners <= {"ours", *(s.name for s in module.sessions.values())}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_that_does_not_read_gets_worker_overloaded_not_our_memory() -> None:
+    config = {"max_message_size": 65536,
+              "_extra": {"supervisor": {"max_frame_size": 65536, "max_queued_bytes": 262144}}}
+    with trio.fail_after(20):
+        async with door(config) as (parts, module), trio.open_nursery() as nursery:
+            stalled = await connect(nursery, module)
+            await stalled.receive()
+            await stalled.send(type="registerfunction", id="sdk::stalled")
+            with trio.fail_after(3):
+                while (entry := parts.registry.lookup("sdk::stalled")) is None:
+                    await trio.sleep(0.01)
+            # the client stops reading; calls pile up until the invoker refuses them
+            codes = []
+            for _ in range(2000):
+                pending = parts.invoker.start_local(entry, {"blob": "x" * 32768}, timeout=30)
+                if pending.outcome is not None and pending.outcome.error is not None:
+                    codes.append(pending.outcome.error.code)
+                    break
+                await trio.sleep(0)
+            assert codes == ["worker_overloaded"]
+            session = next(iter(module.sessions.values()))
+            assert session.backlog() <= module.send_limit
+            nursery.cancel_scope.cancel()
