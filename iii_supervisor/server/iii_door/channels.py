@@ -51,6 +51,7 @@ from ...errors import InvocationError
 from ...protocol import CHANNEL_WINDOW, ChannelClose, ChannelControl, ChannelWindow, Chunk, ErrorBody
 from ...protocol.channels import ChannelRef
 from ...registry import Registry
+from ...session import PROTOCOL_WARNINGS
 from ...tracing import call_context
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ DEFAULT_PIPE_FRAMES, MAX_PIPE_FRAMES = 64, 1024
 #: Bytes a pipe buffers at most (a frame is always admitted into an empty pipe).
 PIPE_BYTES = 1024 * 1024
 #: Ends (untaken or in use) at most; minting more sweeps the oldest untaken ones.
-MAX_ENDS = 100_000
+MAX_ENDS = 50_000
 
 # close codes: 1000 normal end, 1001 the other side went away, 1003 a frame this end cannot take,
 # 1008 unknown id / wrong key / taken end, 1009 frame too large, 1011 the engine side failed
@@ -330,7 +331,7 @@ class ChannelEndpoints:
 
     def _fail(self, end: _End, message: str) -> None:
         """The read end cannot be served: its buffer goes, its reader gets an error close."""
-        log.warning("channel %s: %s", end.wire_id, message)
+        PROTOCOL_WARNINGS.warning("iii door channel overflow", "iii door: channel %s: %s", end.wire_id, message)
         if not end.taken:
             self._untaken_bytes -= end.size
         end.frames.clear()
