@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Routed-call benchmark: iii-supervisor worker → supervisor → worker, vs ProcessPoolExecutor.
 
+Three configurations in the same run: our SDK on the Unix socket (sync and async handlers), and the
+official iii SDK (``iii-sdk``, when installed) over the iii door's WebSocket: ``sdk_driver`` →
+supervisor → ``sdk_target`` → supervisor → ``sdk_driver`` (``benchmarks/workers_invoke_sdk/``,
+spawned through ``[workers.NAME] command``, the door on a free port). ``--no-sdk`` leaves it out.
+
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/bench_invoke.py            # full run (~45-55 s)
@@ -101,6 +106,7 @@ from _common import (
 from iii_supervisor.control import ControlClient
 
 WORKERS_DIR = HERE / "workers_invoke"
+SDK_WORKERS_DIR = HERE / "workers_invoke_sdk"
 DEFAULT_OUTPUT = HERE / "results" / "invoke.json"
 PAYLOAD = {"x": 1}
 TARGET_RATIO = 3.0
@@ -110,13 +116,25 @@ TARGET_RATIO = 3.0
 PYSPY_EXTRA = os.environ.get("BENCH_PYSPY_ARGS", "--gil").split()
 
 OURS = [
-    # key, mode, target function, label
-    ("seq_sync", "seq", "bench.echo_sync", "sequential, sync handler"),
-    ("seq_async", "seq", "bench.echo_async", "sequential, async handler"),
-    ("inflight_sync", "inflight", "bench.echo_sync", "64 in flight, sync handler"),
-    ("inflight_async", "inflight", "bench.echo_async", "64 in flight, async handler"),
+    # key, mode, target function, label, driver function
+    ("seq_sync", "seq", "bench.echo_sync", "sequential, sync handler", "bench.run"),
+    ("seq_async", "seq", "bench.echo_async", "sequential, async handler", "bench.run"),
+    ("inflight_sync", "inflight", "bench.echo_sync", "64 in flight, sync handler", "bench.run"),
+    ("inflight_async", "inflight", "bench.echo_async", "64 in flight, async handler", "bench.run"),
 ]
-PEER_OF = {"seq_sync": "seq", "seq_async": "seq", "inflight_sync": "inflight", "inflight_async": "inflight"}
+#: the official SDK over the iii door (WebSocket), when iii-sdk is installed
+SDK_SCENARIOS = [
+    ("sdk_seq", "seq", "sdkbench.echo", "iii-sdk over WebSocket, sequential", "sdkbench.run"),
+    ("sdk_inflight", "inflight", "sdkbench.echo", "iii-sdk over WebSocket, 64 in flight", "sdkbench.run"),
+]
+PEER_OF = {"seq_sync": "seq", "seq_async": "seq", "inflight_sync": "inflight", "inflight_async": "inflight",
+           "sdk_seq": "seq", "sdk_inflight": "inflight"}
+
+
+def sdk_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("iii") is not None and _start_supports("--iii-port")
 
 
 # --- the peer: ProcessPoolExecutor ----------------------------------------------------------------
@@ -202,10 +220,12 @@ class Supervisor(LoggedProcess):
     log_lines = 40
     no_log = "(no supervisor log)"
 
-    def __init__(self, workers_dir: Path, *, cprofile: bool = False) -> None:
+    def __init__(self, workers_dir: Path, *, cprofile: bool = False, sdk: bool = False) -> None:
         super().__init__("iii-b", "supervisor.log")  # short prefix: the control socket path has a length limit
         self.workers_dir = workers_dir
         self.cprofile = cprofile
+        #: also run the official-SDK pair behind the iii door
+        self.sdk = sdk
         self.runtime_dir = self.tmp
         self.prof_path = self.runtime_dir / "supervisor.prof"
         self.worker_pids: dict[str, int] = {}
@@ -223,8 +243,19 @@ class Supervisor(LoggedProcess):
         cmd += ["start", str(self.workers_dir), "--runtime-dir", str(self.runtime_dir), "--log-level", "warning"]
         if _start_supports("--http-port"):
             cmd += ["--http-port", "0"]  # any free port: never clash with another supervisor on the default one
-        self.spawn(cmd)
+        if _start_supports("--stream-port"):
+            cmd += ["--stream-port", "0"]
         want = {"bench.run", "bench.echo_sync", "bench.echo_async"}
+        env = None
+        if self.sdk:
+            config = self.runtime_dir / "bench.toml"
+            config.write_text("".join(f'[workers.{name}]\ncommand = ["{sys.executable}", '
+                                      f'"{SDK_WORKERS_DIR / (name + ".py")}"]\n'
+                                      for name in ("sdk_driver", "sdk_target")))
+            cmd += ["--iii-port", "0", "--config", str(config)]
+            env = {**os.environ, "OTEL_ENABLED": "false"}
+            want |= {"sdkbench.run", "sdkbench.echo"}
+        self.spawn(cmd, env=env)
 
         def ready() -> bool | None:
             if not self.control_socket.exists():
@@ -270,10 +301,10 @@ def _sampled(sampler: CpuSampler, measure: Callable[[], dict[str, Any]]) -> dict
 
 
 def ours_run(sup: Supervisor, sampler: CpuSampler, mode: str, target: str, count: int, seconds: float,
-             concurrency: int) -> dict[str, Any]:
+             concurrency: int, driver: str = "bench.run") -> dict[str, Any]:
     params = {"mode": mode, "target": target, "count": count, "seconds": seconds,
               "concurrency": concurrency, "payload": PAYLOAD}
-    return _sampled(sampler, lambda: sup.call("bench.run", params, timeout=seconds + 30))
+    return _sampled(sampler, lambda: sup.call(driver, params, timeout=seconds + 30))
 
 
 def peer_run(ex: concurrent.futures.ProcessPoolExecutor, sampler: CpuSampler, mode: str, count: int,
@@ -358,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="call-count bound, 64 in flight (default 500000)")
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON output (default {DEFAULT_OUTPUT})")
+    p.add_argument("--no-sdk", action="store_true",
+                   help="leave out the official iii SDK over the iii door (included when iii-sdk is installed)")
     p.add_argument("--profile", choices=["none", "pyspy", "cprofile"], default="none",
                    help="pyspy: profile supervisor+workers after the measurements; cprofile: run the "
                         "supervisor under cProfile (distorts the numbers)")
@@ -376,9 +409,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     _, load = wait_quiet(NOISY_CORES, 2.0 if args.quick else 5.0, interval=0.5)
     print(f"machine load before start (other processes + steal): {load:.2f} cores", flush=True)
-    sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile")
+    sdk = not args.no_sdk and sdk_available()
+    if not args.no_sdk and not sdk:
+        print("iii-sdk is not installed (pip install iii-sdk): the official-SDK configuration is left out", flush=True)
+    scenarios = OURS + (SDK_SCENARIOS if sdk else [])
+    sup = Supervisor(WORKERS_DIR, cprofile=args.profile == "cprofile", sdk=sdk)
     ex: concurrent.futures.ProcessPoolExecutor | None = None
-    raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in OURS}
+    raw: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in scenarios}
     raw.update({"peer_seq": [], "peer_inflight": []})
     pyspy_report: dict[str, Any] = {}
     failed = False
@@ -398,23 +435,26 @@ def main(argv: list[str] | None = None) -> int:
         pool_procs = [c for c in me.children() if c.pid != sup.proc.pid]
         peer_sampler = CpuSampler({"harness": me, **{f"pool{i}": c for i, c in enumerate(pool_procs)}}, detail=True)
 
+        drivers = {key: driver for key, _mode, _target, _label, driver in scenarios}
+
         def run_ours(key: str, mode: str, target: str, seconds: float) -> dict[str, Any]:
             count = args.seq_count if mode == "seq" else args.inflight_count
-            return ours_run(sup, ours_sampler, mode, target, count, seconds, args.concurrency)
+            return ours_run(sup, ours_sampler, mode, target, count, seconds, args.concurrency, drivers[key])
 
         def run_peer(mode: str, seconds: float) -> dict[str, Any]:
             count = args.seq_count if mode == "seq" else args.inflight_count
             return peer_run(ex, peer_sampler, mode, count, seconds, args.concurrency)
 
         # warm-up: every scenario once, results discarded
-        for key, mode, target, _ in OURS:
+        for key, mode, target, *_ in scenarios:
             run_ours(key, mode, target, args.warmup)
         run_peer("seq", args.warmup)
         run_peer("inflight", args.warmup)
 
         # measurement: interleaved reps
-        order = [("ours", *o[:3]) for o in OURS[:2]] + [("peer", "peer_seq", "seq", None)] + \
-                [("ours", *o[:3]) for o in OURS[2:]] + [("peer", "peer_inflight", "inflight", None)]
+        order = [("ours", *o[:3]) for o in scenarios if o[1] == "seq"] + [("peer", "peer_seq", "seq", None)] + \
+                [("ours", *o[:3]) for o in scenarios if o[1] == "inflight"] + \
+                [("peer", "peer_inflight", "inflight", None)]
         for rep in range(args.reps):
             _, load = wait_quiet(NOISY_CORES, 1.0 if args.quick else 3.0, interval=0.5)
             if load > NOISY_CORES:
@@ -468,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {key: summarize(runs) for key, runs in raw.items()}
     rows = []
     ratios: dict[str, Any] = {}
-    for key, _mode, _target, label in OURS:
+    for key, _mode, _target, label, _driver in scenarios:
         s, peer = summary[key], summary["peer_" + PEER_OF[key]]
         pairs = zip(raw[key], raw["peer_" + PEER_OF[key]], strict=False)
         paired = [o["calls_per_s"] / p["calls_per_s"] for o, p in pairs]
@@ -491,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["peer scenario", "calls/s", "p50 ms", "p99 ms"], peer_rows))
     print()
     cpu_rows = []
-    for key in [k for k, *_ in OURS] + ["peer_seq", "peer_inflight"]:
+    for key in [k for k, *_ in scenarios] + ["peer_seq", "peer_inflight"]:
         s = summary[key]
         cpu = "  ".join(f"{n} {v:.0f}" for n, v in s["cpu_us_per_call"].items())
         util = "  ".join(f"{n} {v:.2f}" for n, v in s["cpu_util"].items())

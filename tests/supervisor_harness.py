@@ -153,7 +153,7 @@ class Supervisor:
         while True:
             workers = await self.workers()
             running = [w for w in workers.values() if w["state"] == "running"]
-            if len(running) >= count and sum(w["restarts"] for w in workers.values()) >= restarts:
+            if len(running) >= count and sum(w["restarts"] or 0 for w in workers.values()) >= restarts:
                 return workers
             await trio.sleep(0.05)
 

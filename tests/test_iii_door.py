@@ -14,6 +14,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
     open_websocket_url,
@@ -82,6 +83,17 @@ def test_map_refs_copies_only_the_path_to_a_reference() -> None:
     assert wire.map_refs(untouched, convert) is untouched
     assert wire.is_sdk_ref({"channel_id": "c", "access_key": "k", "direction": "read"})
     assert not wire.is_sdk_ref({"channel_id": 1, "direction": "read"})
+
+
+def test_route_takes_the_targets_both_sdks_build() -> None:
+    assert wire.route("/").kind == "worker" and wire.route("/?token=T").param("token") == "T"
+    assert wire.route("/otel?token=T").kind == "otel" and wire.route("/otel/").kind == "otel"
+    python = wire.route("/ws/channels/abc?token=T&key=K&dir=read")
+    assert (python.kind, python.channel_id, python.param("key"), python.param("dir")) == ("channel", "abc", "K", "read")
+    node = wire.route("/?token=T/ws/channels/abc?key=K&dir=write")  # the Node SDK appends the path after the query
+    assert (node.kind, node.channel_id, node.param("key"), node.param("dir"), node.param("token")) == \
+        ("channel", "abc", "K", "write", "T")
+    assert wire.route("/elsewhere").kind is None and wire.route("/x/ws/channels/abc").kind is None
 
 
 def test_close_codes_and_reasons() -> None:
@@ -254,12 +266,15 @@ async def test_shared_token_and_auth_function(monkeypatch: pytest.MonkeyPatch) -
 
             async def check(data: Any) -> Any:
                 seen.append(data)
+                if data["headers"].get("x-user") == "boom":
+                    raise RuntimeError("the auth backend is down")
                 return {"allowed": data["headers"].get("x-user") == "ada"}
 
             auth = await parts.worker("auth")
             await auth.register_function("auth::check", check)
             for headers, status in (([], 401), ([(b"authorization", b"Bearer nope")], 401),
-                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"eve")], 403)):
+                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"eve")], 403),
+                                    ([(b"authorization", b"Bearer s3cret"), (b"x-user", b"boom")], 401)):
                 assert await rejection(module, headers=headers) == status
             ok = await connect(nursery, module, "/?team=a",
                                headers=[(b"authorization", b"Bearer s3cret"), (b"x-user", b"ada")])
@@ -360,4 +375,54 @@ async def test_a_worker_that_does_not_read_gets_worker_overloaded_not_our_memory
             assert codes == ["worker_overloaded"]
             session = next(iter(module.sessions.values()))
             assert session.backlog() <= module.send_limit
+            nursery.cancel_scope.cancel()
+
+
+def test_config_section_is_strict_and_off_by_default() -> None:
+    from iii_supervisor.config import parse_config
+    from iii_supervisor.errors import ConfigError
+
+    assert parse_config({}).section("iii").port is None  # off unless a port is set
+    with pytest.raises(ConfigError, match=r"extra fields found \(prot\) @ iii"):
+        parse_config({"iii": {"prot": 1}})
+    with pytest.raises(ConfigError, match="iii.port must be between 0 and 65535"):
+        parse_config({"iii": {"port": 70000}})
+    with pytest.raises(ConfigError, match="expected an integer, got '1'"):
+        parse_config({"iii": {"port": "1"}})
+    with pytest.raises(ConfigError, match="token_file and iii.token_env are both set"):
+        parse_config({"iii": {"port": 0, "token_file": "a", "token_env": "B"}})
+    with pytest.raises(ConfigError, match="must be the name of an environment variable"):
+        parse_config({"iii": {"token_env": "not a name"}})
+    with pytest.raises(ConfigError, match=r"iii.max_message_size \(200000000\) must be at most"):
+        parse_config({"iii": {"port": 0, "max_message_size": 200_000_000}})
+
+
+async def test_missing_token_env_fails_the_start_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iii_supervisor.errors import ConfigError
+
+    monkeypatch.delenv("DOOR_NO_SUCH_TOKEN", raising=False)
+    with trio.fail_after(5), pytest.raises(BaseException) as raised:  # noqa: PT011 - unwrapped below
+        async with door({"token_env": "DOOR_NO_SUCH_TOKEN"}):
+            pass
+    leaf: BaseException = raised.value
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, ConfigError) and "DOOR_NO_SUCH_TOKEN" in leaf.message
+
+
+async def test_supervisor_pings_become_websocket_pings_and_connections_are_limited() -> None:
+    with trio.fail_after(10):
+        async with door({"max_connections": 2}) as (_parts, module), trio.open_nursery() as nursery:
+            first = await connect(nursery, module)
+            hello = await first.receive()
+            session = module.sessions[hello["worker_id"]]
+            nursery.start_soon(first.closed_with)  # keep reading (trio-websocket answers the ping)
+            answered = session.ping()  # what the pool does to a spawned worker
+            with trio.fail_after(3):
+                await answered.wait()
+            second = await connect(nursery, module)
+            await second.receive()
+            with pytest.raises(HandshakeError):  # the third is refused before its handshake
+                async with open_websocket_url(f"ws://127.0.0.1:{module.port}/", connect_timeout=0.5):
+                    pass
             nursery.cancel_scope.cancel()

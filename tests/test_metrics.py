@@ -53,7 +53,9 @@ def test_render_parses_with_prometheus_clients_parser() -> None:
     stats.record("a.f", "invocation_failed", 0.3)
     workers = [{"name": "a", "restarts": 2, "state": "running", "rss_bytes": 123456, "cpu_percent": 12.5,
                 "in_flight": 1}, {"name": "b", "restarts": 0, "state": "fatal", "rss_bytes": None,
-                                  "cpu_percent": None, "in_flight": 0}]
+                                  "cpu_percent": None, "in_flight": 0},
+               {"name": "sdk", "restarts": None, "state": "attached", "rss_bytes": None, "cpu_percent": None,
+                "in_flight": 0}]  # an iii-door worker the supervisor did not spawn
     got = samples(render(stats.snapshot(), workers, {"responses": {"200": 5, "404": 1}}).decode())
     assert got[("iii_invocations_total", (("function_id", "a.f"),))] == 2
     assert got[("iii_invocation_errors_total", (("code", "invocation_failed"), ("function_id", "a.f")))] == 1
@@ -64,6 +66,8 @@ def test_render_parses_with_prometheus_clients_parser() -> None:
     assert got[("iii_worker_state", (("state", "fatal"), ("worker", "b")))] == 1
     assert got[("iii_worker_state", (("state", "running"), ("worker", "b")))] == 0
     assert got[("iii_worker_rss_bytes", (("worker", "a"),))] == 123456
+    assert got[("iii_worker_state", (("state", "attached"), ("worker", "sdk")))] == 1
+    assert ("iii_worker_restarts_total", (("worker", "sdk"),)) not in got
     assert ("iii_worker_rss_bytes", (("worker", "b"),)) not in got
     assert got[("iii_worker_cpu_percent", (("worker", "a"),))] == 12.5
     assert got[("iii_http_responses_total", (("status", "404"),))] == 1

@@ -36,7 +36,7 @@ from .base import ModuleContext, ModuleSpec
 
 log = logging.getLogger(__name__)
 
-_WORKER_STATES = ("starting", "running", "backoff", "stopping", "stopped", "fatal")
+_WORKER_STATES = ("starting", "running", "backoff", "stopping", "stopped", "fatal", "attached")
 _MAX_HEAD = 8192
 _HEAD_TIMEOUT = 5.0
 _MAX_SCRAPES = 16
@@ -87,7 +87,8 @@ class _Snapshot(Collector):
         in_flight = GaugeMetricFamily("iii_worker_in_flight", "Calls each worker is executing", labels=["worker"])
         for w in self.workers:
             name = w["name"]
-            restarts.add_metric([name], w["restarts"])
+            if w["restarts"] is not None:  # (an attached iii-door worker has none: it is not ours to restart)
+                restarts.add_metric([name], w["restarts"])
             for s in _WORKER_STATES:
                 state.add_metric([name, s], 1.0 if w["state"] == s else 0.0)
             if w.get("rss_bytes") is not None:

@@ -29,7 +29,7 @@ import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
@@ -80,6 +80,8 @@ class DoorSession(Session):
             self.door.endpoints.session_closed(self)
         except NotImplementedError:
             pass
+        except Exception:  # a bug there must not stop the rest of the clean-up (the caller's)
+            log.exception("iii door: channel clean-up of %s failed", self.name)
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
@@ -204,21 +206,18 @@ class IiiDoor:
             address = f"{peer[0]}:{peer[1]}"
         except OSError:
             address = "?"
-        target = urlsplit(request.path)
-        path = target.path.rstrip("/") or "/"
-        if path == "/":
+        target = wire.route(request.path)
+        if target.kind == "worker":
             await self._worker(request, address)
-        elif path == "/otel":
+        elif target.kind == "otel":
             admitted = await self._admit(request, address, "telemetry")
             if admitted is not None:
                 slot = admitted[0]
                 conn = await request.accept()
                 _limit(conn, OTEL_MAX_MESSAGE_SIZE)
                 await self._otel(conn, slot.name if slot is not None else address)
-        elif path.startswith("/ws/channels/"):
-            query = parse_qs(target.query)
-            channel_id = path[len("/ws/channels/"):]
-            key, direction = query.get("key", [""])[0], query.get("dir", [""])[0]
+        elif target.kind == "channel":
+            channel_id, key, direction = target.channel_id, target.param("key"), target.param("dir")
             admits = getattr(self.endpoints, "admits", None)
             if admits is not None and not admits(channel_id, key, direction):
                 await request.reject(404, body=b"no such channel (or a wrong key)")
@@ -230,7 +229,8 @@ class IiiDoor:
             except NotImplementedError:
                 await conn.aclose(1011, "channels are not available in this build")
         else:
-            await request.reject(404, body=f"no such endpoint {target.path!r:.100} (the iii door serves /, /otel "
+            path = urlsplit(request.path).path
+            await request.reject(404, body=f"no such endpoint {path!r:.100} (the iii door serves /, /otel "
                                             "and /ws/channels/ID)".encode())
 
     async def _admit(self, request: WebSocketRequest, address: str, what: str) -> tuple[Any, bool] | None:
@@ -261,7 +261,7 @@ class IiiDoor:
         """Ask ``auth_function_id``; None lets the connection in, else (status, reason)."""
         function_id = self.config.auth_function_id
         assert function_id is not None
-        query: dict[str, list[str]] = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+        query = wire.route(request.path).query
         payload = {"headers": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
                    "query_params": query, "ip_address": address.rsplit(":", 1)[0]}
         try:
@@ -386,6 +386,6 @@ def _presented_token(request: WebSocketRequest) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    tokens = parse_qs(urlsplit(request.path).query).get("token")
-    return tokens[0] if tokens and tokens[0] else None
+    token = wire.route(request.path).param("token")
+    return token or None
 

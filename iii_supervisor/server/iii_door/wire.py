@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import orjson
@@ -182,3 +183,41 @@ def close_reason(message: str) -> str:
     if len(raw) <= 123:
         return message
     return raw[:120].decode(errors="ignore") + "..."
+
+
+@attrs.frozen
+class Target:
+    """What an upgrade's request target asks for: ``kind`` is ``worker``, ``otel``, ``channel``
+    or ``None`` (nothing here: 404); ``query`` its parameters (``token``, ``key``, ``dir`` …)."""
+
+    kind: str | None
+    query: dict[str, list[str]]
+    channel_id: str = ""
+
+    def param(self, name: str) -> str:
+        values = self.query.get(name)
+        return values[0] if values else ""
+
+
+_CHANNELS: Final = "/ws/channels/"
+
+
+def route(target: str) -> Target:
+    """Route a request target as both SDKs build them from the engine address.
+
+    The Python SDK keeps an address's query at the end (``/ws/channels/ID?token=T&key=K&dir=D``,
+    ``/otel?token=T``); the Node SDK appends the channel path to the address as is, so
+    ``ws://host/?token=T`` gives ``/?token=T/ws/channels/ID?key=K&dir=D``. Both are taken."""
+    at = target.find(_CHANNELS)
+    if at >= 0 and (at == 0 or target.startswith("/?")):
+        channel_id, _, rest = target[at + len(_CHANNELS):].partition("?")
+        query = parse_qs(rest, keep_blank_values=True)
+        if at > 0:  # the address's own query, before the path
+            for key, values in parse_qs(target[2:at], keep_blank_values=True).items():
+                query.setdefault(key, values)
+        return Target("channel", query, channel_id.rstrip("/"))
+    parts = urlsplit(target)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    path = parts.path.rstrip("/") or "/"
+    kind = "worker" if path == "/" else "otel" if path == "/otel" else None
+    return Target(kind, query)
