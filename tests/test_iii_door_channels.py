@@ -426,13 +426,3 @@ async def test_the_session_leaving_closes_its_channel_sockets() -> None:
                 assert await closed_with(w) == 1001 and await closed_with(r) == 1001
             assert len(d.endpoints) == 0
 
-
-def test_channel_targets_of_both_sdks_parse() -> None:
-    from iii_supervisor.server.iii_door.channels import channel_target
-
-    assert channel_target("/ws/channels/ab12?key=K%2Bx&dir=read") == ("ab12", "K+x", "read")
-    assert channel_target("/ws/channels/ab12?token=T&key=K&dir=write") == ("ab12", "K", "write")  # Python SDK
-    assert channel_target("/?token=T/ws/channels/ab12?key=K&dir=write") == ("ab12", "K", "write")  # Node SDK
-    assert channel_target("/ws/channels/ab12") == ("ab12", "", "")
-    for other in ("/", "/otel", "/?token=T", "/x/ws/channels/ab12?key=K&dir=read"):
-        assert channel_target(other) is None

@@ -39,7 +39,6 @@ import secrets
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Literal
-from urllib.parse import parse_qs
 
 import attrs
 import orjson
@@ -85,21 +84,6 @@ def _reason(text: str) -> str:
     """A close reason fits in 123 bytes of UTF-8."""
     data = text.encode()
     return text if len(data) <= 123 else data[:120].decode("utf-8", "ignore") + "…"
-
-
-def channel_target(target: str) -> tuple[str, str, str] | None:
-    """``(channel_id, key, dir)`` of a channel socket's request target, or None if it is not one.
-
-    The Python SDK builds ``/ws/channels/ID?key=K&dir=D`` (a query of the engine address, such as
-    ``?token=T``, goes first in the query); the Node SDK appends the path to the address as is,
-    so an address with a query gives ``/?token=T/ws/channels/ID?key=K&dir=D``. Both are taken."""
-    marker = "/ws/channels/"
-    at = target.find(marker)
-    if at < 0 or not (at == 0 or target.startswith("/?")):
-        return None
-    channel_id, _, query = target[at + len(marker):].partition("?")
-    params = parse_qs(query)
-    return channel_id, params.get("key", [""])[0], params.get("dir", [""])[0]
 
 
 def _clean(exc: ConnectionClosed) -> tuple[bool, int | None]:
