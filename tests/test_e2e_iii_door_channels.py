@@ -20,6 +20,17 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from supervisor_harness import Supervisor, run_cli
 
+
+def node_modules() -> Path | None:
+    """The Node SDK's install (tests/test_iii_door_node.py installs it), or None (with the reason printed)."""
+    from test_iii_door_node import node_sdk
+
+    try:
+        return node_sdk()
+    except pytest.skip.Exception as exc:
+        print(f"the Node SDK part is skipped: {exc}")
+        return None
+
 pytest.importorskip("iii")
 
 STREAMER = """
@@ -90,6 +101,32 @@ CONSUMER = """
 """
 
 
+NODE = """
+import { registerWorker } from 'iii-sdk'
+import { http } from '@iii-dev/helpers/http'
+import { Logger } from '@iii-dev/helpers/observability'
+
+const iii = registerWorker(process.env.III_URL, { otel: { enabled: true } })
+const logger = new Logger()
+
+iii.registerFunction('node.stream', http(async (req, res) => {
+  const chunks = []
+  for await (const chunk of req.request_body.stream) chunks.push(chunk)
+  await res.status(207)
+  await res.headers({ 'content-type': 'text/plain', 'x-node': 'yes' })
+  res.stream.write(Buffer.from(`got ${Buffer.concat(chunks).length};`))
+  res.stream.write(Buffer.alloc(300000, 0x61))
+  res.stream.end()
+}))
+iii.registerTrigger({ type: 'http', function_id: 'node.stream',
+                      config: { api_path: '/node/stream', http_method: 'POST' } })
+iii.registerFunction('node.emit', async (input) => {
+  logger.error('node logger line', { order: input.order })
+  return null
+})
+"""
+
+
 def door_port(sup: Supervisor) -> int:
     for line in sup.output().splitlines():
         if "iii door listening on ws://" in line:
@@ -102,9 +139,18 @@ async def test_sdk_workers_stream_http_pipe_between_each_other_and_log_through_o
     workers.mkdir()
     (workers / "streamer.py").write_text(textwrap.dedent(STREAMER))
     (workers / "consumer.py").write_text(textwrap.dedent(CONSUMER))
-    async with Supervisor(workers, "--iii-port", "0", env={"OTEL_ENABLED": "false"}) as sup:
-        await sup.start(functions=("chan.stream", "chan.upload", "chan.produce", "chan.consume", "chan.emit"),
-                        timeout=30)
+    functions = ["chan.stream", "chan.upload", "chan.produce", "chan.consume", "chan.emit"]
+    extra: list[str] = []
+    node = node_modules()  # the Node SDK too, spawned with III_URL (its channel URLs differ): if npm works
+    if node is not None:
+        (workers / "nodechan.mjs").write_text(NODE)
+        (workers / "node_modules").symlink_to(node / "node_modules")
+        config = tmp_path / "iii.toml"
+        config.write_text('[workers.nodechan]\ncommand = ["node", "nodechan.mjs"]\n')
+        extra = ["--config", str(config)]
+        functions += ["node.stream", "node.emit"]
+    async with Supervisor(workers, "--iii-port", "0", *extra, env={"OTEL_ENABLED": "false"}) as sup:
+        await sup.start(functions=tuple(functions), timeout=30)
         port = door_port(sup)
         with trio.fail_after(60):
             # through the real door: a channel that does not exist, and garbage on /otel
@@ -147,3 +193,18 @@ async def test_sdk_workers_stream_http_pipe_between_each_other_and_log_through_o
             assert b"WARN" in plain.stdout and b"sdk logger line" in plain.stdout
             # the SDK did not complain about its telemetry socket
             assert "OTel WS disconnected" not in sup.output() and "dropping message" not in sup.output()
+            if node is None:
+                return
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sup.http_port}", timeout=20) as client:
+                response = await client.post("/node/stream", content=b"q" * 200_000,
+                                             headers={"content-type": "application/octet-stream"})
+            assert response.status_code == 207 and response.headers["x-node"] == "yes", response.text
+            assert response.content == b"got 200000;" + b"a" * 300_000
+            await sup.call("node.emit", {"order": "n-1"})
+            while True:
+                done = await run_cli(sup, "logs", "nodechan", "--json", "-n", "50")
+                found = [e for e in orjson.loads(done.stdout) if e["message"] == "node logger line"]
+                if found:
+                    break
+                await trio.sleep(0.1)
+            assert (found[0]["level"], found[0]["data"], found[0]["source"]) == ("error", {"order": "n-1"}, "otel")

@@ -207,6 +207,10 @@ class ChannelEndpoints:
         if old is not None:  # the same channel sent twice: the newer reference serves it
             self._drop(old)
         self._by_channel[ref.channel_id] = end
+        if ref.direction == "write":
+            channel = self.table.get(ref.channel_id)
+            if channel is not None:  # its frames come on a socket of their own, maybe after the result
+                channel.apart = True
         if group is None:
             self._pair(end)
         return end
@@ -389,6 +393,8 @@ class ChannelEndpoints:
         end = self._ends.get(channel_id)
         if end is None or end.taken or end.direction != direction:
             return None
+        if end.pipe is None and end.direction == "write" and end.channel_id not in self.table:
+            return None  # the HTTP front is done with that response
         if not hmac.compare_digest(end.key.encode(), key.encode("utf-8", "replace")):
             return None
         return end
@@ -419,6 +425,9 @@ class ChannelEndpoints:
         close: ChannelClose | None = ChannelClose(channel_id=cid, error=ErrorBody(
             code="channel_aborted", message="the worker's channel socket ended abnormally"))
         end.scope = trio.CancelScope()
+        channel = self.table.get(cid)
+        if channel is not None:
+            channel.writing = True
         try:
             with end.scope:
                 while True:
@@ -457,6 +466,8 @@ class ChannelEndpoints:
                 await ws.aclose(_GOING_AWAY if end.error is None else _FAILED, _reason(why))
         finally:
             end.scope = None
+            if channel is not None:
+                channel.writing = False
             if close is not None and not end.gone:
                 deliver(peer, close)
 

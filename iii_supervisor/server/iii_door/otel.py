@@ -134,14 +134,18 @@ def _entry(record: dict[str, Any]) -> dict[str, Any]:
     attrs = attributes(record.get("attributes"))
     data = attrs.pop("log.data", None)  # what the SDK's Logger puts its `data` argument in
     attrs.pop("service.name", None)  # the Logger's service_name: ignored, as our own SDK's is
+    # the Node SDK's Logger puts the ids in attributes rather than in the record
+    attr_trace, attr_span = attrs.pop("trace_id", None), attrs.pop("span_id", None)
+    trace_id = _hex_id(record.get("traceId"), 32) or _hex_id(attr_trace, 32)
+    span_id = _hex_id(record.get("spanId"), 16) or _hex_id(attr_span, 16)
     if attrs:  # other attributes (a logging bridge's code.* …) are kept beside the data
         data = {"data": data, "attributes": attrs} if data is not None else {"attributes": attrs}
     entry: dict[str, Any] = {
         "level": level_of(record.get("severityNumber"), record.get("severityText")),
         "message": message,
         "data": data,
-        "trace_id": _hex_id(record.get("traceId"), 32),
-        "span_id": _hex_id(record.get("spanId"), 16),
+        "trace_id": trace_id,
+        "span_id": span_id,
     }
     return entry
 
