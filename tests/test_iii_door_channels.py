@@ -426,3 +426,55 @@ async def test_the_session_leaving_closes_its_channel_sockets() -> None:
                 assert await closed_with(w) == 1001 and await closed_with(r) == 1001
             assert len(d.endpoints) == 0
 
+
+
+async def test_the_http_front_waits_for_a_response_socket_that_comes_after_a_null_result() -> None:
+    """The Node SDK's @http handler returns before its channel socket has connected."""
+    import httpx
+
+    from iii_supervisor.protocol.channels import ChannelRef
+    from iii_supervisor.server import http as http_module
+    from inprocess import engine_parts
+
+    with trio.fail_after(15):
+        async with engine_parts(modules=[http_module.SPEC], config={"http": {"port": 0}}) as parts:
+            endpoints = ChannelEndpoints(parts.channels, parts.registry)
+
+            async def handler(request: WebSocketRequest) -> None:
+                ws = await request.accept()
+                parts_ = urlsplit(ws.path)
+                query = {k: v[0] for k, v in parse_qs(parts_.query).items()}
+                await endpoints.serve(ws, parts_.path.rsplit("/", 1)[-1], query["key"], query["dir"])
+
+            server = await parts.nursery.start(lambda task_status: serve_websocket(
+                handler, "127.0.0.1", 0, None, task_status=task_status))
+            worker = await parts.worker("door-like")
+
+            async def write_late(wire: dict[str, Any]) -> None:
+                await trio.sleep(0.05)  # the result is long gone
+                url = f"ws://127.0.0.1:{server.port}/ws/channels/{wire['channel_id']}?key={wire['access_key']}&dir=write"
+                async with open_websocket_url(url) as ws:
+                    await ws.send_message('{"type": "set_status", "status_code": 206}')
+                    await ws.send_message(b"late ")
+                    await ws.send_message(b"body")
+
+            async def streaming(data: Any) -> None:
+                ref = ChannelRef.parse(data["response"])
+                assert ref is not None
+                parts.nursery.start_soon(write_late, endpoints.to_wire(worker.session, ref))  # (as the door does)
+
+            async def silent(data: Any) -> None:
+                ref = ChannelRef.parse(data["response"])
+                assert ref is not None
+                endpoints.to_wire(worker.session, ref)
+
+            for name, fn in (("streaming", streaming), ("silent", silent)):
+                await worker.register_function(f"d.{name}", fn)
+                await worker.register_trigger("http", f"d.{name}", {"api_path": f"/{name}", "http_method": "GET"})
+            port = parts.modules["http"].port  # type: ignore[attr-defined]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                response = await client.get("/streaming")
+                assert (response.status_code, response.content) == (206, b"late body")
+                started = trio.current_time()
+                response = await client.get("/silent")  # null, and no socket: 204 after the grace
+                assert response.status_code == 204 and trio.current_time() - started < 2
