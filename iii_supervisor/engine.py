@@ -21,7 +21,7 @@ from .channels import ChannelTable
 from .config import Config, load_config
 from .errors import ConfigError, InvocationError
 from .invocation import Invoker
-from .modules import cron, metrics, queue, state, stream
+from .modules import cron, external, metrics, pubsub, queue, state, stream
 from .modules import log as log_module
 from .modules.base import Module, ModuleContext, ModuleSpec
 from .output import Output, default_output
@@ -46,8 +46,10 @@ MODULES: tuple[ModuleSpec, ...] = (
     queue.SPEC,
     state.SPEC,
     stream.SPEC,
+    pubsub.SPEC,
     cron.SPEC,
     metrics.SPEC,
+    external.SPEC,
     iii_door.SPEC,
 )
 

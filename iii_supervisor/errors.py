@@ -146,6 +146,20 @@ class TriggerRegistrationError(RegistrationError):
     code = "trigger_registration_failed"
 
 
+class InvalidInvocation(RegistrationError):
+    """A ``registerfunction``'s ``invocation`` (external HTTP function) is not usable; the message
+    names the field."""
+
+    code = "invalid_invocation"
+
+
+class MissingEnvVar(RegistrationError):
+    """An external function's ``auth`` names an environment variable the engine does not have
+    (the reference engine's code)."""
+
+    code = "missing_env_var"
+
+
 # --- invocation -----------------------------------------------------------------------------
 
 
@@ -215,6 +229,30 @@ class UpdateTypeError(UpdateOpError):
     code = "update_type_error"
 
 
+class HttpRequestFailed(InvocationError):
+    """An external HTTP function could not be reached (connection refused, DNS, TLS, reset …)."""
+
+    code = "http_request_failed"
+
+
+class HttpStatusError(InvocationError):
+    """An external HTTP function answered with a status of 400 or more."""
+
+    code = "http_error"
+
+
+class InvalidResponse(InvocationError):
+    """An external HTTP function answered a body that is not JSON."""
+
+    code = "invalid_response"
+
+
+class ResultTooLarge(InvocationError):
+    """A result is over the size the engine can deliver (the frame limit)."""
+
+    code = "result_too_large"
+
+
 class ValueTooLarge(InvocationError):
     """A value is over the module's size limit (the reference engine's code)."""
 
@@ -246,6 +284,8 @@ _BY_CODE: dict[str, type[EngineError]] = {
         RegistrationError,
         FunctionConflict,
         TriggerRegistrationError,
+        InvalidInvocation,
+        MissingEnvVar,
         InvocationError,
         FunctionNotFound,
         InvocationFailed,
@@ -257,6 +297,10 @@ _BY_CODE: dict[str, type[EngineError]] = {
         UnknownUpdateOp,
         UpdatePathError,
         UpdateTypeError,
+        HttpRequestFailed,
+        HttpStatusError,
+        InvalidResponse,
+        ResultTooLarge,
         ValueTooLarge,
         ConnectionLost,
     )

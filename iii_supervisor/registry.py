@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .errors import FunctionConflict, RegistrationError, TriggerRegistrationError
+from .errors import FunctionConflict, InvalidInvocation, RegistrationError, TriggerRegistrationError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class ActionCall:
 #: serves the calls of one action type; its return value is the call's result
 ActionHandler = Callable[[ActionCall], Awaitable[Any]]
 
+#: ``(function_id, invocation) -> handler``: checks a ``registerfunction``'s ``invocation`` (raising
+#: :class:`RegistrationError` naming the bad field) and returns what serves the calls of that
+#: external function (the external-functions module)
+ExternalFactory = Callable[[str, dict[str, Any]], BuiltinHandler]
+
 
 @attrs.define(eq=False)
 class FunctionEntry:
@@ -70,7 +75,8 @@ class FunctionEntry:
     owner: Owner | None
     description: str | None = None
     metadata: dict[str, Any] | None = None
-    #: For engine built-ins: the coroutine function that serves the call.
+    #: For engine built-ins, and for the external (HTTP) functions a worker owns: the coroutine
+    #: function that serves the call in-process.
     builtin: BuiltinHandler | None = None
     #: other instances of the owner's worker (``instances = N``) that registered it too; calls
     #: are spread over ``owner`` and these (see :meth:`Registry.owners_of`)
@@ -135,6 +141,7 @@ class Registry:
         self._actions: dict[str, ActionHandler] = {}
         #: trigger id of an instance sharing a binding → the id the binding is stored under
         self._trigger_replicas: dict[str, str] = {}
+        self._external: ExternalFactory | None = None
 
     # --- functions ----------------------------------------------------------------------------
 
@@ -186,6 +193,19 @@ class Registry:
     def functions_of(self, owner: Owner) -> list[str]:
         """Ids of the functions ``owner`` registered, sorted."""
         return sorted(f.id for f in self.functions.values() if f.owner is owner or owner in f.replicas)
+
+    def serve_external_functions(self, factory: ExternalFactory | None) -> None:
+        """Let workers register external HTTP functions (``registerfunction`` with an
+        ``invocation``), served by ``factory``'s handlers; ``None`` stops accepting them."""
+        self._external = factory
+
+    def external_handler(self, function_id: str, invocation: dict[str, Any]) -> BuiltinHandler:
+        """The handler of an external function; raises :class:`RegistrationError` if the
+        ``invocation`` is refused or no module serves external functions."""
+        if self._external is None:
+            raise InvalidInvocation(f"function {function_id!r} has an 'invocation' (an external HTTP function), "
+                                    f"but external functions are disabled ([external_functions] enabled = false)")
+        return self._external(function_id, invocation)
 
     # --- actions --------------------------------------------------------------------------------
 

@@ -199,8 +199,11 @@ class Session:
                     error = RegistrationError(f"function id {msg.id!r} is reserved: 'engine::' belongs to the engine")
                 else:
                     try:
+                        # an external function is served in-process (HTTP), but owned by this worker
+                        builtin = registry.external_handler(msg.id, msg.invocation) \
+                            if msg.invocation is not None else None
                         registry.add_function(FunctionEntry(msg.id, self, description=msg.description,
-                                                            metadata=msg.metadata))
+                                                            metadata=msg.metadata, builtin=builtin))
                     except RegistrationError as exc:
                         error = exc
                 if error is not None:

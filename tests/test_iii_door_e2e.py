@@ -153,7 +153,11 @@ async def test_official_sdk_workers_end_to_end(tmp_path: Path) -> None:
                             await sup.call("x::slow", {})
 
                     nursery.start_soon(slow_call)
-                    await trio.sleep(0.3)
+
+                    async def x_busy() -> bool:
+                        return (await sup.workers())["door-x"]["in_flight"] >= 1
+
+                    await wait_until(x_busy, "the slow call reached the attached worker")
                     x.send_signal(signal.SIGKILL)
                 await x.wait()
 
@@ -164,6 +168,17 @@ async def test_official_sdk_workers_end_to_end(tmp_path: Path) -> None:
             finally:
                 await kill(x)
 
+            # a spawned SDK worker that dies is restarted like any worker and comes back (new pid, new token)
             pid = (await sup.workers())["sdk_a"]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            rows = await sup.wait_running(2, restarts=1)
+            assert rows["sdk_a"]["restarts"] == 1 and rows["sdk_a"]["pid"] != pid
+
+            async def a_back() -> bool:
+                return "a::leaf" in await sup.function_ids()
+
+            await wait_until(a_back, "the restarted SDK worker registered again")
+            assert await sup.call("a::leaf", {"n": 0}) == {"leaf": 1}
+            pid = rows["sdk_a"]["pid"]
             assert await sup.terminate() == 0
             assert not pid_alive(pid)

@@ -110,6 +110,8 @@ FULL_SAMPLES = [
         request_format={"type": "object", "properties": {"a": {"type": "number"}}},
         response_format=["number", None, 1.5, True],
         metadata={"owner": "team", "tags": ["x", "y"], "n": 3},
+        invocation={"url": "https://example.com/add", "method": "PUT", "timeout_ms": 500,
+                    "headers": {"x-a": "b"}, "auth": {"type": "hmac", "secret_key": "ADD_SECRET"}},
     ),
     FunctionRegistered(id="math.add", error=ErrorBody(code="function_conflict", message="taken")),
     UnregisterFunction(id="math.add"),
@@ -621,6 +623,7 @@ def test_unknown_type_is_reported_by_name(tag):
          "functionregistered.error.code"),
         ({"type": "invocationresult"}, "invocationresult.invocation_id"),
         ({"type": "invokefunction", "function_id": "f", "metadata": "x"}, "invokefunction.metadata"),
+        ({"type": "registerfunction", "id": "f", "invocation": "https://x"}, "registerfunction.invocation"),
     ],
 )
 def test_wrong_field_types_name_the_field_path(obj, path):

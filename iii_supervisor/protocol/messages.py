@@ -127,6 +127,12 @@ class RegisterFunction:
     request_format: Any = None
     response_format: Any = None
     metadata: JSONObject | None = None
+    #: set: an *external HTTP function*, served by the engine calling this endpoint
+    #: (``{url, method="POST", timeout_ms?, headers?, auth?}``, as the reference engine and the
+    #: official SDK's ``HttpInvocationConfig``). Its fields are checked at registration (a bad
+    #: one refuses the function, naming the field), not here: a wrong field must not cost the
+    #: worker its connection.
+    invocation: JSONObject | None = None
 
 
 @attrs.define(kw_only=True)

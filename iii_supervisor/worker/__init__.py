@@ -2,7 +2,8 @@
 
 from .actions import TriggerAction
 from .client import III, FunctionRef, InitOptions, Trigger, TriggerConfig, TriggerTypeRef, register_worker
+from .external import HttpInvocationConfig
 from .logger import Logger  # (`logger`, the instance, is iii_supervisor.logger: .logger is the module)
 
-__all__ = ["III", "FunctionRef", "InitOptions", "Logger", "Trigger", "TriggerAction", "TriggerConfig", "TriggerTypeRef",
-           "register_worker"]
+__all__ = ["III", "FunctionRef", "HttpInvocationConfig", "InitOptions", "Logger", "Trigger", "TriggerAction",
+           "TriggerConfig", "TriggerTypeRef", "register_worker"]

@@ -70,6 +70,7 @@ from ..protocol.channels import ChannelRef, Direction
 from ..transport import FramedStream
 from . import lifetime
 from .channels import ChannelReader, ChannelWriter
+from .external import invocation_wire
 from .logger import attach as _attach_logger
 from .logger import enter_invocation, outgoing_context
 
@@ -159,7 +160,8 @@ def _function_id(spec: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, str):
         return spec, {}
     if isinstance(spec, dict) and isinstance(spec.get("id"), str):
-        extra = {k: spec[k] for k in ("description", "metadata", "request_format", "response_format") if k in spec}
+        extra = {k: spec[k] for k in ("description", "metadata", "request_format", "response_format", "invocation")
+                 if k in spec}
         return spec["id"], extra
     raise TypeError(f"function id must be a str or a dict with a str 'id', got {spec!r}")
 
@@ -534,21 +536,36 @@ class III:
 
     # --- functions ----------------------------------------------------------------------------
 
-    def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
+    def register_function(self, function: Any, handler: Handler | Any = None, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
         """Register ``handler`` (sync or async; one argument, the payload, or none) under an id.
 
         ``function`` is ``"users.create"`` or ``{"id": "users.create", "description": ...}``.
-        Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id.
+        Instead of a handler, an :class:`~.external.HttpInvocationConfig` (or the dict
+        ``{"url": ..., ...}``, or ``{"id": ..., "invocation": {...}}`` as ``function``) registers an
+        *external* function: the supervisor serves its calls by calling that URL.
+        Raises :class:`~iii_supervisor.errors.FunctionConflict` if another worker owns the id,
+        :class:`~iii_supervisor.errors.InvalidInvocation` naming a bad invocation field.
         """
         function_id, extra = _function_id(function)
-        if not callable(handler):
-            raise TypeError(f"handler for {function_id!r} must be callable, got {handler!r}")
+        if handler is None and "invocation" in extra:
+            invocation = invocation_wire(extra["invocation"]) or extra["invocation"]
+            if not isinstance(invocation, dict):
+                raise TypeError(f"'invocation' of {function_id!r} must be a dict or an HttpInvocationConfig, "
+                                f"got {invocation!r}")
+        else:
+            invocation = invocation_wire(handler)
+        if invocation is None and not callable(handler):
+            raise TypeError(f"handler for {function_id!r} must be callable or an HttpInvocationConfig, got {handler!r}")
         msg = RegisterFunction(id=function_id, description=description or extra.get("description"),
                                metadata=metadata or extra.get("metadata"),
-                               request_format=extra.get("request_format"), response_format=extra.get("response_format"))
-        self._functions[function_id] = _without_argument(handler)
-        self._async[function_id] = _is_async(handler)
+                               request_format=extra.get("request_format"), response_format=extra.get("response_format"),
+                               invocation=invocation)
+        if invocation is None:
+            self._functions[function_id] = _without_argument(handler)
+            self._async[function_id] = _is_async(handler)
+        else:  # served by the supervisor: nothing runs here
+            self._functions.pop(function_id, None)
         if self._in_loop():
             self._send(msg)  # cannot wait for the ack here; a refusal is logged
             return FunctionRef(function_id, self)
@@ -714,10 +731,11 @@ class _UnconnectedIII(III):
     def _send_threadsafe(self, message: Message) -> None:
         pass
 
-    def register_function(self, function: Any, handler: Handler, *, description: str | None = None,
+    def register_function(self, function: Any, handler: Handler | Any = None, *, description: str | None = None,
                           metadata: dict[str, Any] | None = None) -> FunctionRef:
         function_id, _ = _function_id(function)
-        self._functions[function_id] = handler
+        if callable(handler):
+            self._functions[function_id] = handler
         return FunctionRef(function_id, self)
 
     def register_trigger(self, trigger: Any) -> Trigger:

@@ -38,5 +38,9 @@ class StreamConfig:
     handler_timeout_ms: int = attrs.field(default=10_000, validator=positive)
     #: Largest item, in bytes of JSON (larger: VALUE_TOO_LARGE).
     max_value_size: int = attrs.field(default=1024 * 1024, validator=positive)
+    #: Streams served by a worker's ``stream::set(<name>)`` … functions (a custom backend) from
+    #: the start: calls on them are refused until the backend registers, never served from the
+    #: store. (A stream also becomes custom when such a function is first seen registered.)
+    custom_backends: tuple[str, ...] = ()
     #: Events queued per ``stream`` trigger (and for ``stream:leave`` handlers) before dropping.
     trigger_buffer: int = attrs.field(default=10_000, validator=positive)

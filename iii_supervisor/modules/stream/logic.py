@@ -301,3 +301,40 @@ def encode(event: dict[str, Any]) -> str:
 
 
 Encoder = Callable[[dict[str, Any]], bytes]
+
+
+# --- custom backends (a worker's stream::set(<name>) … serves that stream) -------------------------
+
+#: the verbs a custom backend may serve (the official SDK's ``create_stream`` registers all but update)
+BACKEND_VERBS = ("get", "set", "delete", "list", "list_groups", "update")
+#: ``stream::<verb>`` of each verb (the hot path adds ``(<name>)``: no formatting per verb)
+BACKEND_PREFIXES = tuple(f"stream::{verb}" for verb in BACKEND_VERBS)
+
+
+def backend_function(verb: str, stream: str) -> str:
+    """The id of the function that serves ``verb`` for ``stream`` when it has a custom backend."""
+    return f"stream::{verb}({stream})"
+
+
+def backend_write_result(function_id: str, verb: str, result: Any) -> tuple[Any, Any]:
+    """``(old_value, new_value)`` from a backend's answer to a set or update (``{old_value?,
+    new_value}``, the shape the official SDK's ``StreamSetResult`` dumps); anything else is refused."""
+    if not isinstance(result, dict) or "new_value" not in result:
+        raise InvocationError(f"custom stream backend {function_id} answered {_short(result)}; {verb} must return "
+                              '{"old_value": ..., "new_value": ...}', code="stream_backend_error")
+    return result.get("old_value"), result["new_value"]
+
+
+def backend_delete_result(function_id: str, result: Any) -> Any:
+    """``old_value`` from a backend's answer to a delete (``{old_value?}``)."""
+    if not isinstance(result, dict):
+        raise InvocationError(f"custom stream backend {function_id} answered {_short(result)}; delete must "
+                              'return {"old_value": ...}', code="stream_backend_error")
+    return result.get("old_value")
+
+
+def backend_missing(stream: str, function_id: str) -> InvocationError:
+    """The error for a call on a stream whose custom backend does not serve it (now)."""
+    return InvocationError(f"stream {stream!r} has a custom backend, but {function_id} is not registered (did its "
+                           "worker stop?); the call is refused rather than served from the built-in store",
+                           code="stream_backend_unavailable")
