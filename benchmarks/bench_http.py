@@ -18,6 +18,9 @@ The same tiny JSON endpoint, ``GET /hello`` → ``200 application/json {"hello":
   request: client → supervisor's h11 front → worker process (Unix socket) → supervisor → client.
 - ``ours-sync``: the same supervisor, ``GET /hello-sync``, a **sync** handler (the SDK runs it
   in a thread of the worker).
+- ``ours-mw``: the same supervisor, ``GET /hello-mw``: the async handler behind one middleware
+  (an async function of the same worker answering ``{"action": "continue"}``), i.e. one more
+  call to the worker per request.
 - ``ours+mypyc``: a second supervisor using ``h11-mypyc``, the mypyc-compiled fork (installs as
   ``h11_mypyc``; the HTTP front imports it when present, ``pip install -e '.[fast]'``). The plain
   ``ours`` configs are launched with ``h11_mypyc`` hidden (``sys.modules["h11_mypyc"] = None``)
@@ -118,6 +121,7 @@ PURE_H11_LAUNCHER = (
 CONFIGS = {
     "ours": "ours (h11 front → worker, async handler)",
     "ours-sync": "ours (h11 front → worker, sync handler)",
+    "ours-mw": "ours, one middleware + async handler",
     "ours+mypyc": "ours with h11-mypyc (async handler)",
     "uvicorn-h11": "uvicorn --http h11 --loop asyncio",
     "uvicorn-h11-uvloop": "uvicorn --http h11 --loop uvloop",
@@ -274,14 +278,15 @@ class SupervisorServer(Server):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
-        # the sync route too (same worker, registered in the same breath; may lag a few ms)
-        deadline = time.monotonic() + 10
-        while True:
-            status, headers, body = http_get(self.port, "/hello-sync")  # type: ignore[arg-type]
-            if status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        self.check_response(status, headers, body)
+        # the other routes too (same worker, registered in the same breath; may lag a few ms)
+        for path in ("/hello-sync", "/hello-mw"):
+            deadline = time.monotonic() + 10
+            while True:
+                status, headers, body = http_get(self.port, path)  # type: ignore[arg-type]
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.check_response(status, headers, body)
         libs = self.loaded_libraries()
         compiled = any("h11_mypyc" in lib for lib in libs)
         if compiled != self.h11_mypyc:
@@ -571,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        if {"ours", "ours-sync"} & set(configs):
+        if {"ours", "ours-sync", "ours-mw"} & set(configs):
             servers["sup"] = SupervisorServer("supervisor")
         if "ours+mypyc" in configs:
             servers["sup-mypyc"] = SupervisorServer("supervisor+h11-mypyc", h11_mypyc=True)
@@ -590,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets[c] = (servers["sup"], "/hello")
             elif c == "ours-sync":
                 targets[c] = (servers["sup"], "/hello-sync")
+            elif c == "ours-mw":
+                targets[c] = (servers["sup"], "/hello-mw")
             elif c == "ours+mypyc":
                 targets[c] = (servers["sup-mypyc"], "/hello")
             elif c == "uvicorn-h11":
@@ -700,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio_defs = [("ours", "uvicorn-h11"), ("ours", "uvicorn-h11-uvloop"), ("ours", "uvicorn-httptools"),
                   ("ours-sync", "uvicorn-h11"), ("ours+mypyc", "uvicorn-h11"), ("ours+mypyc", "uvicorn-h11-uvloop"),
                   ("ours+mypyc", "uvicorn-httptools"), ("ours+mypyc", "ours"), ("ours-sync", "ours"),
-                  ("uvicorn-h11-uvloop", "uvicorn-h11"), ("uvicorn-h11", "uvicorn-httptools")]
+                  ("ours-mw", "ours"), ("uvicorn-h11-uvloop", "uvicorn-h11"), ("uvicorn-h11", "uvicorn-httptools")]
     ratios: dict[str, dict[str, Any]] = {}
     ratio_rows = []
     for a, b in ratio_defs:

@@ -148,6 +148,22 @@ def register_structure_hook(kind: Any, hook: Any) -> None:
     _CONVERTER.register_structure_hook(kind, hook)
 
 
+def require_list(kind: Any, expected: str, *, of_tables: bool = False) -> None:
+    """Refuse anything but a list (of tables, with ``of_tables``) for the sequence type ``kind``,
+    saying ``expected``: a string is iterable, and cattrs would read it as a list of letters."""
+    default = _CONVERTER.get_structure_hook(kind)
+
+    def hook(value: Any, actual: Any) -> Any:
+        if not isinstance(value, list):
+            raise _BadValue(f"expected {expected}, got {value!r:.200}")
+        for i, item in enumerate(value):
+            if of_tables and not isinstance(item, dict):
+                raise _BadValue(f"expected {expected}, got {item!r:.200} as entry {i}")
+        return default(value, actual)
+
+    _CONVERTER.register_structure_hook_func(lambda t: t == kind, hook)
+
+
 _FIELD_AT_START = re.compile(r"'?([a-z_]+)'?(?= |$)")
 
 

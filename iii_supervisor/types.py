@@ -26,6 +26,8 @@ class HttpRequest:
     #: the raw body as a stream: ``async for chunk in req.request_body`` / ``await req.request_body.read_all()``
     request_body: ChannelReader
     trigger: dict[str, Any] = attrs.Factory(dict)
+    #: what the route's middleware added with ``{"action": "continue", "context": {...}}``
+    context: dict[str, Any] = attrs.Factory(dict)
 
     @classmethod
     def from_data(cls, data: dict[str, Any], request_body: ChannelReader) -> HttpRequest:
@@ -33,7 +35,7 @@ class HttpRequest:
                    request_path=data.get("request_path", data.get("path", "")),
                    path_params=data.get("path_params") or {}, query_params=data.get("query_params") or {},
                    headers=data.get("headers") or {}, body=data.get("body"), request_body=request_body,
-                   trigger=data.get("trigger") or {})
+                   trigger=data.get("trigger") or {}, context=data.get("context") or {})
 
 
 class HttpResponse:

@@ -1,10 +1,13 @@
-"""One HTTP request: route → condition → invoke → respond (buffered) or stream.
+"""One HTTP request: route → middleware → condition → middleware → invoke → respond or stream.
 
 For each request:
 
 1. resolve the route (404 / 405 with ``Allow``); refuse a declared body over the limit with 413
-   before reading it;
-2. run the trigger's condition function, if any (422 ``CONDITION_NOT_MET`` when falsy);
+   before reading it; run the global middleware (``[http] middleware``), if any, before the
+   body is read;
+2. run the trigger's condition function, if any (422 ``CONDITION_NOT_MET`` when falsy), then
+   the route's ``middleware_function_ids`` in order (each may answer instead of the handler:
+   :mod:`.middleware`);
 3. call the function on its worker with the request, plus two channel references (from the
    engine's :class:`~iii_supervisor.channels.ChannelTable`): ``request_body`` (we stream the
    body to the worker) and ``response`` (the worker may stream the response back);
@@ -60,6 +63,7 @@ from .messages import (
     stream_framing,
     valid_status,
 )
+from .middleware import BadAnswer, Continue, middleware_input, read_answer
 from .routes import Match, MethodNotAllowed, Router
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class Exchange:
         self.registry = registry
         self.invoker = invoker
         self.channels = channels
+        #: ``[http] middleware``, in the order they run
+        self.global_middleware = config.global_middleware()
 
     async def handle(self, http: HttpConnection, event: h11.Request) -> None:
         """Answer one request (its head is ``event``)."""
@@ -114,6 +120,17 @@ class Exchange:
                                              f"request body of {request.content_length} bytes exceeds the limit "
                                              f"of {limit} bytes"), request)
             return  # the body was never read: respond() closes the connection
+        # the client's trace, if it sent one: every call for this request (middleware, condition,
+        # handler) is in the same trace
+        traceparent = ensure_traceparent(request.headers.get("traceparent"))
+        context: dict[str, Any] = {}
+        if self.global_middleware:  # before the body is read, as in the reference engine
+            response = await self._run_middleware(self.global_middleware, request, found, context,
+                                                  trio.current_time() + self.config.request_timeout_ms / 1000,
+                                                  traceparent)
+            if response is not None:
+                await http.respond(response, request)
+                return
         buffered = not request.has_body or request.is_json or (
             not request.chunked and (request.content_length or 0) <= INLINE_TEXT_LIMIT)
         body_bytes = b""
@@ -130,8 +147,12 @@ class Exchange:
                             body_bytes if buffered else None)
         # one deadline for the condition and the handler together: the response must start in time
         deadline = trio.current_time() + self.config.request_timeout_ms / 1000
-        traceparent = ensure_traceparent(request.headers.get("traceparent"))  # the client's trace, if it sent one
         response = await self._check_condition(found, data, deadline, traceparent)
+        if response is None and found.route.middleware_function_ids:
+            response = await self._run_middleware(found.route.middleware_function_ids, request, found, context,
+                                                  deadline, traceparent)
+        if context:
+            data["context"] = context
         if response is None:
             response = await self._invoke(http, request, found, data, body_bytes, deadline, stream_body=not buffered,
                                           traceparent=traceparent)
@@ -151,6 +172,42 @@ class Exchange:
         if not allowed:
             return json_response(422, "CONDITION_NOT_MET", f"condition {condition!r} returned {allowed!r}",
                                  skipped=True)
+        return None
+
+    async def _run_middleware(self, function_ids: tuple[str, ...], request: Request, found: Match,
+                              context: dict[str, Any], deadline: float, traceparent: str | None) -> Response | None:
+        """Call each middleware in turn; the response one of them gives (or its failure), or None
+        when all continued. ``context`` collects what they add to it."""
+        route = found.route
+        for function_id in function_ids:
+            # a copy: a built-in middleware gets this very dict, and must not change ours
+            if self.registry.lookup(function_id) is None:
+                # (looked up here, not inferred from the call's error code, which may also be
+                # that of a call the middleware itself made)
+                return json_response(503, "function_not_found",
+                                     f"route {route.method} {route.pattern} has middleware {function_id!r}, "
+                                     f"which is not registered")
+            payload = middleware_input(request, route.pattern, found.params, dict(context))
+            try:
+                answer = await self.invoker.call(function_id, payload,
+                                                 timeout=max(deadline - trio.current_time(), 0.001),
+                                                 traceparent=traceparent)
+            except EngineError as exc:  # (a module's own error kinds too, not only InvocationError)
+                if exc.code == "invocation_timeout" and trio.current_time() >= deadline:
+                    return json_response(504, "MIDDLEWARE_TIMEOUT",
+                                         f"middleware {function_id!r} of route {route.method} {route.pattern} "
+                                         f"did not answer within the request's deadline "
+                                         f"(http.request_timeout_ms = {self.config.request_timeout_ms})")
+                return self._error_response(exc.code, f"middleware {function_id!r} failed: {exc.message}",
+                                            exc.stacktrace)
+            try:
+                decision = read_answer(answer)
+            except BadAnswer as exc:
+                return json_response(500, "invalid_middleware_response", f"middleware {function_id!r} {exc}")
+            if isinstance(decision, Continue):
+                context.update(decision.context)
+            else:
+                return decision.response
         return None
 
     def _body_too_large(self) -> Response:

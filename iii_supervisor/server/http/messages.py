@@ -182,6 +182,12 @@ def render_result(result: Any) -> Response:
     """A handler's return value as a buffered response (see docs/http.md for the rules)."""
     if not isinstance(result, dict) or not ({"status_code", "statusCode", "body", "headers"} & result.keys()):
         return Response(200, [("content-type", "application/json")], orjson.dumps(result))
+    return render_response(result)
+
+
+def render_response(result: dict[str, Any]) -> Response:
+    """A ``{status_code?, headers?, body?}`` object as a buffered response; ValueError names a
+    bad status or header."""
     response = Response(valid_status(result.get("status_code", result.get("statusCode", 200))), [])
     handler_headers(result.get("headers"), response)
     response.content_length = None  # a buffered body is sent with its real length

@@ -15,9 +15,12 @@ from typing import Any
 import attrs
 
 from ...errors import TriggerRegistrationError
+from ...protocol.codec import MAX_ID_LENGTH
 from ...registry import TriggerEntry
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+#: ``middleware_function_ids`` entries one route may list (each is a call before its handler)
+MAX_ROUTE_MIDDLEWARE = 16
 _PARAM = None  # a parameter segment in a route's shape
 
 
@@ -28,6 +31,8 @@ class Route:
     segments: tuple[str, ...]
     trigger: TriggerEntry = attrs.field(eq=False)
     condition_function_id: str | None = None
+    #: called in this order before the handler (after the condition); see :mod:`.middleware`
+    middleware_function_ids: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[str | None, ...]:
@@ -97,8 +102,30 @@ def route_from_trigger(trigger: TriggerEntry) -> Route:
     if condition is not None and not isinstance(condition, str):
         raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.condition_function_id must be a string, "
                                        f"got {condition!r}")
+    middleware = _middleware_ids(trigger.id, config.get("middleware_function_ids"))
     pattern, segments = normalise_pattern(api_path)
-    return Route(method.upper(), pattern, segments, trigger, condition)
+    return Route(method.upper(), pattern, segments, trigger, condition, middleware)
+
+
+def _middleware_ids(trigger_id: str, value: Any) -> tuple[str, ...]:
+    """``config.middleware_function_ids``: absent or null, or a list of function ids.
+
+    The functions need not exist yet (workers start in any order, functions come and go): a
+    missing one is reported when a request reaches it.
+    """
+    if value is None:
+        return ()
+    where = f"http trigger {trigger_id!r}: config.middleware_function_ids"
+    if not isinstance(value, list):
+        raise TriggerRegistrationError(f"{where} must be a list of function ids, got {value!r:.200}")
+    if len(value) > MAX_ROUTE_MIDDLEWARE:
+        raise TriggerRegistrationError(f"{where} lists {len(value)} functions, more than the "
+                                       f"{MAX_ROUTE_MIDDLEWARE} allowed")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip() or len(item) > MAX_ID_LENGTH:
+            raise TriggerRegistrationError(f"{where}[{i}] must be a non-empty function id of at most "
+                                           f"{MAX_ID_LENGTH} characters, got {item!r:.200}")
+    return tuple(value)
 
 
 @attrs.frozen
