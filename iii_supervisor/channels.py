@@ -38,7 +38,7 @@ ChannelEvent = Chunk | ChannelControl | ChannelClose | ChannelWindow
 class Channel:
     """One inbound channel: its id, its peer, and what the peer wrote on it."""
 
-    __slots__ = ("id", "peer", "inbox", "_table", "writer_done")
+    __slots__ = ("id", "peer", "inbox", "_table", "writer_done", "apart", "writing")
 
     def __init__(self, channel_id: int, peer: ChannelPeer, table: ChannelTable) -> None:
         self.id = channel_id
@@ -47,6 +47,10 @@ class Channel:
         self._table = table
         #: the peer will not write on it any more (it closed it, or its handler returned)
         self.writer_done = False
+        #: the peer's frames for it travel apart from its results (a channel socket of the iii
+        #: door), so they may come *after* the handler's result; ``writing``: that socket is open
+        self.apart = False
+        self.writing = False
 
     def ref(self) -> ChannelRef:
         return ChannelRef(self.id, "write")
@@ -104,3 +108,11 @@ class ChannelTable:
 
     def __len__(self) -> int:
         return len(self._inbound)
+
+    def get(self, channel_id: int) -> Channel | None:
+        """Inbound channel ``channel_id``, if it is still open."""
+        return self._inbound.get(channel_id)
+
+    def __contains__(self, channel_id: object) -> bool:
+        """Is inbound channel ``channel_id`` still open?"""
+        return channel_id in self._inbound

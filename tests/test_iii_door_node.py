@@ -39,15 +39,23 @@ iii.register_function("ours::sink", sink)
 """
 
 
+def node_sdk() -> tuple[Path | None, str]:
+    """npm's iii-sdk install (the directory holding its ``node_modules``), or None and why not."""
+    if shutil.which("node") is None:
+        return None, "no node on PATH (.ci/run installs nodejs and npm)"
+    if not (SDK_DIR / "node_modules" / "iii-sdk" / "package.json").is_file():
+        return None, (f"npm's iii-sdk is not installed in III_NODE_SDK_DIR={SDK_DIR} (scripts/test installs it; "
+                      "it printed why it could not)")
+    return SDK_DIR, ""
+
+
 @pytest.fixture
 def node_modules() -> Path:
-    """npm's iii-sdk, or a skip that says why (a sync fixture: a skip inside the trio test loses its reason)."""
-    if shutil.which("node") is None:
-        pytest.skip("no node on PATH (.ci/run installs nodejs and npm)")
-    if not (SDK_DIR / "node_modules" / "iii-sdk" / "package.json").is_file():
-        pytest.skip(f"npm's iii-sdk is not installed in III_NODE_SDK_DIR={SDK_DIR} (scripts/test installs it; "
-                    "it printed why it could not)")
-    return SDK_DIR / "node_modules"
+    """A sync fixture: a skip inside the trio test would lose its reason."""
+    sdk, why = node_sdk()
+    if sdk is None:
+        pytest.skip(why)
+    return sdk / "node_modules"
 
 
 async def test_a_node_sdk_worker_calls_and_is_called_by_ours(tmp_path: Path, node_modules: Path) -> None:

@@ -119,6 +119,8 @@ class LogModule:
         self._sizes: deque[int] = deque(maxlen=config.buffer_size)
         self._next_id = 1
         self._subscriptions: dict[str, _Subscription] = {}
+        #: trace ids of recent log-trigger deliveries (bounded, oldest forgotten first)
+        self._trigger_traces: dict[str, None] = {}
         self._nursery: trio.Nursery | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -136,6 +138,9 @@ class LogModule:
                 for level in LEVELS:
                     self.registry.add_builtin(f"engine::log::{level}", self._builtin_log(level),
                                               f"Record a {level} log entry: {{message, data?, trace_id?, span_id?}}")
+                self.registry.add_builtin("engine::log::entries", self._entries,
+                                          "Record several entries: {entries: [{level, message, data?, trace_id?, "
+                                          "span_id?, function_name?}], worker_name?, source?} (the /otel endpoint)")
                 self.registry.add_builtin("engine::logs::list", self._list,
                                           "Recent log entries: {worker?, level?, trace_id?, function?, limit?, "
                                           "since_id?}")
@@ -215,6 +220,37 @@ class LogModule:
                         source="sdk" if data.get("sdk") else "call",
                         feed=not from_log_trigger(ctx.baggage))
         return handler
+
+    async def _entries(self, data: Any) -> dict[str, int]:
+        """Several entries at once (what the WebSocket door's ``/otel`` endpoint decodes from OTLP).
+
+        ``worker_name`` and ``source`` are honoured only from inside the engine; a worker calling
+        this is recorded under its own name. An entry under the trace of a recent ``log``-trigger
+        delivery is kept but not fed to the triggers: OTLP records carry no baggage, so the trace is
+        the only mark of a record made inside a trigger's handler."""
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise InvocationError(f'engine::log::entries needs {{"entries": [...]}}, got {_short(data)}',
+                                  code="invalid_argument")
+        ctx = call_context()
+        internal = not ctx.caller
+        worker = _str_or(data.get("worker_name"), "engine") if internal else ctx.caller
+        source = (_str_or(data.get("source"), None) or "otel") if internal else "call"
+        marked = from_log_trigger(ctx.baggage)
+        recorded = 0
+        for item in entries[:self.config.buffer_size]:
+            if not isinstance(item, dict) or not isinstance(item.get("message"), str):
+                continue
+            level = item.get("level")
+            if level not in LEVELS:
+                level = "info"
+            trace_id = _str_or(item.get("trace_id"), None)
+            self.record(level, item["message"], item.get("data"), worker_name=worker,
+                        function_name=_str_or(item.get("function_name"), None), trace_id=trace_id,
+                        span_id=_str_or(item.get("span_id"), None), source=source,
+                        feed=not marked and trace_id not in self._trigger_traces)
+            recorded += 1
+        return {"recorded": recorded}
 
     # --- engine::logs::list ---------------------------------------------------------------------
 
@@ -304,13 +340,27 @@ class LogModule:
         with sub.scope:
             async for entry in sub.receive:
                 payload = {"type": "log", **entry}
+                traceparent = _entry_traceparent(entry)
+                self._remember_trace(traceparent[3:35])
                 try:
                     await self.invoker.call(sub.trigger.function_id, payload,
-                                            traceparent=_entry_traceparent(entry), baggage=mark_log_trigger(None))
+                                            traceparent=traceparent, baggage=mark_log_trigger(None))
                     sub.delivered += 1
                 except EngineError as exc:
                     sub.failed += 1
                     log.debug("log trigger %s: %s failed: %s", sub.trigger.id, sub.trigger.function_id, exc)
+
+
+    def _remember_trace(self, trace_id: str) -> None:
+        traces = self._trigger_traces
+        traces.pop(trace_id, None)
+        traces[trace_id] = None
+        if len(traces) > TRIGGER_TRACES:
+            del traces[next(iter(traces))]
+
+
+#: trace ids of log-trigger deliveries remembered (entries under them are not fed again)
+TRIGGER_TRACES = 4096
 
 
 class _SupervisorRecords(logging.Handler):

@@ -77,6 +77,11 @@ _STATUS_OF_ERROR = {
     "request_too_large": 413,  # the call (request and its body, as JSON) does not fit in a frame
 }
 
+#: Seconds the front waits, after a null result, for the frames of a response channel that
+#: travels apart from the result (an iii door worker's channel socket may connect only after
+#: its handler returned); once that socket is open, it waits for its end.
+APART_GRACE = 0.25
+
 #: Non-JSON bodies up to this size are also handed over inline, as text, in ``body``.
 INLINE_TEXT_LIMIT = 64 * 1024
 
@@ -292,20 +297,35 @@ class Exchange:
         """Wait for the start of the answer; stream it or return it."""
         head = Response(200, [])
         touched = False  # did the handler use the response channel at all?
+        returned = False  # (a channel apart) its handler returned null: its frames may still come
+        channel = call.channel
         inbox = call.inbox
         while True:
             if not inbox and not inbox.closed:
                 http.parked = True  # get() waits: other tasks run meanwhile
             try:
-                event = await inbox.get()
+                if not returned:
+                    event = await inbox.get()
+                else:
+                    event = None
+                    with trio.move_on_after(APART_GRACE):
+                        event = await inbox.get()
+                    if event is None:  # nothing came: wait on only while the worker's socket is open
+                        assert call.pending is not None
+                        if channel.writing and trio.current_time() < call.pending.deadline:
+                            continue
+                        if not touched:
+                            head.status = 204
+                        return head
             except trio.EndOfChannel:
                 return json_response(502, "invocation_stopped", "the worker went away")
             kind = type(event)
             if kind is InvocationResult:
                 error = event.error
-                # a timeout comes from the engine: the handler itself may still run
-                if error is None or error.code != "invocation_timeout":
-                    call.channel.writer_done = True
+                # a timeout comes from the engine: the handler itself may still run; a channel
+                # apart is left to be closed by its socket, or abandoned by us
+                if (error is None or error.code != "invocation_timeout") and not channel.apart:
+                    channel.writer_done = True
                 if error is not None:
                     return self._error_response(error.code, error.message, error.stacktrace)
                 if event.result is not None:
@@ -313,6 +333,9 @@ class Exchange:
                         return render_result(event.result)
                     except ValueError as exc:
                         return json_response(500, "invalid_response", f"invalid response: {exc}")
+                if channel.apart and not channel.writer_done:
+                    returned = True
+                    continue
                 if not touched:
                     head.status = 204
                 return head
@@ -333,6 +356,8 @@ class Exchange:
                 error = event.error
                 if error is not None:
                     return self._error_response(error.code, error.message, error.stacktrace)
+                if returned:
+                    return head
         # Streaming has no overall deadline (think SSE); it ends when the handler closes the
         # writer, the worker goes away, or the client does.
         assert call.pending is not None
