@@ -4,14 +4,13 @@ a real WebSocket client (one supervisor run for both, to keep the suite short)."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from iii_supervisor.errors import InvocationError
+from stream_client import join, receive
 from supervisor_harness import Supervisor, write_worker
 
 SUBSCRIBERS = """
@@ -68,16 +67,6 @@ BACKEND = """
                      ("list_groups", list_groups)):
         iii.register_function(f"stream::{verb}(mem)", fn)
 """
-
-
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(10):
-        return orjson.loads(await ws.get_message())
-
-
-async def join(ws: WebSocketConnection, sub: str, stream: str, group: str) -> None:
-    await ws.send_message(orjson.dumps({"type": "join", "data": {
-        "subscriptionId": sub, "streamName": stream, "groupId": group}}).decode())
 
 
 async def test_pubsub_and_custom_stream_backends_end_to_end(tmp_path: Path) -> None:

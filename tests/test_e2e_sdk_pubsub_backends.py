@@ -1,22 +1,16 @@
 """The official iii SDK (iii-sdk 0.25, over the WebSocket door) against pub/sub and custom stream
 backends: ``create_stream`` serves a stream, ``subscribe`` / ``publish`` fan out, a bad subscribe
-config is refused. Runs once the door (the ``iii`` module) is part of the engine."""
+config is refused."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import orjson
-import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import open_websocket_url
 
-from iii_supervisor.engine import MODULES
+from stream_client import join, receive
 from supervisor_harness import Supervisor, write_worker
-
-pytestmark = pytest.mark.skipif("iii" not in {m.name for m in MODULES},
-                                reason="the iii WebSocket door is not in this build")
 
 WORKER = """
 import threading
@@ -72,16 +66,6 @@ iii.register_trigger({"type": "subscribe", "function_id": "sdk.onOrder", "config
 iii.register_trigger({"type": "subscribe", "function_id": "sdk.onOrder", "config": {}})   # refused
 threading.Event().wait()
 """
-
-
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(10):
-        return orjson.loads(await ws.get_message())
-
-
-async def join(ws: WebSocketConnection, sub: str, stream: str, group: str) -> None:
-    await ws.send_message(orjson.dumps({"type": "join", "data": {
-        "subscriptionId": sub, "streamName": stream, "groupId": group}}).decode())
 
 
 async def test_official_sdk_create_stream_and_pubsub(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, WebSocketConnection, open_websocket_url
 
+from stream_client import receive
 from supervisor_harness import Supervisor, run_cli, write_worker
 
 WORKER = """
@@ -72,11 +73,6 @@ send_buffer_bytes = 65536
 close_timeout = 0.5
 max_subscriptions = 50
 """
-
-
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(5):
-        return orjson.loads(await ws.get_message())
 
 
 async def send(ws: WebSocketConnection, kind: str, **data: Any) -> None:

@@ -22,6 +22,7 @@ from iii_supervisor.errors import InvocationError
 from iii_supervisor.modules import stream
 from inprocess import EngineParts, engine_parts
 from memstore import MemoryStore
+from stream_client import receive
 
 
 @asynccontextmanager
@@ -30,11 +31,6 @@ async def started(config: dict[str, Any] | None = None) -> AsyncIterator[tuple[E
     async with engine_parts(modules=[stream.SPEC], config={"stream": section}, store=MemoryStore()) as parts:
         module = parts.modules["stream"]
         yield parts, module.port  # type: ignore[attr-defined]
-
-
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(5):
-        return orjson.loads(await ws.get_message())
 
 
 async def send(ws: WebSocketConnection, kind: str, **data: Any) -> None:

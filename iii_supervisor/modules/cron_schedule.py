@@ -31,6 +31,8 @@ import attrs
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from ..errors import TriggerRegistrationError
+from ..trigger_config import condition_function_id
+from ..trigger_config import short as _quote
 
 SHORTCUTS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _FIELDS = {
@@ -43,12 +45,6 @@ CONFIG_KEYS = ("expression", "timezone", "timeout_ms", "persistent", "condition_
 MAX_EXPRESSION = 1024
 #: a job that matches no date in this many years is refused (Feb 30, a past year)
 _MAX_YEARS = 50
-
-
-def _quote(value: Any, limit: int = 120) -> str:
-    """``repr`` of a value from a client, cut so that an error message stays small."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _fail(expression: Any, problem: str) -> TriggerRegistrationError:
@@ -248,10 +244,7 @@ def parse_job_config(config: Any, *, now: float) -> JobConfig:
     persistent = config.get("persistent", False)
     if not isinstance(persistent, bool):
         raise TriggerRegistrationError(f"cron config.persistent must be true or false, got {_quote(persistent)}")
-    condition = config.get("condition_function_id")
-    if condition is not None and (not isinstance(condition, str) or not condition):
-        raise TriggerRegistrationError(f"cron config.condition_function_id must be a function id, "
-                                       f"got {_quote(condition)}")
+    condition = condition_function_id(config, "cron trigger")
     return JobConfig(schedule=schedule, timeout=timeout_ms / 1000 if timeout_ms is not None else None,
                      persistent=persistent, condition_function_id=condition)
 

@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 
 from ..errors import InvocationError, TriggerRegistrationError
+from ..trigger_config import condition_function_id
+from ..trigger_config import short as _short
 
 #: longest topic accepted (the protocol's id limit)
 MAX_TOPIC = 1024
@@ -46,10 +48,7 @@ def parse_subscribe(trigger_id: str, config: Any) -> Subscription:
     if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC:
         raise TriggerRegistrationError(f"{where}: config.topic must be a non-empty string of at most {MAX_TOPIC} "
                                        f"chars, got {_short(topic)}")
-    condition = config.get("condition_function_id")
-    if condition is not None and (not isinstance(condition, str) or not condition):
-        raise TriggerRegistrationError(f"{where}: config.condition_function_id must be a function id (a non-empty "
-                                       f"string), got {_short(condition)}")
+    condition = condition_function_id(config, where)
     return Subscription(topic, condition)
 
 
@@ -143,8 +142,3 @@ class FanOut:
             binding.skipped += 1
         else:
             binding.failed += 1
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"

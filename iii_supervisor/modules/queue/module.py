@@ -47,6 +47,7 @@ from ...modules.base import ModuleContext
 from ...protocol import ErrorBody, InvocationResult
 from ...registry import ActionCall, FunctionEntry, TriggerEntry, TriggerTypeEntry
 from ...tracing import call_context, child_traceparent
+from ...trigger_config import condition_function_id
 from . import storage
 from .config import QueuesConfig
 from .logic import DEFAULT_QUEUE, Lane, Message, QueueSettings, group_of, parse_settings
@@ -502,10 +503,7 @@ class QueueModule:
         if not isinstance(topic, str) or not topic:
             raise TriggerRegistrationError(f"queue trigger {trigger.id!r}: config.topic must be a non-empty "
                                            f"string, got {topic!r}")
-        condition = config.get("condition_function_id")
-        if condition is not None and (not isinstance(condition, str) or not condition):
-            raise TriggerRegistrationError(f"queue trigger {trigger.id!r}: config.condition_function_id must be a "
-                                           f"function id, got {condition!r}")
+        condition = condition_function_id(config, f"queue trigger {trigger.id!r}")
         raw = config.get("queue_config")
         try:
             settings = parse_settings(raw, where="config.queue_config")

@@ -14,6 +14,8 @@ import attrs
 import orjson
 
 from ...errors import InvocationError, TriggerRegistrationError
+from ...trigger_config import condition_function_id
+from ...trigger_config import short as _short
 
 MAX_NAME = 1024
 
@@ -226,11 +228,7 @@ def parse_join_trigger(kind: str, trigger_id: str, config: dict[str, Any] | None
     if unknown:
         raise TriggerRegistrationError(f"{kind} trigger {trigger_id!r}: unknown config key(s) "
                                        f"{', '.join(sorted(map(repr, unknown)))} (known: condition_function_id)")
-    condition = config.get("condition_function_id")
-    if condition is not None and not isinstance(condition, str):
-        raise TriggerRegistrationError(f"{kind} trigger {trigger_id!r}: condition_function_id must be a string, "
-                                       f"got {_short(condition)}")
-    return condition
+    return condition_function_id(config, f"{kind} trigger {trigger_id!r}")
 
 
 # --- built-in arguments ----------------------------------------------------------------------
@@ -289,11 +287,6 @@ def _hostname(netloc: str) -> str:
     if netloc.startswith("["):
         return netloc.partition("]")[0] + "]"
     return netloc.partition(":")[0]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def encode(event: dict[str, Any]) -> str:

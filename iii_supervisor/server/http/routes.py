@@ -17,6 +17,7 @@ import attrs
 from ...errors import TriggerRegistrationError
 from ...protocol.codec import MAX_ID_LENGTH
 from ...registry import TriggerEntry
+from ...trigger_config import condition_function_id
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 #: ``middleware_function_ids`` entries one route may list (each is a call before its handler)
@@ -98,10 +99,7 @@ def route_from_trigger(trigger: TriggerEntry) -> Route:
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.http_method must be one of "
                                        f"{', '.join(METHODS)}, got {method!r}")
-    condition = config.get("condition_function_id")
-    if condition is not None and not isinstance(condition, str):
-        raise TriggerRegistrationError(f"http trigger {trigger.id!r}: config.condition_function_id must be a string, "
-                                       f"got {condition!r}")
+    condition = condition_function_id(config, f"http trigger {trigger.id!r}")
     middleware = _middleware_ids(trigger.id, config.get("middleware_function_ids"))
     pattern, segments = normalise_pattern(api_path)
     return Route(method.upper(), pattern, segments, trigger, condition, middleware)
