@@ -356,6 +356,12 @@ def test_otlp_log_records_decode_to_entries() -> None:
     for garbage in (b"{", b"[]", b'{"resourceLogs": 5}'):
         with pytest.raises(otel.BadTelemetry):
             log_entries(garbage)
+    # a body or an attribute that JSON-decodes but nests deeper than orjson encodes (not dicts:
+    # any_value passes lists through) is bad telemetry, not a TypeError out of the socket
+    deep = b"[" * 300 + b"]" * 300
+    for record in (b'{"body":%s}' % deep, b'{"attributes":[{"key":"log.data","value":%s}]}' % deep):
+        with pytest.raises(otel.BadTelemetry, match="cannot be re-encoded as JSON"):
+            log_entries(b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[%s]}]}]}' % record)
     odd = orjson.dumps({"resourceLogs": [5, {"scopeLogs": [None, {"logRecords": [
         7, {"body": {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": "12"}}]}}, "traceId": "zz"}]}]}]})
     assert log_entries(odd)[0] == [{"level": "info", "message": '{"k":12}', "data": None, "trace_id": None,
@@ -376,6 +382,10 @@ async def test_the_otel_socket_records_log_entries_and_closes_on_garbage(monkeyp
             assert (boom["level"], boom["message"], boom["data"], boom["worker_name"]) == (
                 "error", "boom", {"k": 1}, "otel-worker")
             assert (fine["level"], fine["message"]) == ("info", "fine")
+            deep = b'LOGS{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":%s}]}]}]}' % (b"[" * 300 + b"]" * 300)
+            async with open_websocket_url(url) as ws:  # (orjson decodes it, and cannot encode it again)
+                await ws.send_message(deep)
+                assert await closed_with(ws) == 1002
             monkeypatch.setattr(otel, "MAX_TELEMETRY_FRAME", 100)
             for garbage, code in (("text", 1003), (b"XXXX{}", 1003), (b"LOGS{", 1002), (b"LOGS" + b" " * 200, 1009)):
                 async with open_websocket_url(url) as ws:
