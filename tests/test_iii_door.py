@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from iii_supervisor.server import iii_door
 from iii_supervisor.server.iii_door import wire
 from iii_supervisor.server.iii_door.door import IiiDoor
 from inprocess import EngineParts, engine_parts
+from supervisor_harness import Supervisor, write_worker
 
 # --- the translation (pure) ----------------------------------------------------------------------
 
@@ -463,3 +465,22 @@ async def test_an_unfinished_upgrade_is_cut_at_the_handshake_deadline() -> None:
                     pass
             assert trio.current_time() - started < 2
             await silent.aclose()
+
+
+async def test_a_token_that_is_not_ascii_is_just_a_wrong_token(tmp_path: Path) -> None:
+    """With spawned workers, every presented token is compared with theirs: a non-ASCII one
+    (a latin-1 header, a percent-encoded query) is an attached worker, not a failed connection."""
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "ours", 'iii.register_function("ours::f", lambda d: d)\n')
+    with trio.fail_after(30):
+        async with Supervisor(workers, "--iii-port", "0") as sup:
+            await sup.start(expect_workers=1)
+            port = next(int(line.rsplit(":", 1)[1]) for line in sup.output().splitlines()
+                        if "iii door listening on ws://" in line)
+            for path, headers in (("/", [(b"authorization", "Bearer é".encode("latin-1"))]),
+                                  ("/?token=%C3%A9", [])):
+                with trio.fail_after(5):
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}{path}", extra_headers=headers) as ws:
+                        assert orjson.loads(await ws.get_message())["type"] == "workerregistered"
+            assert "a connection failed" not in sup.output()
