@@ -484,3 +484,15 @@ async def test_a_token_that_is_not_ascii_is_just_a_wrong_token(tmp_path: Path) -
                     async with open_websocket_url(f"ws://127.0.0.1:{port}{path}", extra_headers=headers) as ws:
                         assert orjson.loads(await ws.get_message())["type"] == "workerregistered"
             assert "a connection failed" not in sup.output()
+
+
+async def test_an_auth_builtin_failing_with_an_engine_error_of_its_own_refuses_with_401() -> None:
+    from iii_supervisor.errors import StoreError
+
+    async def check(_data: Any) -> Any:
+        raise StoreError("the store is closed")
+
+    with trio.fail_after(10):
+        async with door({"auth_function_id": "auth::store"}) as (parts, module):
+            parts.registry.add_builtin("auth::store", check, "")
+            assert await rejection(module) == 401

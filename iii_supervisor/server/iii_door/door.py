@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from ...errors import ConfigError, InvocationError
+from ...errors import ConfigError, EngineError
 from ...modules.base import ModuleContext
 from ...protocol import Event, InvocationResult, InvokeFunction, Pong
 from ...session import Session
@@ -266,7 +266,7 @@ class IiiDoor:
                    "query_params": query, "ip_address": address.rsplit(":", 1)[0]}
         try:
             result = await self.invoker.call(function_id, payload, timeout=self.config.auth_timeout_ms / 1000)
-        except InvocationError as exc:
+        except EngineError as exc:  # (a built-in's own kinds too: a StoreError is no InvocationError)
             return 401, f"authentication failed: {function_id} answered {exc.code}: {exc.message}"
         if result is False or result is None or (isinstance(result, dict) and result.get("allowed") is False):
             reason = result.get("reason") if isinstance(result, dict) else None
