@@ -496,3 +496,22 @@ async def test_an_auth_builtin_failing_with_an_engine_error_of_its_own_refuses_w
         async with door({"auth_function_id": "auth::store"}) as (parts, module):
             parts.registry.add_builtin("auth::store", check, "")
             assert await rejection(module) == 401
+
+
+async def test_repeated_reattach_and_register_frames_do_not_write_a_log_line_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    with trio.fail_after(10):
+        async with door() as (_parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            for _ in range(200):
+                await peer.send(type="reattach", previous_worker_id="gone", reattach_token="t")
+                await peer.send(type="invokefunction", function_id="engine::workers::register", data={"name": "n"})
+            await peer.send(type="invokefunction", function_id="engine::workers::register", invocation_id="last",
+                            data={"name": "n"})
+            assert (await peer.receive_type("invocationresult"))["invocation_id"] == "last"
+            lines = [r.getMessage() for r in caplog.records if r.levelno >= 20 and
+                     ("reattach" in r.getMessage() or " registered (" in r.getMessage())]
+            assert len(lines) <= 3, lines[:5]
+            nursery.cancel_scope.cancel()
