@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import trio
 
 from .channels import ChannelTable
@@ -199,6 +200,7 @@ class Session:
                     error = RegistrationError(f"function id {msg.id!r} is reserved: 'engine::' belongs to the engine")
                 else:
                     try:
+                        _listable(msg.metadata, f"registerfunction {msg.id!r}: metadata", RegistrationError)
                         # an external function is served in-process (HTTP), but owned by this worker
                         builtin = registry.external_handler(msg.id, msg.invocation) \
                             if msg.invocation is not None else None
@@ -216,6 +218,8 @@ class Session:
                                      metadata=msg.metadata)
                 error = None
                 try:
+                    _listable(msg.config, f"registertrigger {msg.id!r}: config", TriggerRegistrationError)
+                    _listable(msg.metadata, f"registertrigger {msg.id!r}: metadata", TriggerRegistrationError)
                     registry.add_trigger(entry)
                 except RegistrationError as exc:
                     error = exc
@@ -245,3 +249,15 @@ class Session:
                 owner = trigger.owner
                 if isinstance(owner, Session):
                     owner.send_nowait(msg)
+
+
+def _listable(value: Any, what: str, error: type[RegistrationError]) -> None:
+    """Refuse a registration field that could not be encoded again: it is kept and listed
+    (``engine::functions::list``, ``triggers``, a provider's ``registertrigger``), and JSON
+    decoded from a peer may nest deeper than orjson encodes (1024 levels in, 254 out)."""
+    if value is None:
+        return
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise error(f"{what} cannot be encoded as JSON again ({exc}): nest it at most 254 levels deep") from None

@@ -515,3 +515,27 @@ async def test_repeated_reattach_and_register_frames_do_not_write_a_log_line_eac
                      ("reattach" in r.getMessage() or " registered (" in r.getMessage())]
             assert len(lines) <= 3, lines[:5]
             nursery.cancel_scope.cancel()
+
+
+async def test_registrations_nested_too_deep_to_be_listed_are_refused() -> None:
+    """orjson decodes 1024 levels and encodes 254: a function or trigger kept with a deeper field
+    would break engine::functions::list / triggers (the CLI) for everyone while it is registered."""
+    deep = "[" * 300 + "]" * 300
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            await peer.ws.send_message('{"type":"registerfunction","id":"evil.f","metadata":{"m":' + deep + "}}")
+            rejected = await peer.receive_type("registrationrejected")
+            assert rejected["function_id"] == "evil.f" and "metadata cannot be encoded as JSON" in rejected["message"]
+            await peer.send(type="registerfunction", id="ok.f")
+            for field in ("config", "metadata"):
+                await peer.ws.send_message(f'{{"type":"registertrigger","id":"t-{field}","trigger_type":"cron",'
+                                           f'"function_id":"ok.f","{field}":{{"x":{deep}}}}}')
+                result = await peer.receive_type("triggerregistrationresult")
+                assert result["error"]["code"] == "trigger_registration_failed", result
+                assert f"{field} cannot be encoded as JSON" in result["error"]["message"]
+            assert parts.registry.lookup("evil.f") is None and parts.registry.lookup("ok.f") is not None
+            assert not parts.registry.triggers
+            orjson.dumps(list(parts.registry.functions))
+            nursery.cancel_scope.cancel()
