@@ -486,9 +486,9 @@ class StreamModule:
             try:
                 frame = encode_text_frame(encode(event))  # once, for every subscriber
             except TypeError as exc:  # a custom backend's answer nested deeper than orjson encodes
-                log.warning("stream %r/%r: a %s event cannot be encoded as JSON (%s): not sent to its %d "
-                            "subscriber(s)", event["streamName"], event["groupId"], event.get("event", {}).get("type"),
-                            exc, len(targets))
+                log.warning("stream %r/%r: a %s event cannot be encoded as JSON (%s): not sent to its "
+                            "subscribers", event["streamName"], event["groupId"], event.get("event", {}).get("type"),
+                            exc)
             else:
                 for client in targets:
                     client.sink.send(frame)  # type: ignore[attr-defined]
