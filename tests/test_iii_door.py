@@ -539,3 +539,37 @@ async def test_registrations_nested_too_deep_to_be_listed_are_refused() -> None:
             assert not parts.registry.triggers
             orjson.dumps(list(parts.registry.functions))
             nursery.cancel_scope.cancel()
+
+
+async def test_registrations_per_connection_are_capped_and_refusals_do_not_flood_the_log(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from iii_supervisor import session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_REGISTRATIONS", 3)
+    caplog.set_level("WARNING")
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            for i in range(4):
+                await peer.send(type="registerfunction", id=f"f{i}")
+            rejected = await peer.receive_type("registrationrejected")
+            assert rejected["function_id"] == "f3" and "holds 3 functions already" in rejected["message"]
+            await peer.send(type="registerfunction", id="f0")  # the same again: no more room needed
+            await peer.send(type="unregisterfunction", id="f1")
+            await peer.send(type="registerfunction", id="f4")
+            await peer.send(type="registertriggertype", id="mine", description="")
+            for i in range(4):
+                await peer.send(type="registertrigger", id=f"t{i}", trigger_type="mine", function_id="f0", config={})
+            result = await peer.receive_type("triggerregistrationresult")
+            assert result["id"] == "t3" and "holds 3 triggers already" in result["error"]["message"]
+            assert {f for f in parts.registry.functions if f.startswith("f")} == {"f0", "f2", "f4"}
+            assert sorted(parts.registry.triggers) == ["t0", "t1", "t2"]
+            for _ in range(100):  # refused again and again: not a log line each
+                await peer.send(type="registerfunction", id="engine::mine")
+            await peer.send(type="invokefunction", function_id="engine::workers::register", invocation_id="last",
+                            data={})
+            await peer.receive_type("invocationresult")
+            refused = [r for r in caplog.records if "refused" in r.getMessage()]
+            assert len(refused) <= session_mod.LOGGED_REFUSALS + 1, len(refused)
+            nursery.cancel_scope.cancel()
