@@ -488,3 +488,29 @@ async def test_the_http_front_waits_for_a_response_socket_that_comes_after_a_nul
                 started = trio.current_time()
                 response = await client.get("/silent")  # null, and no socket: 204 after the grace
                 assert response.status_code == 204 and trio.current_time() - started < 2
+
+
+async def test_at_max_ends_the_oldest_untaken_go_without_a_scan_of_all(monkeypatch: pytest.MonkeyPatch,
+                                                                       autojump_clock: Any) -> None:
+    monkeypatch.setattr(channels_mod, "MAX_ENDS", 100)
+    with trio.fail_after(10):
+        endpoints = ChannelEndpoints(ChannelTable(), Registry())
+        pipes = [await endpoints._create({}) for _ in range(50)]
+        assert len(endpoints) == 100
+        looked = 0
+        real_call_over = endpoints._call_over
+
+        def counting(end: Any) -> bool:
+            nonlocal looked
+            looked += 1
+            return real_call_over(end)
+
+        monkeypatch.setattr(endpoints, "_call_over", counting)
+        pipes += [await endpoints._create({}) for _ in range(50)]
+        assert len(endpoints) <= 100
+        assert pipes[0]["writer"]["channel_id"] not in endpoints._ends  # the oldest went
+        assert pipes[-1]["reader"]["channel_id"] in endpoints._ends
+        assert looked == 0  # (it scanned every end on each mint at the cap: ~28 ms a call with 50,000)
+        await trio.sleep(channels_mod.SWEEP_INTERVAL)
+        await endpoints._create({})  # the periodic sweep still runs
+        assert looked > 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import itertools
 import logging
 import secrets
 from collections import deque
@@ -228,8 +229,10 @@ class ChannelEndpoints:
 
     def _mint(self, direction: Direction, **fields: Any) -> _End:
         now = trio.current_time()
-        if now - self._last_sweep >= SWEEP_INTERVAL or len(self._ends) >= MAX_ENDS:
+        if now - self._last_sweep >= SWEEP_INTERVAL:
             self._sweep(now)
+        if len(self._ends) >= MAX_ENDS:
+            self._evict(len(self._ends) - MAX_ENDS + 1)
         raw = secrets.token_bytes(34)  # one read of the system's random source for both
         end = _End(raw[:16].hex(), base64.urlsafe_b64encode(raw[16:]).decode(), direction, now, **fields)
         if end.group is not None:
@@ -352,13 +355,16 @@ class ChannelEndpoints:
     def _sweep(self, now: float) -> None:
         """Drop untaken ends that waited too long, and those of HTTP calls that are over."""
         self._last_sweep = now
-        over = len(self._ends) - MAX_ENDS + 1
         for end in list(self._untaken.values()):
-            if end.gone:
-                continue
-            if now - end.created >= UNTAKEN_TTL or over > 0 or self._call_over(end):
-                over -= 1
+            if not end.gone and (now - end.created >= UNTAKEN_TTL or self._call_over(end)):
                 self._drop(end)
+
+    def _evict(self, count: int) -> None:
+        """At :data:`MAX_ENDS`: drop the ``count`` oldest untaken ends, and look at no more (a
+        full sweep per mint made a caller of ``engine::channels::create`` at the cap hold the
+        event loop ~28 ms per call, measured with 50,000 ends)."""
+        for end in list(itertools.islice(self._untaken.values(), count)):
+            self._drop(end)
 
     def _call_over(self, end: _End) -> bool:
         """The HTTP front closed the response channel of ``end``'s call (or of ``end`` itself):
