@@ -514,3 +514,28 @@ async def test_at_max_ends_the_oldest_untaken_go_without_a_scan_of_all(monkeypat
         await trio.sleep(channels_mod.SWEEP_INTERVAL)
         await endpoints._create({})  # the periodic sweep still runs
         assert looked > 0
+
+
+async def test_a_reference_to_another_workers_channel_cannot_cut_that_worker_off() -> None:
+    """Channel ids are sequential: a peer naming another worker's channel in a payload (its own
+    function's, say) got an end minted that replaced, and dropped, the real worker's."""
+    with trio.fail_after(5):
+        table = ChannelTable()
+        endpoints = ChannelEndpoints(table, Registry())
+        owner, intruder = DoorPeer(endpoints, "owner"), DoorPeer(endpoints, "intruder")
+        response = table.open_inbound(owner)
+        body = table.open_outbound(owner)
+        call = endpoints.wire_data(owner, {"response": response.ref().to_wire(), "request_body": body.to_wire()})
+        forged_write = endpoints.to_wire(intruder, response.ref())
+        assert not endpoints.admits(forged_write["channel_id"], forged_write["access_key"], "write")
+        forged_read = endpoints._ends[endpoints.to_wire(intruder, body)["channel_id"]]
+        assert forged_read.ended and forged_read.error is not None and forged_read.error.code == "channel_not_yours"
+        for ref in (call["response"], call["request_body"]):
+            assert endpoints.admits(ref["channel_id"], ref["access_key"], ref["direction"]), ref
+        owner.send_nowait(Chunk(body.channel_id, b"the body"))  # still reaches the owner's read end
+        end = endpoints._ends[call["request_body"]["channel_id"]]
+        assert list(end.frames) == [b"the body"]
+        # the owner naming its own channel again still moves it to the newer reference
+        again = endpoints.to_wire(owner, response.ref())
+        assert endpoints.admits(again["channel_id"], again["access_key"], "write")
+        assert not endpoints.admits(call["response"]["channel_id"], call["response"]["access_key"], "write")

@@ -204,14 +204,22 @@ class ChannelEndpoints:
         end = self._mint(ref.direction, session=session, channel_id=ref.channel_id, group=group)
         if ref.direction == "read" and ref.eof:
             end.ended = True
+        channel = self.table.get(ref.channel_id) if ref.direction == "write" else None
         old = self._by_channel.get(ref.channel_id)
+        # Channel ids are small sequential ints, and any peer may put one in a payload (to itself
+        # too): a reference may replace only this session's own end, or be the one of the channel's
+        # real writer; otherwise the end is inert (the engine's frames never reach it, and the
+        # table refuses its writes), rather than cutting another worker's request off.
+        if old is not None and old.session is not session and (channel is None or channel.peer is not session):
+            end.channel_id = None
+            end.ended, end.error = True, ErrorBody(code="channel_not_yours", message=(
+                f"channel {ref.channel_id} is another worker's"))
+            return end
         if old is not None:  # the same channel sent twice: the newer reference serves it
             self._drop(old)
         self._by_channel[ref.channel_id] = end
-        if ref.direction == "write":
-            channel = self.table.get(ref.channel_id)
-            if channel is not None:  # its frames come on a socket of their own, maybe after the result
-                channel.apart = True
+        if channel is not None and channel.peer is session:
+            channel.apart = True  # its frames come on a socket of their own, maybe after the result
         if group is None:
             self._pair(end)
         return end
