@@ -23,6 +23,7 @@ from iii_supervisor.errors import InvocationError
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.modules.log import LogConfig, LogModule
 from iii_supervisor.protocol import CHANNEL_WINDOW, ChannelClose, ChannelControl, ChannelWindow, Chunk, ErrorBody
+from iii_supervisor.protocol.channels import ChannelRef
 from iii_supervisor.registry import Registry, TriggerEntry
 from iii_supervisor.server.iii_door import channels as channels_mod
 from iii_supervisor.server.iii_door import otel
@@ -523,6 +524,9 @@ async def test_a_reference_to_another_workers_channel_cannot_cut_that_worker_off
         table = ChannelTable()
         endpoints = ChannelEndpoints(table, Registry())
         owner, intruder = DoorPeer(endpoints, "owner"), DoorPeer(endpoints, "intruder")
+        for future in (1, 2):  # ids not issued yet: the owner's, in a moment
+            pre = endpoints._ends[endpoints.to_wire(intruder, ChannelRef(future, "read"))["channel_id"]]
+            assert pre.ended and pre.error is not None and pre.error.code == "channel_not_yours"
         response = table.open_inbound(owner)
         body = table.open_outbound(owner)
         call = endpoints.wire_data(owner, {"response": response.ref().to_wire(), "request_body": body.to_wire()})

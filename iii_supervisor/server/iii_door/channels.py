@@ -209,8 +209,10 @@ class ChannelEndpoints:
         # Channel ids are small sequential ints, and any peer may put one in a payload (to itself
         # too): a reference may replace only this session's own end, or be the one of the channel's
         # real writer; otherwise the end is inert (the engine's frames never reach it, and the
-        # table refuses its writes), rather than cutting another worker's request off.
-        if old is not None and old.session is not session and (channel is None or channel.peer is not session):
+        # table refuses its writes), rather than cutting another worker's request off. An id not
+        # issued yet is forged (the real owner's end is minted in the step its id is issued).
+        if not self.table.issued(ref.channel_id) or (
+                old is not None and old.session is not session and (channel is None or channel.peer is not session)):
             end.channel_id = None
             end.ended, end.error = True, ErrorBody(code="channel_not_yours", message=(
                 f"channel {ref.channel_id} is another worker's"))
