@@ -245,38 +245,39 @@ async def test_buffers_of_readers_that_never_connect_are_bounded(monkeypatch: py
 
 
 async def test_ends_are_swept_when_untaken_or_when_their_call_is_over(autojump_clock: Any) -> None:
-    registry, table = Registry(), ChannelTable()
-    endpoints = ChannelEndpoints(table, registry)
-    peer = DoorPeer(endpoints)
-    old = endpoints.to_wire(peer, table.open_outbound(peer))
-    response = table.open_inbound(peer)
-    call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
-                                      "response": response.ref().to_wire()})
-    # the same, one reference at a time (as the door converts them): the HTTP front's pair of ids is one call
-    response2 = table.open_inbound(peer)
-    body2 = table.open_outbound(peer)
-    per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
-    peer.send_nowait(Chunk(body2.channel_id, b"an unread JSON body"))
-    assert len(endpoints) == 5
-    await trio.sleep(2)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))  # (a sweep runs on minting)
-    assert len(endpoints) == 6
-    response.close()  # the HTTP front is done with the call: its ends go at the next sweep
-    response2.close()
-    await trio.sleep(2)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
-    for gone in (call["request_body"], call["response"], *per_ref):
-        assert gone["channel_id"] not in endpoints._ends
-    assert len(endpoints) == 3 and endpoints._untaken_bytes == 0
-    await trio.sleep(channels_mod.UNTAKEN_TTL)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
-    assert old["channel_id"] not in endpoints._ends and len(endpoints) == 1
-    endpoints.session_closed(peer)
-    assert len(endpoints) == 0
-    # messages for channels nobody minted (or that are over) are consumed, not sent on the main socket
-    peer.send_nowait(Chunk(12345, b"late"))
-    peer.send_nowait(ChannelWindow(channel_id=12345, size=1))
-    assert peer.sent == []
+    with trio.fail_after(channels_mod.UNTAKEN_TTL + 60):  # (virtual seconds: autojump_clock)
+        registry, table = Registry(), ChannelTable()
+        endpoints = ChannelEndpoints(table, registry)
+        peer = DoorPeer(endpoints)
+        old = endpoints.to_wire(peer, table.open_outbound(peer))
+        response = table.open_inbound(peer)
+        call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
+                                          "response": response.ref().to_wire()})
+        # the same, one reference at a time (as the door converts them): the HTTP front's pair of ids is one call
+        response2 = table.open_inbound(peer)
+        body2 = table.open_outbound(peer)
+        per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
+        peer.send_nowait(Chunk(body2.channel_id, b"an unread JSON body"))
+        assert len(endpoints) == 5
+        await trio.sleep(2)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))  # (a sweep runs on minting)
+        assert len(endpoints) == 6
+        response.close()  # the HTTP front is done with the call: its ends go at the next sweep
+        response2.close()
+        await trio.sleep(2)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
+        for gone in (call["request_body"], call["response"], *per_ref):
+            assert gone["channel_id"] not in endpoints._ends
+        assert len(endpoints) == 3 and endpoints._untaken_bytes == 0
+        await trio.sleep(channels_mod.UNTAKEN_TTL)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
+        assert old["channel_id"] not in endpoints._ends and len(endpoints) == 1
+        endpoints.session_closed(peer)
+        assert len(endpoints) == 0
+        # messages for channels nobody minted (or that are over) are consumed, not sent on the main socket
+        peer.send_nowait(Chunk(12345, b"late"))
+        peer.send_nowait(ChannelWindow(channel_id=12345, size=1))
+        assert peer.sent == []
 
 
 # --- engine::channels::create ----------------------------------------------------------------------
