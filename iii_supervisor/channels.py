@@ -74,9 +74,15 @@ class ChannelTable:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._inbound: dict[int, Channel] = {}
+        self._last = 0
 
     def _next_id(self) -> int:
-        return next(self._ids) % 2**32
+        self._last = next(self._ids) % 2**32
+        return self._last
+
+    def issued(self, channel_id: int) -> bool:
+        """Has an id this large been handed out yet? (A reference to a later one is forged.)"""
+        return 0 < channel_id <= self._last
 
     def open_inbound(self, peer: ChannelPeer) -> Channel:
         channel = Channel(self._next_id(), peer, self)

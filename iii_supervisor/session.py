@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import trio
 
 from .channels import ChannelTable
@@ -55,6 +56,11 @@ log = logging.getLogger(__name__)
 #: protocol errors are logged at most once per 10 s per socket kind, with a count of the rest
 #: (one hostile client must not flood the journal); its flusher runs beside the socket servers
 PROTOCOL_WARNINGS = RateLimitedLog(log, 10.0)
+#: functions, triggers and trigger types one connection may hold (each): no peer may grow the
+#: registry without bound (the iii door admits any local user by default)
+MAX_REGISTRATIONS = 10_000
+#: refused registrations logged one by one per connection; beyond, rate-limited
+LOGGED_REFUSALS = 20
 
 #: events dispatched between two checkpoints (measured: whole 64-frame reads serialise the
 #: pipeline A → supervisor → B; slices of 16 keep every process busy)
@@ -100,6 +106,11 @@ class Session:
         #: called when the worker says it has finished starting (``workerready``)
         self.on_ready: Callable[[], None] | None = None
         self._pong: trio.Event | None = None
+        #: what this connection registered (counted against MAX_REGISTRATIONS)
+        self._function_ids: set[str] = set()
+        self._trigger_ids: set[str] = set()
+        self._trigger_type_ids: set[str] = set()
+        self._refusals = 0
 
     def __repr__(self) -> str:
         return f"<Session {self.name} {self.worker_id}>"
@@ -190,6 +201,15 @@ class Session:
             case _:
                 raise RemoteProtocolError(f"unexpected {type(event).__name__} from {self.name}")
 
+    def _refused(self, fmt: str, *args: object) -> None:
+        """Log a refused registration: each of the first few, then rate-limited (a peer repeating
+        a refused one must not write a line per frame)."""
+        self._refusals += 1
+        if self._refusals <= LOGGED_REFUSALS:
+            log.warning(fmt, *args)
+        else:
+            PROTOCOL_WARNINGS.warning(("registrations refused", self.worker_id), fmt, *args)
+
     def _registration(self, msg: Any) -> None:
         registry = self.registry
         match msg:
@@ -197,43 +217,62 @@ class Session:
                 error = None
                 if msg.id.startswith("engine::"):
                     error = RegistrationError(f"function id {msg.id!r} is reserved: 'engine::' belongs to the engine")
+                elif msg.id not in self._function_ids and len(self._function_ids) >= MAX_REGISTRATIONS:
+                    error = RegistrationError(f"function {msg.id!r} refused: this connection holds "
+                                              f"{MAX_REGISTRATIONS} functions already (the limit per connection)")
                 else:
                     try:
+                        _listable(msg.metadata, f"registerfunction {msg.id!r}: metadata", RegistrationError)
                         # an external function is served in-process (HTTP), but owned by this worker
                         builtin = registry.external_handler(msg.id, msg.invocation) \
                             if msg.invocation is not None else None
                         registry.add_function(FunctionEntry(msg.id, self, description=msg.description,
                                                             metadata=msg.metadata, builtin=builtin))
+                        self._function_ids.add(msg.id)
                     except RegistrationError as exc:
                         error = exc
                 if error is not None:
-                    log.warning("%s: registerfunction %r refused: %s", self.name, msg.id, error.message)
+                    self._refused("%s: registerfunction %r refused: %s", self.name, msg.id, error.message)
                 self.send_nowait(FunctionRegistered(id=msg.id, error=ErrorBody.of(error) if error else None))
             case UnregisterFunction():
                 registry.remove_function(msg.id, self)
+                self._function_ids.discard(msg.id)
             case RegisterTrigger():
                 entry = TriggerEntry(msg.id, msg.trigger_type, msg.function_id, msg.config or {}, self,
                                      metadata=msg.metadata)
                 error = None
                 try:
+                    _listable(msg.config, f"registertrigger {msg.id!r}: config", TriggerRegistrationError)
+                    _listable(msg.metadata, f"registertrigger {msg.id!r}: metadata", TriggerRegistrationError)
+                    if msg.id not in self._trigger_ids and len(self._trigger_ids) >= MAX_REGISTRATIONS:
+                        raise TriggerRegistrationError(f"trigger {msg.id!r} refused: this connection holds "
+                                                       f"{MAX_REGISTRATIONS} triggers already (the limit per "
+                                                       "connection)")
                     registry.add_trigger(entry)
+                    self._trigger_ids.add(msg.id)
                 except RegistrationError as exc:
                     error = exc
-                    log.warning("%s: registertrigger %s (%s → %s) refused: %s", self.name, msg.id,
-                                msg.trigger_type, msg.function_id, exc.message)
+                    self._refused("%s: registertrigger %s (%s → %s) refused: %s", self.name, msg.id,
+                                  msg.trigger_type, msg.function_id, exc.message)
                 self.send_nowait(TriggerRegistrationResult(id=msg.id, trigger_type=msg.trigger_type,
                                                            function_id=msg.function_id,
                                                            error=ErrorBody.of(error) if error else None))
             case UnregisterTrigger():
                 registry.remove_trigger(msg.id, self)
+                self._trigger_ids.discard(msg.id)
             case RegisterTriggerType():
                 try:
+                    if msg.id not in self._trigger_type_ids and len(self._trigger_type_ids) >= MAX_REGISTRATIONS:
+                        raise RegistrationError(f"this connection holds {MAX_REGISTRATIONS} trigger types already "
+                                                "(the limit per connection)")
                     registry.add_trigger_type(TriggerTypeEntry(msg.id, msg.description, WorkerTriggerProvider(self),
                                                                owner=self))
+                    self._trigger_type_ids.add(msg.id)
                 except RegistrationError as exc:
-                    log.warning("%s: registertriggertype %r refused: %s", self.name, msg.id, exc.message)
+                    self._refused("%s: registertriggertype %r refused: %s", self.name, msg.id, exc.message)
             case UnregisterTriggerType():
                 registry.remove_trigger_type(msg.id, self)
+                self._trigger_type_ids.discard(msg.id)
             case TriggerRegistrationResult():
                 # A worker provider refused a binding: tell the worker that asked for it.
                 trigger = registry.trigger(msg.id)
@@ -245,3 +284,15 @@ class Session:
                 owner = trigger.owner
                 if isinstance(owner, Session):
                     owner.send_nowait(msg)
+
+
+def _listable(value: Any, what: str, error: type[RegistrationError]) -> None:
+    """Refuse a registration field that could not be encoded again: it is kept and listed
+    (``engine::functions::list``, ``triggers``, a provider's ``registertrigger``), and JSON
+    decoded from a peer may nest deeper than orjson encodes (1024 levels in, 254 out)."""
+    if value is None:
+        return
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise error(f"{what} cannot be encoded as JSON again ({exc}): nest it at most 254 levels deep") from None

@@ -101,6 +101,21 @@ def test_header_values_are_not_echoed_in_refusals():
     assert "hunter2" not in info.value.message
 
 
+def test_values_that_cannot_be_sent_as_headers_are_refused_at_registration():
+    # httpx encodes header values as ASCII: registered, such a function failed every call
+    with pytest.raises(InvalidInvocation, match=r"invocation.headers\['x-name'\] must be .* ASCII") as info:
+        parse({"url": "http://h/", "headers": {"x-name": "hunter2é"}})
+    assert "hunter2" not in info.value.message
+    environ = {"TOKEN": "s3cr3t\u00e9", "KEY": "s3cr3t\r\nx-evil: 1"}
+    for auth in ({"type": "bearer", "token_key": "TOKEN"}, {"type": "api_key", "header": "x-k", "value_key": "KEY"}):
+        with pytest.raises(InvalidInvocation, match="must be ASCII without line breaks") as info:
+            parse_invocation("fn.x", {"url": "http://h/", "auth": auth}, environ=environ, max_timeout_ms=60_000)
+        assert "s3cr3t" not in info.value.message
+    # an HMAC secret is only a key: any text
+    assert parse_invocation("fn.x", {"url": "http://h/", "auth": {"type": "hmac", "secret_key": "TOKEN"}},
+                            environ=environ, max_timeout_ms=60_000).auth is not None
+
+
 @pytest.mark.parametrize("env", ["NOT_SET", "EMPTY"])
 def test_a_missing_secret_variable_is_refused_by_name(env):
     with pytest.raises(MissingEnvVar) as info:

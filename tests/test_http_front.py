@@ -193,3 +193,35 @@ async def test_trickled_heads_cost_one_timer_entry_per_connection() -> None:
             for stream in streams:
                 await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_handler_result_that_cannot_be_rendered_is_answered_500_not_dropped() -> None:
+    # a built-in's result is a Python value (not from JSON): a set, or a bad status, must give
+    # 500 invalid_response (a worker's too deep result: test_http_messages)
+    with trio.fail_after(10):
+        async with engine_parts(modules=[http_module.SPEC], config={"http": {"port": 0}}) as parts:
+            worker = await parts.worker("api")
+
+            async def not_json(_data: Any) -> Any:
+                return {"status_code": 200, "body": {1, 2}}
+
+            async def bare_set(_data: Any) -> Any:
+                return {1, 2}
+
+            async def bad_status(_data: Any) -> Any:
+                return {"status_code": 99}
+
+            parts.registry.add_builtin("b.not_json", not_json, "")
+            parts.registry.add_builtin("b.bare_set", bare_set, "")
+            parts.registry.add_builtin("b.bad_status", bad_status, "")
+            for fid in ("b.not_json", "b.bare_set", "b.bad_status"):
+                await worker.register_trigger("http", fid, {"api_path": "/" + fid})
+            port = parts.modules["http"].port  # type: ignore[attr-defined]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for fid, says in [("b.not_json", "set"), ("b.bare_set", "set"), ("b.bad_status", "got 99")]:
+                    r = await client.get("/" + fid)
+                    assert r.status_code == 500, (fid, r.status_code)
+                    err = r.json()["error"]
+                    assert err["code"] == "invalid_response", err
+                    assert says in err["message"], err
+            assert len(parts.channels) == 0 and parts.invoker.pending == {}

@@ -221,3 +221,13 @@ def test_stream_framing_follows_the_client_and_the_handler() -> None:
     assert stream_framing(Response(200, []), http10) == (None, False, True)  # ends by closing
     assert stream_framing(Response(200, [], content_length=10), http10) == (10, False, False)
     assert stream_framing(Response(204, [], content_length=10), http11) == (None, False, False)
+
+
+def test_a_result_that_is_not_json_is_a_value_error_naming_it() -> None:
+    # (a JSON result nested deeper than orjson encodes comes from a worker's 300-deep reply)
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    for result in ({1, 2}, {"body": {1, 2}}, deep, {"body": deep}):
+        with pytest.raises(ValueError, match="the body cannot be encoded as JSON"):
+            render_result(result)

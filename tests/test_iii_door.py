@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from iii_supervisor.server import iii_door
 from iii_supervisor.server.iii_door import wire
 from iii_supervisor.server.iii_door.door import IiiDoor
 from inprocess import EngineParts, engine_parts
+from supervisor_harness import Supervisor, write_worker
 
 # --- the translation (pure) ----------------------------------------------------------------------
 
@@ -463,3 +465,111 @@ async def test_an_unfinished_upgrade_is_cut_at_the_handshake_deadline() -> None:
                     pass
             assert trio.current_time() - started < 2
             await silent.aclose()
+
+
+async def test_a_token_that_is_not_ascii_is_just_a_wrong_token(tmp_path: Path) -> None:
+    """With spawned workers, every presented token is compared with theirs: a non-ASCII one
+    (a latin-1 header, a percent-encoded query) is an attached worker, not a failed connection."""
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "ours", 'iii.register_function("ours::f", lambda d: d)\n')
+    with trio.fail_after(30):
+        async with Supervisor(workers, "--iii-port", "0") as sup:
+            await sup.start(expect_workers=1)
+            port = next(int(line.rsplit(":", 1)[1]) for line in sup.output().splitlines()
+                        if "iii door listening on ws://" in line)
+            for path, headers in (("/", [(b"authorization", "Bearer é".encode("latin-1"))]),
+                                  ("/?token=%C3%A9", [])):
+                with trio.fail_after(5):
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}{path}", extra_headers=headers) as ws:
+                        assert orjson.loads(await ws.get_message())["type"] == "workerregistered"
+            assert "a connection failed" not in sup.output()
+
+
+async def test_an_auth_builtin_failing_with_an_engine_error_of_its_own_refuses_with_401() -> None:
+    from iii_supervisor.errors import StoreError
+
+    async def check(_data: Any) -> Any:
+        raise StoreError("the store is closed")
+
+    with trio.fail_after(10):
+        async with door({"auth_function_id": "auth::store"}) as (parts, module):
+            parts.registry.add_builtin("auth::store", check, "")
+            assert await rejection(module) == 401
+
+
+async def test_repeated_reattach_and_register_frames_do_not_write_a_log_line_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    with trio.fail_after(10):
+        async with door() as (_parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            for _ in range(200):
+                await peer.send(type="reattach", previous_worker_id="gone", reattach_token="t")
+                await peer.send(type="invokefunction", function_id="engine::workers::register", data={"name": "n"})
+            await peer.send(type="invokefunction", function_id="engine::workers::register", invocation_id="last",
+                            data={"name": "n"})
+            assert (await peer.receive_type("invocationresult"))["invocation_id"] == "last"
+            lines = [r.getMessage() for r in caplog.records if r.levelno >= 20 and
+                     ("reattach" in r.getMessage() or " registered (" in r.getMessage())]
+            assert len(lines) <= 3, lines[:5]
+            nursery.cancel_scope.cancel()
+
+
+async def test_registrations_nested_too_deep_to_be_listed_are_refused() -> None:
+    """orjson decodes 1024 levels and encodes 254: a function or trigger kept with a deeper field
+    would break engine::functions::list / triggers (the CLI) for everyone while it is registered."""
+    deep = "[" * 300 + "]" * 300
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            await peer.ws.send_message('{"type":"registerfunction","id":"evil.f","metadata":{"m":' + deep + "}}")
+            rejected = await peer.receive_type("registrationrejected")
+            assert rejected["function_id"] == "evil.f" and "metadata cannot be encoded as JSON" in rejected["message"]
+            await peer.send(type="registerfunction", id="ok.f")
+            for field in ("config", "metadata"):
+                await peer.ws.send_message(f'{{"type":"registertrigger","id":"t-{field}","trigger_type":"cron",'
+                                           f'"function_id":"ok.f","{field}":{{"x":{deep}}}}}')
+                result = await peer.receive_type("triggerregistrationresult")
+                assert result["error"]["code"] == "trigger_registration_failed", result
+                assert f"{field} cannot be encoded as JSON" in result["error"]["message"]
+            assert parts.registry.lookup("evil.f") is None and parts.registry.lookup("ok.f") is not None
+            assert not parts.registry.triggers
+            orjson.dumps(list(parts.registry.functions))
+            nursery.cancel_scope.cancel()
+
+
+async def test_registrations_per_connection_are_capped_and_refusals_do_not_flood_the_log(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from iii_supervisor import session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_REGISTRATIONS", 3)
+    caplog.set_level("WARNING")
+    with trio.fail_after(10):
+        async with door() as (parts, module), trio.open_nursery() as nursery:
+            peer = await connect(nursery, module)
+            await peer.receive_type("workerregistered")
+            for i in range(4):
+                await peer.send(type="registerfunction", id=f"f{i}")
+            rejected = await peer.receive_type("registrationrejected")
+            assert rejected["function_id"] == "f3" and "holds 3 functions already" in rejected["message"]
+            await peer.send(type="registerfunction", id="f0")  # the same again: no more room needed
+            await peer.send(type="unregisterfunction", id="f1")
+            await peer.send(type="registerfunction", id="f4")
+            await peer.send(type="registertriggertype", id="mine", description="")
+            for i in range(4):
+                await peer.send(type="registertrigger", id=f"t{i}", trigger_type="mine", function_id="f0", config={})
+            result = await peer.receive_type("triggerregistrationresult")
+            assert result["id"] == "t3" and "holds 3 triggers already" in result["error"]["message"]
+            assert {f for f in parts.registry.functions if f.startswith("f")} == {"f0", "f2", "f4"}
+            assert sorted(parts.registry.triggers) == ["t0", "t1", "t2"]
+            for _ in range(100):  # refused again and again: not a log line each
+                await peer.send(type="registerfunction", id="engine::mine")
+            await peer.send(type="invokefunction", function_id="engine::workers::register", invocation_id="last",
+                            data={})
+            await peer.receive_type("invocationresult")
+            refused = [r for r in caplog.records if "refused" in r.getMessage()]
+            assert len(refused) <= session_mod.LOGGED_REFUSALS + 1, len(refused)
+            nursery.cancel_scope.cancel()

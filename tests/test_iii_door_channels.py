@@ -23,6 +23,7 @@ from iii_supervisor.errors import InvocationError
 from iii_supervisor.invocation import Invoker
 from iii_supervisor.modules.log import LogConfig, LogModule
 from iii_supervisor.protocol import CHANNEL_WINDOW, ChannelClose, ChannelControl, ChannelWindow, Chunk, ErrorBody
+from iii_supervisor.protocol.channels import ChannelRef
 from iii_supervisor.registry import Registry, TriggerEntry
 from iii_supervisor.server.iii_door import channels as channels_mod
 from iii_supervisor.server.iii_door import otel
@@ -244,38 +245,39 @@ async def test_buffers_of_readers_that_never_connect_are_bounded(monkeypatch: py
 
 
 async def test_ends_are_swept_when_untaken_or_when_their_call_is_over(autojump_clock: Any) -> None:
-    registry, table = Registry(), ChannelTable()
-    endpoints = ChannelEndpoints(table, registry)
-    peer = DoorPeer(endpoints)
-    old = endpoints.to_wire(peer, table.open_outbound(peer))
-    response = table.open_inbound(peer)
-    call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
-                                      "response": response.ref().to_wire()})
-    # the same, one reference at a time (as the door converts them): the HTTP front's pair of ids is one call
-    response2 = table.open_inbound(peer)
-    body2 = table.open_outbound(peer)
-    per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
-    peer.send_nowait(Chunk(body2.channel_id, b"an unread JSON body"))
-    assert len(endpoints) == 5
-    await trio.sleep(2)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))  # (a sweep runs on minting)
-    assert len(endpoints) == 6
-    response.close()  # the HTTP front is done with the call: its ends go at the next sweep
-    response2.close()
-    await trio.sleep(2)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
-    for gone in (call["request_body"], call["response"], *per_ref):
-        assert gone["channel_id"] not in endpoints._ends
-    assert len(endpoints) == 3 and endpoints._untaken_bytes == 0
-    await trio.sleep(channels_mod.UNTAKEN_TTL)
-    endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
-    assert old["channel_id"] not in endpoints._ends and len(endpoints) == 1
-    endpoints.session_closed(peer)
-    assert len(endpoints) == 0
-    # messages for channels nobody minted (or that are over) are consumed, not sent on the main socket
-    peer.send_nowait(Chunk(12345, b"late"))
-    peer.send_nowait(ChannelWindow(channel_id=12345, size=1))
-    assert peer.sent == []
+    with trio.fail_after(channels_mod.UNTAKEN_TTL + 60):  # (virtual seconds: autojump_clock)
+        registry, table = Registry(), ChannelTable()
+        endpoints = ChannelEndpoints(table, registry)
+        peer = DoorPeer(endpoints)
+        old = endpoints.to_wire(peer, table.open_outbound(peer))
+        response = table.open_inbound(peer)
+        call = endpoints.wire_data(peer, {"request_body": table.open_outbound(peer).to_wire(),
+                                          "response": response.ref().to_wire()})
+        # the same, one reference at a time (as the door converts them): the HTTP front's pair of ids is one call
+        response2 = table.open_inbound(peer)
+        body2 = table.open_outbound(peer)
+        per_ref = [endpoints.to_wire(peer, body2), endpoints.to_wire(peer, response2.ref())]
+        peer.send_nowait(Chunk(body2.channel_id, b"an unread JSON body"))
+        assert len(endpoints) == 5
+        await trio.sleep(2)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))  # (a sweep runs on minting)
+        assert len(endpoints) == 6
+        response.close()  # the HTTP front is done with the call: its ends go at the next sweep
+        response2.close()
+        await trio.sleep(2)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
+        for gone in (call["request_body"], call["response"], *per_ref):
+            assert gone["channel_id"] not in endpoints._ends
+        assert len(endpoints) == 3 and endpoints._untaken_bytes == 0
+        await trio.sleep(channels_mod.UNTAKEN_TTL)
+        endpoints.to_wire(peer, table.open_outbound(peer, empty=True))
+        assert old["channel_id"] not in endpoints._ends and len(endpoints) == 1
+        endpoints.session_closed(peer)
+        assert len(endpoints) == 0
+        # messages for channels nobody minted (or that are over) are consumed, not sent on the main socket
+        peer.send_nowait(Chunk(12345, b"late"))
+        peer.send_nowait(ChannelWindow(channel_id=12345, size=1))
+        assert peer.sent == []
 
 
 # --- engine::channels::create ----------------------------------------------------------------------
@@ -356,6 +358,12 @@ def test_otlp_log_records_decode_to_entries() -> None:
     for garbage in (b"{", b"[]", b'{"resourceLogs": 5}'):
         with pytest.raises(otel.BadTelemetry):
             log_entries(garbage)
+    # a body or an attribute that JSON-decodes but nests deeper than orjson encodes (not dicts:
+    # any_value passes lists through) is bad telemetry, not a TypeError out of the socket
+    deep = b"[" * 300 + b"]" * 300
+    for record in (b'{"body":%s}' % deep, b'{"attributes":[{"key":"log.data","value":%s}]}' % deep):
+        with pytest.raises(otel.BadTelemetry, match="cannot be re-encoded as JSON"):
+            log_entries(b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[%s]}]}]}' % record)
     odd = orjson.dumps({"resourceLogs": [5, {"scopeLogs": [None, {"logRecords": [
         7, {"body": {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": "12"}}]}}, "traceId": "zz"}]}]}]})
     assert log_entries(odd)[0] == [{"level": "info", "message": '{"k":12}', "data": None, "trace_id": None,
@@ -376,6 +384,10 @@ async def test_the_otel_socket_records_log_entries_and_closes_on_garbage(monkeyp
             assert (boom["level"], boom["message"], boom["data"], boom["worker_name"]) == (
                 "error", "boom", {"k": 1}, "otel-worker")
             assert (fine["level"], fine["message"]) == ("info", "fine")
+            deep = b'LOGS{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":%s}]}]}]}' % (b"[" * 300 + b"]" * 300)
+            async with open_websocket_url(url) as ws:  # (orjson decodes it, and cannot encode it again)
+                await ws.send_message(deep)
+                assert await closed_with(ws) == 1002
             monkeypatch.setattr(otel, "MAX_TELEMETRY_FRAME", 100)
             for garbage, code in (("text", 1003), (b"XXXX{}", 1003), (b"LOGS{", 1002), (b"LOGS" + b" " * 200, 1009)):
                 async with open_websocket_url(url) as ws:
@@ -478,3 +490,57 @@ async def test_the_http_front_waits_for_a_response_socket_that_comes_after_a_nul
                 started = trio.current_time()
                 response = await client.get("/silent")  # null, and no socket: 204 after the grace
                 assert response.status_code == 204 and trio.current_time() - started < 2
+
+
+async def test_at_max_ends_the_oldest_untaken_go_without_a_scan_of_all(monkeypatch: pytest.MonkeyPatch,
+                                                                       autojump_clock: Any) -> None:
+    monkeypatch.setattr(channels_mod, "MAX_ENDS", 100)
+    with trio.fail_after(10):
+        endpoints = ChannelEndpoints(ChannelTable(), Registry())
+        pipes = [await endpoints._create({}) for _ in range(50)]
+        assert len(endpoints) == 100
+        looked = 0
+        real_call_over = endpoints._call_over
+
+        def counting(end: Any) -> bool:
+            nonlocal looked
+            looked += 1
+            return real_call_over(end)
+
+        monkeypatch.setattr(endpoints, "_call_over", counting)
+        pipes += [await endpoints._create({}) for _ in range(50)]
+        assert len(endpoints) <= 100
+        assert pipes[0]["writer"]["channel_id"] not in endpoints._ends  # the oldest went
+        assert pipes[-1]["reader"]["channel_id"] in endpoints._ends
+        assert looked == 0  # (it scanned every end on each mint at the cap: ~28 ms a call with 50,000)
+        await trio.sleep(channels_mod.SWEEP_INTERVAL)
+        await endpoints._create({})  # the periodic sweep still runs
+        assert looked > 0
+
+
+async def test_a_reference_to_another_workers_channel_cannot_cut_that_worker_off() -> None:
+    """Channel ids are sequential: a peer naming another worker's channel in a payload (its own
+    function's, say) got an end minted that replaced, and dropped, the real worker's."""
+    with trio.fail_after(5):
+        table = ChannelTable()
+        endpoints = ChannelEndpoints(table, Registry())
+        owner, intruder = DoorPeer(endpoints, "owner"), DoorPeer(endpoints, "intruder")
+        for future in (1, 2):  # ids not issued yet: the owner's, in a moment
+            pre = endpoints._ends[endpoints.to_wire(intruder, ChannelRef(future, "read"))["channel_id"]]
+            assert pre.ended and pre.error is not None and pre.error.code == "channel_not_yours"
+        response = table.open_inbound(owner)
+        body = table.open_outbound(owner)
+        call = endpoints.wire_data(owner, {"response": response.ref().to_wire(), "request_body": body.to_wire()})
+        forged_write = endpoints.to_wire(intruder, response.ref())
+        assert not endpoints.admits(forged_write["channel_id"], forged_write["access_key"], "write")
+        forged_read = endpoints._ends[endpoints.to_wire(intruder, body)["channel_id"]]
+        assert forged_read.ended and forged_read.error is not None and forged_read.error.code == "channel_not_yours"
+        for ref in (call["response"], call["request_body"]):
+            assert endpoints.admits(ref["channel_id"], ref["access_key"], ref["direction"]), ref
+        owner.send_nowait(Chunk(body.channel_id, b"the body"))  # still reaches the owner's read end
+        end = endpoints._ends[call["request_body"]["channel_id"]]
+        assert list(end.frames) == [b"the body"]
+        # the owner naming its own channel again still moves it to the newer reference
+        again = endpoints.to_wire(owner, response.ref())
+        assert endpoints.admits(again["channel_id"], again["access_key"], "write")
+        assert not endpoints.admits(call["response"]["channel_id"], call["response"]["access_key"], "write")

@@ -163,3 +163,33 @@ async def test_a_backend_with_its_own_update_and_bad_answers() -> None:
             with pytest.raises(InvocationError) as info:  # list is not served by this backend
                 await caller.call("stream::list", {"stream_name": "ledger", "group_id": "g"})
             assert info.value.code == "stream_backend_unavailable" and "stream::list(ledger)" in info.value.message
+
+
+async def test_a_backend_answer_nested_too_deep_for_json_does_not_fail_the_writes_around_it() -> None:
+    """A worker's answer may nest deeper than orjson encodes (it decodes up to 1024 levels): its
+    change event cannot reach subscribers, and that must fail neither the call nor other writes."""
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    with trio.fail_after(10):
+        async with engine_parts(modules=[stream.SPEC], config={"stream": {"port": 0}}, store=MemoryStore()) as parts:
+            port = parts.modules["stream"].port  # type: ignore[attr-defined]
+            answers = [{"old_value": None, "new_value": deep}, {"old_value": None, "new_value": {"ok": 1}}]
+
+            async def backend_set(_data: Any) -> Any:
+                return answers.pop(0)
+
+            async def backend_list(_data: Any) -> Any:
+                return []
+
+            parts.registry.add_builtin(backend_function("set", "chat"), backend_set, "")
+            parts.registry.add_builtin(backend_function("list", "chat"), backend_list, "")
+            address = {"stream_name": "chat", "group_id": "room1", "item_id": "m1"}
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+                await send(ws, "join", subscriptionId="s1", streamName="chat", groupId="room1")
+                assert (await receive(ws))["event"]["type"] == "sync"
+                first = await parts.invoker.call("stream::set", {**address, "data": 1})
+                assert first["new_value"] is deep
+                await parts.invoker.call("stream::set", {**address, "data": 2})
+                event = (await receive(ws))["event"]
+                assert event["type"] == "create" and event["data"] == {"ok": 1}

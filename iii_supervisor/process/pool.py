@@ -426,8 +426,11 @@ class WorkerPool:
     def authenticate(self, token: str) -> WorkerSlot | None:
         """The slot whose *current* spawn holds ``token`` (constant-time compare)."""
         found = None
+        # bytes: compare_digest raises TypeError on a str that is not ASCII, which any client
+        # can present (a WebSocket bearer header, a percent-encoded ?token=, a hello's token)
+        presented = token.encode("utf-8", "replace")
         for slot in self.slots.values():
-            if slot.token is not None and hmac.compare_digest(slot.token, token):
+            if slot.token is not None and hmac.compare_digest(slot.token.encode(), presented):
                 found = slot
         return found
 

@@ -174,9 +174,10 @@ def _parse_headers(function_id: str, headers: Any, auth: Auth | None) -> tuple[t
         # (the value is not shown: headers may carry credentials)
         if not isinstance(value, str):
             raise _fail(function_id, f"invocation.headers[{name!r}] must be a string, got {type(value).__name__}")
-        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\0"):
-            raise _fail(function_id, f"invocation.headers[{name!r}] must be at most {MAX_HEADER_VALUE} characters "
-                                     f"without line breaks or NUL")
+        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\0") or not value.isascii():
+            # (httpx encodes header values as ASCII: anything else failed every call)
+            raise _fail(function_id, f"invocation.headers[{name!r}] must be at most {MAX_HEADER_VALUE} ASCII "
+                                     f"characters without line breaks or NUL")
         out.append((name, value))
     return tuple(out)
 
@@ -209,6 +210,10 @@ def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str], allowed
         state = "is empty" if secret is not None else "is not set"
         raise MissingEnvVar(f"function {function_id!r}: environment variable {env!r} ({_AUTH_NAMES[kind]} for "
                             f"invocation.auth) {state} in the supervisor's environment")
+    if kind != "hmac" and (not secret.isascii() or any(c in secret for c in "\r\n\0")):
+        # it is sent as a header value (the value is not shown: it is a secret)
+        raise _fail(function_id, f"environment variable {env!r} ({_AUTH_NAMES[kind]} for invocation.auth) must be "
+                                 "ASCII without line breaks or NUL: it is sent in a header")
     return Auth(type=kind, env=env, secret=secret, header=header)  # type: ignore[arg-type]  # (one of _AUTH_KEYS)
 
 

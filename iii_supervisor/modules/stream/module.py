@@ -483,9 +483,15 @@ class StreamModule:
     def _fan_out(self, event: dict[str, Any], traceparent: str | None) -> None:
         targets = self.index.targets(event["streamName"], event["groupId"], event.get("id"))
         if targets:
-            frame = encode_text_frame(encode(event))  # once, for every subscriber
-            for client in targets:
-                client.sink.send(frame)  # type: ignore[attr-defined]
+            try:
+                frame = encode_text_frame(encode(event))  # once, for every subscriber
+            except TypeError as exc:  # a custom backend's answer nested deeper than orjson encodes
+                log.warning("stream %r/%r: a %s event cannot be encoded as JSON (%s): not sent to its "
+                            "subscribers", event["streamName"], event["groupId"], event.get("event", {}).get("type"),
+                            exc)
+            else:
+                for client in targets:
+                    client.sink.send(frame)  # type: ignore[attr-defined]
         for sub in self._stream_triggers.values():
             if not sub.filter.matches(event):
                 continue

@@ -233,9 +233,12 @@ class Exchange:
         if entry.builtin is not None:
             try:
                 result = await self.invoker.call(function_id, data, timeout=timeout, traceparent=traceparent)
-                return render_result(result)
             except EngineError as exc:  # (a module's own error kinds too, not only InvocationError)
                 return self._error_response(exc.code, exc.message, exc.stacktrace)
+            try:
+                return render_result(result)
+            except ValueError as exc:  # (a bad status or header, a body that is not JSON)
+                return json_response(500, "invalid_response", f"invalid response: {exc}")
         worker = entry.owner
         assert worker is not None
         response = self.channels.open_inbound(worker)

@@ -179,10 +179,20 @@ def handler_headers(value: Any, into: Response) -> None:
 
 
 def render_result(result: Any) -> Response:
-    """A handler's return value as a buffered response (see docs/http.md for the rules)."""
+    """A handler's return value as a buffered response (see docs/http.md for the rules);
+    ValueError names a bad status or header, or a body that cannot be encoded as JSON."""
     if not isinstance(result, dict) or not ({"status_code", "statusCode", "body", "headers"} & result.keys()):
-        return Response(200, [("content-type", "application/json")], orjson.dumps(result))
+        return Response(200, [("content-type", "application/json")], _json_body(result))
     return render_response(result)
+
+
+def _json_body(value: Any) -> bytes:
+    # a built-in's result is any Python value, and a worker's may be nested deeper than orjson
+    # encodes: both are the handler's mistake (500), not a reason to drop the connection
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(f"the body cannot be encoded as JSON: {exc}") from None
 
 
 def render_response(result: dict[str, Any]) -> Response:
@@ -198,7 +208,7 @@ def render_response(result: dict[str, Any]) -> Response:
     elif isinstance(body, str) and has_type:
         response.body = body.encode()
     else:
-        response.body = orjson.dumps(body)
+        response.body = _json_body(body)
         if not has_type:
             response.headers.append(("content-type", "application/json"))
     return response

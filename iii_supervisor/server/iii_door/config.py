@@ -51,8 +51,8 @@ class IiiConfig:
     token_env: str | None = attrs.field(default=None, validator=_token_env)
     #: A function called with ``{headers, query_params, ip_address}`` of every upgrade of a
     #: worker the supervisor did not spawn (after the token check); it answers ``true`` /
-    #: ``{"allowed": true}`` to let it in. ``false``, ``{"allowed": false}``, an error or a
-    #: timeout refuse it (403; 503 when the function is missing or failed).
+    #: an object (``{"allowed": true}``) to let it in. ``false``, ``null`` or ``{"allowed": false}``
+    #: refuse it with 403; an error, a timeout or a missing function with 401 (fail closed).
     auth_function_id: str | None = None
     #: Deadline of the auth function, in milliseconds.
     auth_timeout_ms: int = attrs.field(default=5_000, validator=positive)

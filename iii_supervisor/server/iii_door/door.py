@@ -34,10 +34,10 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from ...errors import ConfigError, InvocationError
+from ...errors import ConfigError, EngineError
 from ...modules.base import ModuleContext
 from ...protocol import Event, InvocationResult, InvokeFunction, Pong
-from ...session import Session
+from ...session import PROTOCOL_WARNINGS, Session
 from ..ws import Flusher, FrameSink, install_gate, open_ws_listeners, serve_ws
 from . import otel, wire
 from .channels import ChannelEndpoints
@@ -69,6 +69,10 @@ class DoorSession(Session):
         self.connected_at = trio.current_time()
         #: what the worker said about itself (``engine::workers::register``)
         self.metadata: dict[str, Any] = {}
+        #: a reattach and a register call are logged once per connection: a peer repeating them
+        #: must not write a log line per frame
+        self._reattached = False
+        self._registered = False
 
     def close(self) -> None:
         """Session.close, and the door forgets the connection in the same synchronous step."""
@@ -85,6 +89,11 @@ class DoorSession(Session):
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, wire.Reattach):
+            if self._reattached:  # (the SDK sends one, first): a repeat is ignored
+                PROTOCOL_WARNINGS.warning("iii door repeated reattach", "iii door: %s sent reattach again: ignored",
+                                          self.name)
+                return
+            self._reattached = True
             self.door.reattach(self, event)
         elif type(event) is InvokeFunction and event.function_id == REGISTER_FUNCTION:
             self.registered(event)
@@ -99,8 +108,10 @@ class DoorSession(Session):
                          if isinstance(data.get(k), str | int) and len(str(data[k])) <= 256}
         if self.attached and isinstance(self.metadata.get("name"), str):
             self.name = self.door.unique_name(str(self.metadata["name"]), self)
-        log.info("iii door: worker %s registered (%s %s, pid %s, %s)", self.name, self.metadata.get("runtime", "?"),
-                 self.metadata.get("version", "?"), self.metadata.get("pid", "?"), self.worker_id)
+        log.log(logging.DEBUG if self._registered else logging.INFO,
+                "iii door: worker %s registered (%s %s, pid %s, %s)", self.name, self.metadata.get("runtime", "?"),
+                self.metadata.get("version", "?"), self.metadata.get("pid", "?"), self.worker_id)
+        self._registered = True
         if self.on_ready is not None:
             self.on_ready()
         if msg.invocation_id is not None:
@@ -266,7 +277,7 @@ class IiiDoor:
                    "query_params": query, "ip_address": address.rsplit(":", 1)[0]}
         try:
             result = await self.invoker.call(function_id, payload, timeout=self.config.auth_timeout_ms / 1000)
-        except InvocationError as exc:
+        except EngineError as exc:  # (a built-in's own kinds too: a StoreError is no InvocationError)
             return 401, f"authentication failed: {function_id} answered {exc.code}: {exc.message}"
         if result is False or result is None or (isinstance(result, dict) and result.get("allowed") is False):
             reason = result.get("reason") if isinstance(result, dict) else None

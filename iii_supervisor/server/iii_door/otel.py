@@ -124,7 +124,10 @@ def log_entries(body: bytes) -> tuple[list[dict[str, Any]], int]:
                 if len(entries) >= MAX_RECORDS_PER_FRAME:
                     dropped += 1
                     continue
-                entries.append(_entry(record))
+                try:
+                    entries.append(_entry(record))
+                except TypeError as exc:  # orjson: a body or data nested deeper than it encodes
+                    raise BadTelemetry(f"LOGS record cannot be re-encoded as JSON: {exc}") from None
     return entries, dropped
 
 
@@ -140,6 +143,8 @@ def _entry(record: dict[str, Any]) -> dict[str, Any]:
     span_id = _hex_id(record.get("spanId"), 16) or _hex_id(attr_span, 16)
     if attrs:  # other attributes (a logging bridge's code.* …) are kept beside the data
         data = {"data": data, "attributes": attrs} if data is not None else {"attributes": attrs}
+    if data is not None:  # (raw lists are passed through as is: the store must be able to encode them)
+        orjson.dumps(data)
     entry: dict[str, Any] = {
         "level": level_of(record.get("severityNumber"), record.get("severityText")),
         "message": message,
