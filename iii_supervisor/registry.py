@@ -63,10 +63,11 @@ class ActionCall:
 #: serves the calls of one action type; its return value is the call's result
 ActionHandler = Callable[[ActionCall], Awaitable[Any]]
 
-#: ``(function_id, invocation) -> handler``: checks a ``registerfunction``'s ``invocation`` (raising
-#: :class:`RegistrationError` naming the bad field) and returns what serves the calls of that
-#: external function (the external-functions module)
-ExternalFactory = Callable[[str, dict[str, Any]], BuiltinHandler]
+#: ``(function_id, invocation, attached) -> handler``: checks a ``registerfunction``'s ``invocation``
+#: (raising :class:`RegistrationError` naming the bad field) and returns what serves the calls of
+#: that external function (the external-functions module); ``attached``: the registering worker is
+#: one the supervisor did not spawn
+ExternalFactory = Callable[[str, dict[str, Any], bool], BuiltinHandler]
 
 
 @attrs.define(eq=False)
@@ -199,13 +200,14 @@ class Registry:
         ``invocation``), served by ``factory``'s handlers; ``None`` stops accepting them."""
         self._external = factory
 
-    def external_handler(self, function_id: str, invocation: dict[str, Any]) -> BuiltinHandler:
+    def external_handler(self, function_id: str, invocation: dict[str, Any], *, attached: bool = False
+                         ) -> BuiltinHandler:
         """The handler of an external function; raises :class:`RegistrationError` if the
         ``invocation`` is refused or no module serves external functions."""
         if self._external is None:
             raise InvalidInvocation(f"function {function_id!r} has an 'invocation' (an external HTTP function), "
                                     f"but external functions are disabled ([external_functions] enabled = false)")
-        return self._external(function_id, invocation)
+        return self._external(function_id, invocation, attached)
 
     # --- actions --------------------------------------------------------------------------------
 

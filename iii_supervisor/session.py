@@ -224,7 +224,8 @@ class Session:
                     try:
                         _listable(msg.metadata, f"registerfunction {msg.id!r}: metadata", RegistrationError)
                         # an external function is served in-process (HTTP), but owned by this worker
-                        builtin = registry.external_handler(msg.id, msg.invocation) \
+                        builtin = registry.external_handler(msg.id, msg.invocation,
+                                                            attached=getattr(self, "attached", False)) \
                             if msg.invocation is not None else None
                         registry.add_function(FunctionEntry(msg.id, self, description=msg.description,
                                                             metadata=msg.metadata, builtin=builtin))

@@ -201,6 +201,25 @@ async def test_refused_registrations_keep_the_worker_connected_and_leaving_remov
                 await caller.call("x.echo", 1)
 
 
+async def test_attached_workers_may_name_no_secret_unless_attached_secrets_allows_it():
+    invocation = {"url": "http://127.0.0.1:1/", "auth": {"type": "bearer", "token_key": "XF_TOKEN"}}
+    with trio.fail_after(10):
+        async with engine_parts(modules=[external.SPEC]) as parts:
+            spawned, stranger = await parts.worker("spawned"), await parts.worker("stranger")
+            stranger.session.attached = True  # what an iii-door connection without a spawn token is
+            ack = await register(stranger, "s.leak", invocation)
+            assert ack.error is not None and ack.error.code == "invalid_invocation", ack.error
+            assert "'XF_TOKEN' is not in [external_functions] attached_secrets (none)" in ack.error.message
+            assert TOKEN not in ack.error.message
+            await registered(stranger, "s.plain", {"url": "http://127.0.0.1:1/"})  # no secret named: fine
+            await registered(spawned, "s.signed", invocation)  # the supervisor's own worker may
+        async with engine_parts(modules=[external.SPEC],
+                                config={"external_functions": {"attached_secrets": ["XF_*"]}}) as parts:
+            stranger = await parts.worker("stranger")
+            stranger.session.attached = True
+            await registered(stranger, "s.allowed", invocation)
+
+
 async def test_disabled_and_stopped():
     with trio.fail_after(10):
         async with engine_parts(modules=[external.SPEC], config={"external_functions": {"enabled": False}}) as parts:

@@ -94,7 +94,8 @@ def _show(value: Any) -> str:
 
 def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str, str], max_timeout_ms: int,
                      require_https: bool = False, allowed_hosts: Iterable[str] = ("*",),
-                     allowed_secrets: Iterable[str] = ("*",)) -> Endpoint:
+                     allowed_secrets: Iterable[str] = ("*",),
+                     secrets_setting: str = "allowed_secrets") -> Endpoint:
     """Check an ``invocation`` object (raising :class:`InvalidInvocation` naming the field, or
     :class:`MissingEnvVar`) and resolve its secret. Unknown keys are ignored, as elsewhere on the wire."""
     if not isinstance(invocation, dict):
@@ -141,7 +142,7 @@ def parse_invocation(function_id: str, invocation: Any, *, environ: Mapping[str,
         raise _fail(function_id, f"invocation.timeout_ms must be an integer from 1 to {max_timeout_ms} "
                                  f"(milliseconds), got {_show(timeout_ms)}")
 
-    auth = _parse_auth(function_id, invocation.get("auth"), environ, tuple(allowed_secrets))
+    auth = _parse_auth(function_id, invocation.get("auth"), environ, tuple(allowed_secrets), secrets_setting)
     headers = _parse_headers(function_id, invocation.get("headers"), auth)
     return Endpoint(url=url, method=method.upper(), timeout=timeout_ms / 1000 if timeout_ms is not None else None,
                     headers=headers, auth=auth)
@@ -186,7 +187,8 @@ _AUTH_KEYS: Final = {"hmac": "secret_key", "bearer": "token_key", "api_key": "va
 _AUTH_NAMES: Final = {"hmac": "HMAC signing", "bearer": "Bearer token", "api_key": "API key"}
 
 
-def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str], allowed: tuple[str, ...]) -> Auth | None:
+def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str], allowed: tuple[str, ...],
+                setting: str) -> Auth | None:
     if auth is None:
         return None
     if not isinstance(auth, dict):
@@ -203,7 +205,7 @@ def _parse_auth(function_id: str, auth: Any, environ: Mapping[str, str], allowed
     if kind == "api_key":
         header = _header_name(function_id, "invocation.auth.header", auth.get("header"))
     if not any(fnmatch.fnmatchcase(env, p) for p in allowed):
-        raise _fail(function_id, f"invocation.auth.{key} {env!r} is not in [external_functions] allowed_secrets "
+        raise _fail(function_id, f"invocation.auth.{key} {env!r} is not in [external_functions] {setting} "
                                  f"({', '.join(map(repr, allowed)) or 'none'})")
     secret = environ.get(env)
     if not secret:

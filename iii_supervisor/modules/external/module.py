@@ -62,6 +62,10 @@ class ExternalConfig:
     #: Environment variables an ``auth`` may name (patterns: ``"III_SECRET_*"``); the default lets a
     #: worker have any variable of the supervisor's environment sent to its endpoint.
     allowed_secrets: tuple[str, ...] = ("*",)
+    #: The same for *attached* workers (iii door connections the supervisor did not spawn: any local
+    #: user, unless the door is restricted), in place of ``allowed_secrets``; the default lets them
+    #: name none, so nobody outside the supervisor's own workers can have its secrets sent anywhere.
+    attached_secrets: tuple[str, ...] = ()
 
 
 class ExternalFunctions:
@@ -90,14 +94,17 @@ class ExternalFunctions:
                 self.registry.serve_external_functions(None)
                 self._client = None
 
-    def handler(self, function_id: str, invocation: dict[str, Any]) -> BuiltinHandler:
-        """Check ``invocation`` (raises the refusal) and return what serves the function's calls."""
+    def handler(self, function_id: str, invocation: dict[str, Any], attached: bool = False) -> BuiltinHandler:
+        """Check ``invocation`` (raises the refusal) and return what serves the function's calls;
+        ``attached``: registered by a worker the supervisor did not spawn."""
         try:
             endpoint = parse_invocation(function_id, invocation, environ=self._environ,
                                         max_timeout_ms=self.config.max_timeout_ms,
                                         require_https=self.config.require_https,
                                         allowed_hosts=self.config.allowed_hosts,
-                                        allowed_secrets=self.config.allowed_secrets)
+                                        allowed_secrets=self.config.attached_secrets if attached
+                                        else self.config.allowed_secrets,
+                                        secrets_setting="attached_secrets" if attached else "allowed_secrets")
         except RegistrationError:
             raise
         except Exception as exc:  # a bug here must refuse one function, not end the worker's session
