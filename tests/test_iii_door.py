@@ -573,3 +573,66 @@ async def test_registrations_per_connection_are_capped_and_refusals_do_not_flood
             refused = [r for r in caplog.records if "refused" in r.getMessage()]
             assert len(refused) <= session_mod.LOGGED_REFUSALS + 1, len(refused)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_holding_upgrades_open_cannot_keep_the_door_shut() -> None:
+    """Past ``max_handshakes`` connections that have not finished their upgrade, the oldest is cut
+    (refusing the newest would let a peer that opens connections and sends nothing lock others out)."""
+    with trio.fail_after(10):
+        async with door({"max_handshakes": 2, "handshake_timeout": 30}) as (_parts, module), \
+                trio.open_nursery() as nursery:
+            silent = [await trio.open_tcp_stream("127.0.0.1", module.port) for _ in range(2)]
+            await trio.sleep(0.1)  # both are reading their upgrade now
+            peer = await connect(nursery, module)  # a real upgrade still gets in ...
+            assert (await peer.receive())["type"] == "workerregistered"
+            with trio.fail_after(3):  # ... and the oldest silent connection was cut for it, long before 30 s
+                assert await silent[0].receive_some(1024) == b""
+            for stream in silent:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+SPAWNED_SDK_WORKER = """
+from iii import register_worker
+
+iii = register_worker()   # III_URL (with this spawn's token) from the supervisor
+iii.register_function("spawned::ping", lambda data: "pong")
+"""
+
+
+async def test_attached_sockets_and_idle_upgrades_cannot_lock_out_a_spawned_worker(tmp_path: Path) -> None:
+    """``max_connections`` counts attached peers only: a local user holding that many sockets,
+    plus connections that never upgrade, does not keep a restarted spawned worker out."""
+    import os
+    import signal
+
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    write_worker(workers, "spawned", SPAWNED_SDK_WORKER, preamble=False)
+    config = tmp_path / "iii.toml"
+    config.write_text("[iii]\nport = 0\nmax_connections = 2\nmax_handshakes = 2\n")
+    with trio.fail_after(60):
+        async with Supervisor(workers, "--config", str(config), env={"OTEL_ENABLED": "false"}) as sup:
+            await sup.start(expect_workers=1, functions=("spawned::ping",), timeout=30)
+            port = next(int(line.rsplit(":", 1)[1]) for line in sup.output().splitlines()
+                        if "iii door listening on ws://" in line)
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):  # the attached sockets allowed ...
+                    ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/")
+                    assert orjson.loads(await ws.get_message())["type"] == "workerregistered"
+                with pytest.raises(ConnectionRejected) as refused:  # ... one more is refused at its upgrade
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/"):
+                        pass
+                assert refused.value.status_code == 503
+                silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+                pid = (await sup.workers())["spawned"]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                while True:  # the restarted worker gets in and registers again
+                    row = (await sup.workers())["spawned"]
+                    if row["restarts"] >= 1 and row["state"] == "running" and "spawned::ping" in row["functions"]:
+                        break
+                    await trio.sleep(0.05)
+                assert await sup.call("spawned::ping") == "pong"
+                for stream in silent:
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ when a ping arrives while its close is in flight) ends that connection, not the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -389,15 +390,23 @@ async def open_ws_listeners(host: str, port: int) -> list[trio.SocketListener]:
 
 
 async def serve_ws(handler: ConnectionHandler, listeners: list[trio.SocketListener], *, max_message_size: int,
-                   max_connections: int, handshake_timeout: float = 10.0, name: str = "stream endpoint",
+                   max_connections: int, handshake_timeout: float = 10.0, max_handshakes: int | None = None,
+                   name: str = "stream endpoint",
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``listeners`` (from :func:`open_ws_listeners`) and call ``handler(request, stream)`` for
     each WebSocket handshake; the handler accepts or rejects it. Started with ``nursery.start``,
-    which returns the port. Logs ``"<name> listening on ws://HOST:PORT"``."""
+    which returns the port. Logs ``"<name> listening on ws://HOST:PORT"``.
+
+    ``max_handshakes``: at most this many connections may be reading their upgrade request at
+    once; one more cuts the *oldest* of them. A real upgrade takes milliseconds, so a peer that
+    opens connections and sends nothing cannot keep others out (refusing the newest would let it)."""
     check_trio_websocket()
     sockname = listeners[0].socket.getsockname()
     live = 0
     refused = 0
+    cut = 0
+    handshaking: dict[int, trio.CancelScope] = {}  # insertion order: the oldest first
+    ids = itertools.count()
 
     async def one(stream: trio.SocketStream) -> None:
         nonlocal live, refused
@@ -409,10 +418,23 @@ async def serve_ws(handler: ConnectionHandler, listeners: list[trio.SocketListen
             await trio.aclose_forcefully(stream)
             return
         live += 1
+        key = next(ids)
         try:
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(handshake_timeout) as scope:
-                    request = await wrap_server_stream(nursery, stream, max_message_size=max_message_size)
+                    if max_handshakes is not None:
+                        nonlocal cut
+                        while len(handshaking) >= max_handshakes:
+                            handshaking.pop(next(iter(handshaking))).cancel()
+                            cut += 1
+                            if cut == 1 or cut % 1000 == 0:
+                                log.warning("%s: %d connections were reading their upgrade at once (max_handshakes):"
+                                            " cut the oldest; %d cut so far", name, max_handshakes, cut)
+                        handshaking[key] = scope
+                    try:
+                        request = await wrap_server_stream(nursery, stream, max_message_size=max_message_size)
+                    finally:
+                        handshaking.pop(key, None)
                 if scope.cancelled_caught:
                     nursery.cancel_scope.cancel()
                 else:

@@ -31,9 +31,15 @@ class IiiConfig:
     #: Largest message a worker may send, in bytes (larger: closed with 1009). Default: the
     #: SDK's own limit, so that anything the SDK sends passes.
     max_message_size: int = attrs.field(default=SDK_MAX_MESSAGE_SIZE, validator=positive)
-    #: Open connections at most (worker, telemetry and channel sockets together); more are
-    #: refused before the handshake.
+    #: Sockets of *attached* workers at most (their worker and telemetry sockets); one more is
+    #: refused with 503 at its upgrade. Spawned workers' sockets and channel sockets are admitted
+    #: by their own secret and do not count, so other peers cannot lock them out.
     max_connections: int = attrs.field(default=256, validator=positive)
+    #: Connections reading their upgrade request at once; one more cuts the oldest of them.
+    max_handshakes: int = attrs.field(default=64, validator=positive)
+    #: Open sockets of every kind at most (a file-descriptor bound); more are closed before their
+    #: handshake.
+    max_sockets: int = attrs.field(default=4096, validator=positive)
     #: Seconds a new connection has to finish its WebSocket handshake.
     handshake_timeout: float = attrs.field(default=10.0, validator=positive)
     #: Seconds a closing connection has to take our close frame and answer it before it is cut.

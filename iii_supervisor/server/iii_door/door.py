@@ -26,13 +26,15 @@ import os
 import secrets
 import stat
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from ...errors import ConfigError, EngineError
 from ...modules.base import ModuleContext
@@ -82,8 +84,6 @@ class DoorSession(Session):
         super().close()
         try:
             self.door.endpoints.session_closed(self)
-        except NotImplementedError:
-            pass
         except Exception:  # a bug there must not stop the rest of the clean-up (the caller's)
             log.exception("iii door: channel clean-up of %s failed", self.name)
 
@@ -146,6 +146,9 @@ class IiiDoor:
         self.port: int | None = None
         self.url: str | None = None
         self._shared_token: str | None = None
+        #: open sockets of attached peers (``max_connections``), and upgrades refused for it
+        self._attached_sockets = 0
+        self._attached_refused = 0
         self._ids = itertools.count(1)
         #: what a connection may have queued for it before it is closed (1008): beyond the
         #: invoker's worker_overloaded limit, with room for the largest message
@@ -164,15 +167,12 @@ class IiiDoor:
             async with trio.open_nursery() as nursery:
                 self.registry.add_builtin(REGISTER_FUNCTION, self._register_builtin,
                                           "A WebSocket-door worker says who it is (runtime, version, name, pid)")
-                try:
-                    self.endpoints.install()
-                except NotImplementedError:
-                    log.warning("iii door: channel endpoints are not available in this build")
+                self.endpoints.install()
                 await nursery.start(self.flusher.run)
                 self.port = await nursery.start(partial(
                     serve_ws, self._connection, listeners, max_message_size=config.max_message_size,
-                    max_connections=config.max_connections, handshake_timeout=config.handshake_timeout,
-                    name="iii door"))
+                    max_connections=config.max_sockets, max_handshakes=config.max_handshakes,
+                    handshake_timeout=config.handshake_timeout, name="iii door"))
                 host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
                 self.url = f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
                 if self.pool is not None:  # spawned workers find the door, and prove who they are
@@ -223,30 +223,39 @@ class IiiDoor:
         elif target.kind == "otel":
             admitted = await self._admit(request, address, "telemetry")
             if admitted is not None:
-                slot = admitted[0]
-                conn = await request.accept()
-                _limit(conn, OTEL_MAX_MESSAGE_SIZE)
-                await self._otel(conn, slot.name if slot is not None else address)
+                slot, attached = admitted
+                with self._counted(attached):
+                    conn = await request.accept()
+                    _limit(conn, OTEL_MAX_MESSAGE_SIZE)
+                    await otel.serve_otel(conn, self.invoker, peer_name=slot.name if slot is not None else address)
         elif target.kind == "channel":
             channel_id, key, direction = target.channel_id, target.param("key"), target.param("dir")
-            admits = getattr(self.endpoints, "admits", None)
-            if admits is not None and not admits(channel_id, key, direction):
+            if not self.endpoints.admits(channel_id, key, direction):
                 await request.reject(404, body=b"no such channel (or a wrong key)")
                 return
             conn = await request.accept()
             _limit(conn, CHANNEL_MAX_MESSAGE_SIZE)
-            try:
-                await self.endpoints.serve(conn, channel_id, key, direction)
-            except NotImplementedError:
-                await conn.aclose(1011, "channels are not available in this build")
+            await self.endpoints.serve(conn, channel_id, key, direction)
         else:
             path = urlsplit(request.path).path
             await request.reject(404, body=f"no such endpoint {path!r:.100} (the iii door serves /, /otel "
                                             "and /ws/channels/ID)".encode())
 
+    @contextmanager
+    def _counted(self, attached: bool) -> Iterator[None]:
+        """An attached peer's socket counts against ``max_connections`` while it is open."""
+        if not attached:
+            yield
+            return
+        self._attached_sockets += 1
+        try:
+            yield
+        finally:
+            self._attached_sockets -= 1
+
     async def _admit(self, request: WebSocketRequest, address: str, what: str) -> tuple[Any, bool] | None:
         """Who this upgrade is: ``(slot, False)`` for a spawned worker, ``(None, True)`` for an
-        attached one; None when refused (the upgrade was answered 401/403)."""
+        attached one; None when refused (the upgrade was answered 401/403/503)."""
         bearer = _presented_token(request)
         if bearer is not None and self.pool is not None:
             slot = self.pool.authenticate(bearer)
@@ -266,6 +275,15 @@ class IiiDoor:
                 log.warning("iii door: refused %s connection from %s: %s", what, address, reason)
                 await request.reject(status, body=reason.encode())
                 return None
+        if self._attached_sockets >= self.config.max_connections:
+            self._attached_refused += 1
+            if self._attached_refused == 1 or self._attached_refused % 1000 == 0:
+                log.warning("iii door: refused %s connection from %s: %d attached sockets are open "
+                            "(iii.max_connections); %d refused so far", what, address, self._attached_sockets,
+                            self._attached_refused)
+            await request.reject(503, body=f"too many attached connections ({self.config.max_connections}, "
+                                           "iii.max_connections)".encode())
+            return None
         return None, True
 
     async def _authorize(self, request: WebSocketRequest, address: str) -> tuple[int, str] | None:
@@ -284,21 +302,14 @@ class IiiDoor:
             return 403, f"denied by {function_id}" + (f": {reason}" if isinstance(reason, str) else "")
         return None
 
-    async def _otel(self, conn: WebSocketConnection, address: str) -> None:
-        try:
-            await otel.serve_otel(conn, self.invoker, peer_name=address)
-        except NotImplementedError:  # (until telemetry lands: read and drop, so the SDK does not retry)
-            try:
-                while True:
-                    await conn.get_message()
-            except ConnectionClosed:
-                pass
-
     async def _worker(self, request: WebSocketRequest, address: str) -> None:
         admitted = await self._admit(request, address, "worker")
         if admitted is None:
             return
-        slot, attached = admitted
+        with self._counted(admitted[1]):
+            await self._serve_worker(request, address, *admitted)
+
+    async def _serve_worker(self, request: WebSocketRequest, address: str, slot: Any, attached: bool) -> None:
         config = self.config
         gate = install_gate(request)
         conn = await request.accept()

@@ -104,8 +104,6 @@ class WsStream:
     def _channel_frame(self, event: Any) -> None:
         try:
             consumed = self.endpoints.outgoing(self.session, event)
-        except NotImplementedError:
-            consumed = False
         except Exception:  # a bug there fails this frame, never the caller
             log.exception("iii door: a channel frame for %s could not be passed on", self.session)
             return
@@ -119,10 +117,7 @@ class WsStream:
             ref = ChannelRef.parse(value)
             if ref is None:
                 return None
-            try:
-                return self.endpoints.to_wire(self.session, ref)
-            except NotImplementedError:  # (a build without channel endpoints: the SDK sees a plain dict)
-                return None
+            return self.endpoints.to_wire(self.session, ref)
 
         try:
             if type(event) is InvokeFunction:
@@ -176,8 +171,6 @@ class WsStream:
                 return None
             try:
                 ref = self.endpoints.from_wire(self.session, value)
-            except NotImplementedError:
-                return None
             except Exception:  # a bug there leaves the reference as sent, never ends the connection
                 log.exception("iii door: a channel reference from %s could not be read", self.session)
                 return None
