@@ -436,6 +436,22 @@ async def test_missing_token_env_fails_the_start_with_its_name(monkeypatch: pyte
     assert isinstance(leaf, ConfigError) and "DOOR_NO_SUCH_TOKEN" in leaf.message
 
 
+@pytest.mark.parametrize("content, message", [(b"\xff\xfe not text", "is not UTF-8 text"), (b"  \n", "is empty")])
+async def test_a_token_file_that_is_not_a_token_fails_the_start_naming_it(tmp_path: Path, content: bytes,
+                                                                       message: str) -> None:
+    from iii_supervisor.errors import ConfigError
+
+    token_file = tmp_path / "door.token"
+    token_file.write_bytes(content)
+    with trio.fail_after(5), pytest.raises(BaseException) as raised:  # noqa: PT011 - unwrapped below
+        async with door({"token_file": str(token_file)}):
+            pass
+    leaf: BaseException = raised.value
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, ConfigError) and "iii.token_file" in leaf.message and message in leaf.message
+
+
 async def test_supervisor_pings_become_websocket_pings_and_connections_are_limited() -> None:
     with trio.fail_after(10):
         async with door({"max_connections": 2}) as (_parts, module), trio.open_nursery() as nursery:

@@ -194,9 +194,12 @@ class IiiDoor:
             path = Path(config.token_file).expanduser()
             try:
                 mode = path.stat().st_mode
-                token = path.read_text().splitlines()[0].strip() if path.read_text().strip() else ""
+                text = path.read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"iii.token_file: cannot read {str(path)!r}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"iii.token_file: {str(path)!r} is not UTF-8 text") from None
+            token = text.splitlines()[0].strip() if text else ""
             if not token:
                 raise ConfigError(f"iii.token_file: {str(path)!r} is empty")
             if mode & (stat.S_IRGRP | stat.S_IROTH):

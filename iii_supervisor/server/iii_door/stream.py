@@ -138,7 +138,7 @@ class WsStream:
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.sink.run)
-            nursery.start_soon(self._keepalive)
+            await nursery.start(self._keepalive)
             task_status.started()
 
     async def batches(self) -> AsyncIterator[list[Event]]:
@@ -210,9 +210,10 @@ class WsStream:
 
     # --- keep-alive ---------------------------------------------------------------------------------
 
-    async def _keepalive(self) -> None:
+    async def _keepalive(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """A WebSocket ping every ``ping_interval`` (and whenever the session asks: our ``ping``);
         no pong within ``ping_timeout`` closes the connection with 1001."""
+        task_status.started()
         while not self.closed:
             with trio.move_on_after(self.ping_interval):
                 await self._ping_now.wait()
