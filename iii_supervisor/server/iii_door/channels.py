@@ -274,8 +274,8 @@ class ChannelEndpoints:
         elif isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PIPE_FRAMES:
             raise InvocationError(f"engine::channels::create: buffer_size must be an integer in 1..{MAX_PIPE_FRAMES}, "
                                   f"got {size!r:.80}", code="invalid_argument")
-        caller = data.get("_caller_worker_id") if isinstance(data, dict) else None
-        pipe = _Pipe(size, caller if isinstance(caller, str) and caller else call_context().caller)
+        # the engine knows who is calling; a payload field naming a worker would be the caller's say-so
+        pipe = _Pipe(size, call_context().caller)
         writer = self._mint("write", pipe=pipe)
         reader = self._mint("read", pipe=pipe)
         writer.group = reader.group = [writer, reader]
