@@ -301,6 +301,43 @@ async def test_persistent_catch_up_after_a_restart(autojump_clock: Any) -> None:
             assert rec.calls == []
 
 
+class SlowLastRuns(MemoryLastRuns):
+    """A store that answers reads late (a loaded machine: the store's thread is slow)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def get_many(self, keys: list[str]) -> dict[str, float]:
+        await trio.sleep(self.delay)
+        return await super().get_many(keys)
+
+
+async def test_a_slow_store_read_does_not_turn_the_catch_up_into_an_ordinary_tick(autojump_clock: Any) -> None:
+    """A persistent job is scheduled only once its last run is read: a tick that came first
+    would run as an ordinary run, and the catch-up of the missed tick would be lost."""
+    store = SlowLastRuns(delay=2.5)
+    config = {"expression": "* * * * * *", "persistent": True}
+    with trio.fail_after(100):
+        wall = FakeWall(datetime(2026, 3, 1, 1, 0, 0, tzinfo=UTC).timestamp())
+        async with cron_parts(wall, store) as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.every", rec)
+            await worker.register_trigger("cron", "w.every", config)
+            await trio.sleep(4)
+            assert rec.calls and not any(c.get("catch_up") for c in rec.calls)
+        wall.jump(60)  # down for a minute
+        async with cron_parts(wall, store) as (parts, _module, _wall):
+            worker = await parts.worker("w")
+            rec = Recorder()
+            await worker.register_function("w.every", rec)
+            await worker.register_trigger("cron", "w.every", config)
+            await trio.sleep(5)
+            assert rec.calls[0].get("catch_up") is True, rec.calls[:2]  # first, though ticks came during the read
+            assert [c.get("catch_up", False) for c in rec.calls[1:]] == [False] * (len(rec.calls) - 1)
+
+
 async def test_persistent_job_first_seen_then_missed_is_caught_up(autojump_clock: Any) -> None:
     store = MemoryLastRuns()
     config = {"expression": "0 2 * * *", "persistent": True}

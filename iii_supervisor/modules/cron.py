@@ -177,13 +177,19 @@ class CronModule:
         self.jobs[trigger.id] = job
         gone_until = self._gone.pop(job.key, None)
         if config.persistent:
-            self._restore.append(job)  # the last run comes from the store: see _restorer
+            # scheduled once its last run is read from the store (see _restorer): a tick that came
+            # first would run as an ordinary one, and the missed tick's catch-up would be lost
+            self._restore.append(job)
             self._restore_wake.set()
-        elif gone_until is not None:
+            return
+        if gone_until is not None:
             missed = count_ticks(config.schedule, gone_until, now)
             if missed:
                 log.info("cron job %s (%s): %s tick(s) skipped while it was not registered (its worker was "
                          "down?); set persistent = true to catch up", job.id, trigger.function_id, ticks_text(missed))
+        self._schedule(job, now)
+
+    def _schedule(self, job: Job, now: float) -> None:
         if self.timetable.add(job.slot, now) and self._wake is not None:
             self._wake.cancel()  # an earlier tick than the one the scheduler sleeps for
 
@@ -307,28 +313,33 @@ class CronModule:
             try:
                 known = await self.last_runs.get_many(keys)
             except EngineError as exc:
-                log.error("cron: cannot read the last runs of %d persistent job(s): %s: %s", len(batch),
-                          type(exc).__name__, exc)
+                log.error("cron: cannot read the last runs of %d persistent job(s): %s: %s; they run from now on "
+                          "without catching up", len(batch), type(exc).__name__, exc)
+                now = self.wall()
+                for job in batch:
+                    if not job.removed:
+                        self._schedule(job, now)
                 continue
             now = self.wall()
             for job in batch:
                 self._restored(job, known.get(job.key), now)
 
     def _restored(self, job: Job, covered: float | None, now: float) -> None:
-        if job.removed or job.last is not None:
-            return  # gone again, or it ran already
+        if job.removed:
+            return  # gone again
         job.covered = covered
         if covered is None:  # first seen: ticks from now on are accounted for
             assert self._nursery is not None
             self._nursery.start_soon(self._remember_quietly, job, now)
-            return
-        missed = catch_up_tick(job.config.schedule, covered, now)
-        if missed is not None:
-            log.info("cron job %s (%s): catching up the tick of %s missed while it was down", job.id,
-                     job.trigger.function_id, rfc3339(missed))
-            run = self.timetable.begin(job.slot, missed, catch_up=True)
-            if run is not None:
-                self._start(run)
+        else:
+            missed = catch_up_tick(job.config.schedule, covered, now)
+            if missed is not None:
+                log.info("cron job %s (%s): catching up the tick of %s missed while it was down", job.id,
+                         job.trigger.function_id, rfc3339(missed))
+                run = self.timetable.begin(job.slot, missed, catch_up=True)
+                if run is not None:
+                    self._start(run)
+        self._schedule(job, now)  # (while the catch-up runs, the ticks that fall skip as usual)
 
     async def _remember_quietly(self, job: Job, covered: float) -> None:
         try:
