@@ -19,6 +19,23 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
+def known_keys(config: Mapping[str, Any], known: tuple[str, ...], where: str, *, shown: str | None = None) -> None:
+    """Refuse keys of a trigger config that are not in ``known`` (``shown``: how the known ones are
+    listed in the error, if not all by name)."""
+    unknown = set(config) - set(known)
+    if unknown:
+        raise TriggerRegistrationError(f"{where}: unknown config key(s) {', '.join(sorted(map(repr, unknown)))} "
+                                       f"(known: {shown if shown is not None else ', '.join(known)})")
+
+
+def optional_strings(config: Mapping[str, Any], names: tuple[str, ...], where: str) -> None:
+    """Refuse a value of ``names`` that is set (not null) but not a string."""
+    for name in names:
+        value = config.get(name)
+        if value is not None and not isinstance(value, str):
+            raise TriggerRegistrationError(f"{where}: {name} must be a string, got {short(value)}")
+
+
 def condition_function_id(config: Mapping[str, Any], where: str) -> str | None:
     """The optional ``condition_function_id`` of a trigger config: a function id, or None.
 

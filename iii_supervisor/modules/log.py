@@ -57,6 +57,8 @@ from ..tracing import (
     new_traceparent,
     parse_traceparent,
 )
+from ..trigger_config import known_keys
+from ..trigger_config import short as _short
 from ..worker_lines import LineContext, WorkerLines
 from .base import ModuleContext, ModuleSpec
 from .trigger_feed import offer
@@ -308,10 +310,7 @@ class LogModule:
 
     def register(self, trigger: TriggerEntry) -> None:
         config = trigger.config or {}
-        unknown = set(config) - {"level"}
-        if unknown:
-            raise TriggerRegistrationError(f"log trigger {trigger.id!r}: unknown config key(s) "
-                                           f"{', '.join(sorted(map(repr, unknown)))} (known: 'level')")
+        known_keys(config, ("level",), f"log trigger {trigger.id!r}", shown="'level'")
         try:
             rank = level_rank(config.get("level"), what=f"log trigger {trigger.id!r}: level")
         except ValueError as exc:
@@ -403,11 +402,6 @@ def _entry_traceparent(entry: dict[str, Any]) -> str:
 
 def _str_or(value: Any, default: str | None) -> str | None:
     return value if isinstance(value, str) and value else default
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # --- the CLI ------------------------------------------------------------------------------------

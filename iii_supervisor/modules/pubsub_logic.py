@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..errors import InvocationError, TriggerRegistrationError
-from ..trigger_config import condition_function_id
+from ..trigger_config import condition_function_id, known_keys
 from ..trigger_config import short as _short
 
 #: longest topic accepted (the protocol's id limit)
@@ -37,10 +37,7 @@ def parse_subscribe(trigger_id: str, config: Any) -> Subscription:
     where = f"subscribe trigger {trigger_id!r}"
     if not isinstance(config, dict):
         raise TriggerRegistrationError(f'{where}: config must be an object {{"topic": "..."}}, got {_short(config)}')
-    unknown = set(config) - set(_KNOWN_KEYS)
-    if unknown:
-        raise TriggerRegistrationError(f"{where}: unknown config key(s) {', '.join(sorted(map(repr, unknown)))} "
-                                       f"(known: {', '.join(_KNOWN_KEYS)})")
+    known_keys(config, _KNOWN_KEYS, where)
     topic = config.get("topic")
     if topic is None:
         raise TriggerRegistrationError(f'{where}: config.topic is required (the topic to subscribe to), '

@@ -47,12 +47,13 @@ from ..config import Config, positive
 from ..errors import (
     EngineError,
     InvocationError,
-    TriggerRegistrationError,
     ValueTooLarge,
 )
 from ..invocation import Invoker
 from ..registry import Registry, TriggerEntry, TriggerTypeEntry
 from ..tracing import call_context, child_traceparent
+from ..trigger_config import known_keys, optional_strings
+from ..trigger_config import short as _short
 from .base import ModuleContext, ModuleSpec
 from .trigger_feed import offer
 from .update_ops import apply_ops
@@ -354,14 +355,8 @@ class StateModule:
     def register(self, trigger: TriggerEntry) -> None:
         config = trigger.config or {}
         known = ("scope", "key", "condition_function_id")
-        unknown = set(config) - set(known)
-        if unknown:
-            raise TriggerRegistrationError(f"state trigger {trigger.id!r}: unknown config key(s) "
-                                           f"{', '.join(sorted(map(repr, unknown)))} (known: {', '.join(known)})")
-        for name in known:
-            if config.get(name) is not None and not isinstance(config[name], str):
-                raise TriggerRegistrationError(f"state trigger {trigger.id!r}: {name} must be a string, "
-                                               f"got {_short(config[name])}")
+        known_keys(config, known, f"state trigger {trigger.id!r}")
+        optional_strings(config, known, f"state trigger {trigger.id!r}")
         send, receive = trio.open_memory_channel[tuple[dict[str, Any], str | None, str | None]](
             self.config.trigger_buffer)
         sub = _Subscription(trigger, config.get("scope"), config.get("key"), config.get("condition_function_id"),
@@ -415,9 +410,6 @@ def _name(value: Any, name: str, function: str) -> str:
     return value
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # --- the CLI ------------------------------------------------------------------------------------

@@ -130,12 +130,13 @@ def group_of(settings: QueueSettings, data: Any, *, queue: str) -> str | None:
     value = data.get(field) if isinstance(data, dict) else None
     if value is None:
         raise EnqueueError(f"fifo queue {queue!r} needs the field {field!r} in the message data "
-                           f"(its group); got {_short(data)}")
+                           f"(its group); got {short_json(data)}")
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _short(data: Any) -> str:
-    text = orjson.dumps(data, default=repr).decode() if data is not None else "null"
+def short_json(data: Any) -> str:
+    """A client's value as JSON, cut so that an error message stays small."""
+    text = orjson.dumps(data, default=repr).decode()
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -50,7 +50,7 @@ from ...tracing import call_context, child_traceparent
 from ...trigger_config import condition_function_id
 from . import storage
 from .config import QueuesConfig
-from .logic import DEFAULT_QUEUE, Lane, Message, QueueSettings, group_of, parse_settings
+from .logic import DEFAULT_QUEUE, Lane, Message, QueueSettings, group_of, parse_settings, short_json
 from .storage import LaneKey
 
 log = logging.getLogger(__name__)
@@ -555,13 +555,13 @@ class QueueModule:
 
         async def publish(data: Any) -> dict[str, Any]:
             if not isinstance(data, dict):
-                raise EnqueueError(f'enqueue needs {{"topic": "...", "data": ...}}, got {_short(data)}')
+                raise EnqueueError(f'enqueue needs {{"topic": "...", "data": ...}}, got {short_json(data)}')
             return await self.publish(data.get("topic"), data.get("data"))
 
         async def enqueue_to_queue(data: Any) -> dict[str, Any]:
             if not isinstance(data, dict):
                 raise EnqueueError('engine::queue::enqueue needs {"queue", "function_id", "data"}, '
-                                   f"got {_short(data)}")
+                                   f"got {short_json(data)}")
             return await self.enqueue(data.get("queue", DEFAULT_QUEUE), data.get("function_id"), data.get("data"))
 
         add("enqueue", publish, "Publish {topic, data} to every subscriber of the topic (durable)")
@@ -660,11 +660,6 @@ class _Provider:
         self.module.unbind(trigger)
 
 
-def _short(data: Any) -> str:
-    text = orjson.dumps(data, default=repr).decode()
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _name_arg(data: Any, *, required: bool = True) -> Any:
     name = None
     if isinstance(data, dict):
@@ -672,7 +667,7 @@ def _name_arg(data: Any, *, required: bool = True) -> Any:
     if name is None and not required:
         return None
     if not isinstance(name, str) or not name:
-        raise InvocationError(f'expected {{"queue": "<queue or topic name>"}}, got {_short(data)}',
+        raise InvocationError(f'expected {{"queue": "<queue or topic name>"}}, got {short_json(data)}',
                               code="invalid_argument")
     return name
 

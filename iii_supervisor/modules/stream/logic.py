@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import orjson
 
-from ...errors import InvocationError, TriggerRegistrationError
-from ...trigger_config import condition_function_id
+from ...errors import InvocationError
+from ...trigger_config import condition_function_id, known_keys, optional_strings
 from ...trigger_config import short as _short
 
 MAX_NAME = 1024
@@ -208,14 +208,8 @@ class StreamFilter:
 def parse_stream_trigger(trigger_id: str, config: dict[str, Any] | None) -> StreamFilter:
     config = config or {}
     known = ("stream_name", "group_id", "item_id", "condition_function_id")
-    unknown = set(config) - set(known)
-    if unknown:
-        raise TriggerRegistrationError(f"stream trigger {trigger_id!r}: unknown config key(s) "
-                                       f"{', '.join(sorted(map(repr, unknown)))} (known: {', '.join(known)})")
-    for name in known:
-        if config.get(name) is not None and not isinstance(config[name], str):
-            raise TriggerRegistrationError(f"stream trigger {trigger_id!r}: {name} must be a string, "
-                                           f"got {_short(config[name])}")
+    known_keys(config, known, f"stream trigger {trigger_id!r}")
+    optional_strings(config, known, f"stream trigger {trigger_id!r}")
     return StreamFilter(config.get("stream_name"), config.get("group_id"), config.get("item_id"),
                         config.get("condition_function_id"))
 
@@ -224,10 +218,8 @@ def parse_join_trigger(kind: str, trigger_id: str, config: dict[str, Any] | None
     """``stream:join`` / ``stream:leave``: ``{condition_function_id?}`` (``stream_name`` is accepted and,
     as in the reference, ignored); returns the condition."""
     config = config or {}
-    unknown = set(config) - {"condition_function_id", "stream_name"}
-    if unknown:
-        raise TriggerRegistrationError(f"{kind} trigger {trigger_id!r}: unknown config key(s) "
-                                       f"{', '.join(sorted(map(repr, unknown)))} (known: condition_function_id)")
+    known_keys(config, ("condition_function_id", "stream_name"), f"{kind} trigger {trigger_id!r}",
+               shown="condition_function_id")
     return condition_function_id(config, f"{kind} trigger {trigger_id!r}")
 
 
