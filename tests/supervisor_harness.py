@@ -105,21 +105,25 @@ class Supervisor:
             while not set(functions) <= await self.function_ids():
                 await trio.sleep(0.02)
 
+    def logged_port(self, listening: str) -> int:
+        """The port of a listener, from its "<listening>HOST:PORT" log line."""
+        for line in self.output().splitlines():
+            if listening in line:
+                return int(line.rsplit(":", 1)[1])
+        raise RuntimeError(f"the supervisor logged no {listening!r} line")
+
     @property
     def http_port(self) -> int:
-        """The HTTP front's port, from its "listening on" log line."""
-        for line in self.output().splitlines():
-            if "HTTP front listening on http://" in line:
-                return int(line.rsplit(":", 1)[1])
-        raise RuntimeError("the supervisor logged no HTTP address")
+        return self.logged_port("HTTP front listening on http://")
 
     @property
     def stream_port(self) -> int:
-        """The stream endpoint's port, from its "listening on" log line."""
-        for line in self.output().splitlines():
-            if "stream endpoint listening on ws://" in line:
-                return int(line.rsplit(":", 1)[1])
-        raise RuntimeError("the supervisor logged no stream endpoint address")
+        return self.logged_port("stream endpoint listening on ws://")
+
+    @property
+    def iii_port(self) -> int:
+        """The iii door's port (``--iii-port 0`` or ``[iii] port = 0``)."""
+        return self.logged_port("iii door listening on ws://")
 
     async def read_pipe(self, until: bytes, *, limit: int = 1 << 30) -> bytes:
         """With ``pipe_output``: read the supervisor's output until ``until`` appears."""

@@ -127,13 +127,6 @@ iii.registerFunction('node.emit', async (input) => {
 """
 
 
-def door_port(sup: Supervisor) -> int:
-    for line in sup.output().splitlines():
-        if "iii door listening on ws://" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise RuntimeError("the supervisor logged no iii door address")
-
-
 async def test_sdk_workers_stream_http_pipe_between_each_other_and_log_through_otel(tmp_path: Path) -> None:
     workers = tmp_path / "workers"
     workers.mkdir()
@@ -151,7 +144,7 @@ async def test_sdk_workers_stream_http_pipe_between_each_other_and_log_through_o
         functions += ["node.stream", "node.emit"]
     async with Supervisor(workers, "--iii-port", "0", *extra, env={"OTEL_ENABLED": "false"}) as sup:
         await sup.start(functions=tuple(functions), timeout=30)
-        port = door_port(sup)
+        port = sup.iii_port
         with trio.fail_after(60):
             # through the real door: a channel that does not exist, and garbage on /otel
             with pytest.raises(ConnectionRejected) as rejected:  # refused before the upgrade, as the reference

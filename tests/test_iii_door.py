@@ -492,8 +492,7 @@ async def test_a_token_that_is_not_ascii_is_just_a_wrong_token(tmp_path: Path) -
     with trio.fail_after(30):
         async with Supervisor(workers, "--iii-port", "0") as sup:
             await sup.start(expect_workers=1)
-            port = next(int(line.rsplit(":", 1)[1]) for line in sup.output().splitlines()
-                        if "iii door listening on ws://" in line)
+            port = sup.iii_port
             for path, headers in (("/", [(b"authorization", "Bearer é".encode("latin-1"))]),
                                   ("/?token=%C3%A9", [])):
                 with trio.fail_after(5):
@@ -630,8 +629,7 @@ async def test_attached_sockets_and_idle_upgrades_cannot_lock_out_a_spawned_work
     with trio.fail_after(60):
         async with Supervisor(workers, "--config", str(config), env={"OTEL_ENABLED": "false"}) as sup:
             await sup.start(expect_workers=1, functions=("spawned::ping",), timeout=30)
-            port = next(int(line.rsplit(":", 1)[1]) for line in sup.output().splitlines()
-                        if "iii door listening on ws://" in line)
+            port = sup.iii_port
             async with trio.open_nursery() as nursery:
                 for _ in range(2):  # the attached sockets allowed ...
                     ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/")

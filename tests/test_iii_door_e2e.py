@@ -35,13 +35,6 @@ iii.register_function("ours::mid", mid)
 """
 
 
-def door_port(sup: Supervisor) -> int:
-    for line in sup.output().splitlines():
-        if "iii door listening on ws://" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise RuntimeError("the supervisor logged no iii door address")
-
-
 async def wait_until(predicate: Any, what: str, timeout: float = 15) -> None:
     with trio.fail_after(timeout):
         while not await predicate():
@@ -79,7 +72,7 @@ async def test_official_sdk_workers_end_to_end(tmp_path: Path) -> None:
     with trio.fail_after(120):
         async with Supervisor(workers, "--iii-port", "0", env=env) as sup:
             await sup.start(expect_workers=2, functions=("a::fire", "a::on_custom", "ours::mid"), timeout=30)
-            port = door_port(sup)
+            port = sup.iii_port
             rows = await sup.workers()
             assert rows["sdk_a"]["state"] == "running" and rows["sdk_a"]["pid"] is not None  # spawned: its pid
 
